@@ -1,0 +1,185 @@
+//! Intersection over union on RLEs, without decoding (`maskUtils.iou`).
+
+use crate::rle::Rle;
+use rayon::prelude::*;
+
+/// Bounding-box IoU as pycocotools' `bbIou` (boxes are `[x, y, w, h]`).
+/// With `crowd`, the union is the detection's box area.
+pub fn bbox_iou(dt: [f64; 4], gt: [f64; 4], crowd: bool) -> f64 {
+    let w = (dt[2] + dt[0]).min(gt[2] + gt[0]) - dt[0].max(gt[0]);
+    if w <= 0.0 {
+        return 0.0;
+    }
+    let h = (dt[3] + dt[1]).min(gt[3] + gt[1]) - dt[1].max(gt[1]);
+    if h <= 0.0 {
+        return 0.0;
+    }
+    let i = w * h;
+    let da = dt[2] * dt[3];
+    let u = if crowd { da } else { da + gt[2] * gt[3] - i };
+    i / u
+}
+
+/// An RLE prepared for repeated IoU queries: foreground intervals, area, box.
+#[derive(Clone, Debug)]
+pub struct IouRle {
+    height: u32,
+    width: u32,
+    /// Half-open foreground intervals `[start, end)` in column-major pixel index.
+    runs: Vec<(u64, u64)>,
+    area: u64,
+    bbox: [f64; 4],
+}
+
+impl IouRle {
+    /// Prepares an RLE.
+    pub fn new(rle: &Rle) -> Self {
+        let mut runs = Vec::with_capacity(rle.counts.len() / 2);
+        let mut pos = 0u64;
+        for (j, &c) in rle.counts.iter().enumerate() {
+            let end = pos + c as u64;
+            if j % 2 == 1 && c > 0 {
+                runs.push((pos, end));
+            }
+            pos = end;
+        }
+        IouRle {
+            height: rle.height,
+            width: rle.width,
+            area: rle.area(),
+            bbox: rle.to_bbox(),
+            runs,
+        }
+    }
+
+    /// Number of foreground pixels.
+    pub fn area(&self) -> u64 {
+        self.area
+    }
+
+    /// Number of foreground pixels shared with `other`.
+    pub fn intersection(&self, other: &IouRle) -> u64 {
+        let (a, b) = (&self.runs[..], &other.runs[..]);
+        let (Some(a0), Some(b0), Some(a1), Some(b1)) = (a.first(), b.first(), a.last(), b.last())
+        else {
+            return 0;
+        };
+        // Only runs inside the span both masks cover can overlap.
+        let lo = a0.0.max(b0.0);
+        let hi = a1.1.min(b1.1);
+        if lo >= hi {
+            return 0;
+        }
+        let a = &a[a.partition_point(|r| r.1 <= lo)..a.partition_point(|r| r.0 < hi)];
+        let b = &b[b.partition_point(|r| r.1 <= lo)..b.partition_point(|r| r.0 < hi)];
+        let (mut i, mut j, mut total) = (0usize, 0usize, 0u64);
+        while i < a.len() && j < b.len() {
+            let (sa, ea) = a[i];
+            let (sb, eb) = b[j];
+            total += ea.min(eb).saturating_sub(sa.max(sb));
+            // Advance whichever run ends first (branch-free).
+            let step_a = (ea <= eb) as usize;
+            i += step_a;
+            j += 1 - step_a;
+        }
+        total
+    }
+
+    /// IoU with a ground-truth mask, exactly as pycocotools' `rleIou`:
+    /// 0 when the boxes do not overlap, −1 when sizes differ, and with
+    /// `crowd` the union is this (detection) mask's area.
+    pub fn iou(&self, gt: &IouRle, crowd: bool) -> f64 {
+        if bbox_iou(self.bbox, gt.bbox, crowd) <= 0.0 {
+            return 0.0;
+        }
+        if self.height != gt.height || self.width != gt.width {
+            return -1.0;
+        }
+        let i = self.intersection(gt);
+        let u = if i == 0 {
+            1
+        } else if crowd {
+            self.area
+        } else {
+            self.area + gt.area - i
+        };
+        i as f64 / u as f64
+    }
+}
+
+/// IoU of every detection with every ground truth (`maskUtils.iou(dt, gt, iscrowd)`).
+///
+/// Returns a row-major `dt.len() × gt.len()` matrix (`out[d * gt.len() + g]`),
+/// the layout of the numpy array pycocotools returns. `iscrowd` must have one
+/// entry per ground truth; a shorter slice counts missing entries as `false`.
+pub fn iou_matrix(dt: &[Rle], gt: &[Rle], iscrowd: &[bool]) -> Vec<f64> {
+    let gt: Vec<IouRle> = gt.par_iter().map(IouRle::new).collect();
+    let dt: Vec<IouRle> = dt.par_iter().map(IouRle::new).collect();
+    iou_matrix_prepared(&dt, &gt, iscrowd)
+}
+
+/// [`iou_matrix`] on already prepared RLEs.
+pub fn iou_matrix_prepared(dt: &[IouRle], gt: &[IouRle], iscrowd: &[bool]) -> Vec<f64> {
+    let n = gt.len();
+    let mut out = vec![0.0; dt.len() * n];
+    let row = |(d, chunk): (usize, &mut [f64])| {
+        for (g, o) in chunk.iter_mut().enumerate() {
+            *o = dt[d].iou(&gt[g], iscrowd.get(g).copied().unwrap_or(false));
+        }
+    };
+    if n == 0 {
+        return out;
+    }
+    if dt.len() * n >= 64 {
+        out.par_chunks_mut(n).enumerate().for_each(row);
+    } else {
+        out.chunks_mut(n).enumerate().for_each(row);
+    }
+    out
+}
+
+/// IoU of one pair (non-crowd).
+pub fn iou(a: &Rle, b: &Rle) -> f64 {
+    IouRle::new(a).iou(&IouRle::new(b), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Mask;
+
+    fn rle(h: u32, w: u32, rows: &[u8]) -> Rle {
+        Rle::encode(&Mask::from_row_major(h, w, rows).unwrap())
+    }
+
+    #[test]
+    fn pair_iou_and_crowd() {
+        let a = rle(2, 2, &[1, 1, 0, 0]);
+        let b = rle(2, 2, &[1, 0, 1, 0]);
+        assert_eq!(iou(&a, &b), 1.0 / 3.0);
+        let m = iou_matrix(&[a.clone()], &[b.clone()], &[true]);
+        assert_eq!(m, vec![0.5]);
+        assert_eq!(iou(&a, &a), 1.0);
+    }
+
+    #[test]
+    fn empty_masks_and_size_mismatch() {
+        let e = Rle::empty(2, 2);
+        assert_eq!(iou(&e, &e), 0.0);
+        let a = rle(2, 2, &[1, 1, 0, 0]);
+        let c = rle(2, 3, &[1, 1, 0, 0, 0, 0]);
+        assert_eq!(iou(&a, &c), -1.0);
+        // Boxes that do not overlap give 0 even when sizes differ.
+        let d = rle(2, 3, &[0, 0, 0, 0, 0, 1]);
+        assert_eq!(iou(&a, &d), 0.0);
+    }
+
+    #[test]
+    fn matrix_layout_is_dt_major() {
+        let a = rle(1, 3, &[1, 0, 0]);
+        let b = rle(1, 3, &[1, 1, 0]);
+        let c = rle(1, 3, &[0, 0, 1]);
+        let m = iou_matrix(&[a, b], &[c.clone(), rle(1, 3, &[1, 1, 1])], &[]);
+        assert_eq!(m, vec![0.0, 1.0 / 3.0, 0.0, 2.0 / 3.0]);
+    }
+}
