@@ -157,7 +157,7 @@ mod tests {
         let a = rle(2, 2, &[1, 1, 0, 0]);
         let b = rle(2, 2, &[1, 0, 1, 0]);
         assert_eq!(iou(&a, &b), 1.0 / 3.0);
-        let m = iou_matrix(&[a.clone()], &[b.clone()], &[true]);
+        let m = iou_matrix(std::slice::from_ref(&a), std::slice::from_ref(&b), &[true]);
         assert_eq!(m, vec![0.5]);
         assert_eq!(iou(&a, &a), 1.0);
     }
