@@ -39,12 +39,8 @@ pub enum MaskError {
     #[error("{path}: {reason}")]
     Png { path: PathBuf, reason: String },
     /// Plain I/O failure on a named file.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 }
 
 /// Result alias for this crate.

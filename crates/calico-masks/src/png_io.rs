@@ -138,9 +138,9 @@ fn png_err(path: &Path, reason: impl Into<String>) -> MaskError {
 
 /// Reads an 8- or 16-bit single-channel PNG (grayscale or palette indices).
 pub fn read_label_png(path: &Path) -> Result<LabelMap> {
-    let file = File::open(path).map_err(|source| MaskError::Io {
+    let file = File::open(path).map_err(|error| MaskError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut decoder = png::Decoder::new(BufReader::new(file));
     // Keep palette indices and 16-bit samples as they are.
@@ -258,9 +258,9 @@ pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> Result<()> {
-    let io = |source| MaskError::Io {
+    let io = |error| MaskError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let tmp = temp_sibling(path);
     let result = (|| {

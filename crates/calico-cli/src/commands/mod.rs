@@ -1,0 +1,4 @@
+//! One module per `calico` subcommand group.
+
+pub mod answer;
+pub mod masks;

@@ -1,0 +1,12 @@
+//! MixedParts data: source readers (PACO-LVIS, PartImageNet,
+//! ADE20K-Part-234, the released MixedParts JSON), the co-segmentation sample
+//! builder, dataset statistics, and SynthParts, a procedural generator that
+//! writes images and annotations in the three source formats.
+
+pub mod error;
+pub mod taxonomy;
+
+pub use error::{DataError, Result};
+pub use taxonomy::{
+    normalise_name, Dataset, ImageRecord, ObjectInstance, PartInstance, SkipCounts, SourceFormat,
+};
