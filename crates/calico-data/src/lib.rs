@@ -4,9 +4,13 @@
 //! writes images and annotations in the three source formats.
 
 pub mod error;
+pub mod samples;
+pub mod sources;
+pub mod synth;
 pub mod taxonomy;
 
 pub use error::{DataError, Result};
+pub use samples::{Sample, SampleImage, SampleMask};
 pub use taxonomy::{
     normalise_name, Dataset, ImageRecord, ObjectInstance, PartInstance, SkipCounts, SourceFormat,
 };

@@ -100,6 +100,8 @@ pub struct ImageRecord {
     pub width: u32,
     /// Height in pixels.
     pub height: u32,
+    /// The source's own split (`train`, `val`, `test`, ADE's `training`/`validation` → `train`/`val`), if any.
+    pub split: Option<String>,
     /// Annotated objects.
     pub objects: Vec<ObjectInstance>,
 }

@@ -1,0 +1,1 @@
+//! SynthParts: procedural images and annotations in the three source formats.
