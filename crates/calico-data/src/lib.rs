@@ -3,9 +3,11 @@
 //! builder, dataset statistics, and SynthParts, a procedural generator that
 //! writes images and annotations in the three source formats.
 
+pub mod builder;
 pub mod error;
 pub mod samples;
 pub mod sources;
+pub mod stats;
 pub mod synth;
 pub mod taxonomy;
 

@@ -30,6 +30,29 @@ pub struct SampleImage {
     pub height: u32,
 }
 
+/// What a mask shows: a whole object or a common / unique part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskRole {
+    /// A whole object (the common object, or an object named before its parts).
+    Object,
+    /// A part present on every image.
+    CommonPart,
+    /// A part present on only some images.
+    UniquePart,
+}
+
+impl MaskRole {
+    /// snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaskRole::Object => "object",
+            MaskRole::CommonPart => "common_part",
+            MaskRole::UniquePart => "unique_part",
+        }
+    }
+}
+
 /// One ground-truth mask, in `[SEG]` order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleMask {
@@ -37,6 +60,9 @@ pub struct SampleMask {
     pub image: usize,
     /// Label without article, e.g. `leg`.
     pub label: String,
+    /// Object, common part or unique part (written by the builder; optional in user files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<MaskRole>,
     /// The mask, `size` = `[height, width]` of its image.
     pub rle: CocoRle,
 }
@@ -61,4 +87,34 @@ pub struct Sample {
     pub answer: String,
     /// Ground-truth masks in `[SEG]` order.
     pub masks: Vec<SampleMask>,
+}
+
+/// Reads every sample of a JSONL file; errors name the file and line.
+pub fn read_samples(path: &std::path::Path) -> crate::Result<Vec<Sample>> {
+    let mut out = Vec::new();
+    for_each_sample(path, |s| {
+        out.push(s);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Streams the samples of a JSONL file (blank lines are skipped).
+pub fn for_each_sample(
+    path: &std::path::Path,
+    mut f: impl FnMut(Sample) -> crate::Result<()>,
+) -> crate::Result<()> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| crate::DataError::io(path, e))?;
+    let reader = std::io::BufReader::with_capacity(1 << 20, file);
+    for (k, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| crate::DataError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let sample: Sample = serde_json::from_str(&line)
+            .map_err(|e| crate::DataError::json(path, format!("line {}", k + 1), e))?;
+        f(sample)?;
+    }
+    Ok(())
 }
