@@ -19,7 +19,7 @@ pub enum DataError {
     Json {
         /// The file.
         path: PathBuf,
-        /// Where in the file: a record ("annotations[12] (id 7)") or a line ("line 3").
+        /// Where in the file: a record (`annotations[12] (id 7)`) or a line (`line 3`).
         context: String,
         /// The parser's message.
         message: String,

@@ -82,6 +82,9 @@ impl IndexedImage {
     }
 }
 
+/// Instance masks of one category on one image: objects, and parts by part id.
+type InstanceMasks = (Vec<Rle>, BTreeMap<u32, Vec<Rle>>);
+
 fn merge(rles: Vec<Rle>) -> Rle {
     if rles.len() == 1 {
         return rles.into_iter().next().unwrap_or_else(|| Rle::empty(0, 0));
@@ -109,7 +112,7 @@ pub fn index_image(
     record: &ImageRecord,
     names: &Names,
 ) -> Result<IndexedImage> {
-    let mut by_cat: BTreeMap<u32, (Vec<Rle>, BTreeMap<u32, Vec<Rle>>)> = BTreeMap::new();
+    let mut by_cat: BTreeMap<u32, InstanceMasks> = BTreeMap::new();
     let check = |rle: &Rle, what: &str| -> Result<()> {
         if rle.height != record.height || rle.width != record.width {
             return Err(DataError::invalid(

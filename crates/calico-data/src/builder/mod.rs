@@ -74,8 +74,8 @@ impl Default for BuildConfig {
 pub struct BuildSummary {
     /// Seed used.
     pub seed: u64,
-    /// Source name → image root.
-    pub sources: BTreeMap<String, PathBuf>,
+    /// Source name → image root (relative to the output directory when possible).
+    pub sources: BTreeMap<String, String>,
     /// Split → files written (relative to the output directory).
     pub files: BTreeMap<String, Vec<String>>,
     /// Images per split.
@@ -360,8 +360,11 @@ pub fn build(
         seed: cfg.seed,
         sources: datasets
             .iter()
-            .map(|d| (d.name.clone(), d.image_root.clone()))
-            .collect(),
+            .map(|d| {
+                let root = absolute(&d.image_root)?;
+                Ok((d.name.clone(), relative_path(&root, &out_abs)))
+            })
+            .collect::<Result<_>>()?,
         files: BTreeMap::new(),
         images: SPLITS
             .iter()
