@@ -27,6 +27,7 @@ pub fn report(err: &anyhow::Error) -> i32 {
             || e.is::<calico_masks::MaskError>()
             || e.is::<calico_text::ComposeError>()
             || e.is::<calico_text::ParseError>()
+            || is_input_data_error(e)
             || e.is::<serde_json::Error>()
             || e.is::<std::io::Error>()
     });
@@ -34,5 +35,15 @@ pub fn report(err: &anyhow::Error) -> i32 {
         2
     } else {
         1
+    }
+}
+
+/// Data errors caused by the input (everything but internal failures).
+fn is_input_data_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    use calico_data::DataError;
+    match e.downcast_ref::<DataError>() {
+        Some(DataError::Config(msg)) => !msg.starts_with("internal"),
+        Some(_) => true,
+        None => false,
     }
 }

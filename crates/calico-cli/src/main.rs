@@ -5,6 +5,7 @@
 
 mod commands;
 mod exit;
+mod progress;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,9 @@ enum Command {
     /// COCO masks: encode PNGs to RLE, decode RLE to PNG, area/box, IoU.
     #[command(subcommand)]
     Masks(commands::masks::MasksCommand),
+    /// MixedParts data: SynthParts generator, sample builder, statistics.
+    #[command(subcommand)]
+    Data(commands::data::DataCommand),
 }
 
 fn main() {
@@ -31,6 +35,7 @@ fn main() {
     let result = match cli.command {
         Command::Answer(c) => commands::answer::run(c),
         Command::Masks(c) => commands::masks::run(c),
+        Command::Data(c) => commands::data::run(c),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

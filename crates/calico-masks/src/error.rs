@@ -40,7 +40,10 @@ pub enum MaskError {
     Png { path: PathBuf, reason: String },
     /// Plain I/O failure on a named file.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Result alias for this crate.

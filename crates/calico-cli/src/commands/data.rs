@@ -1,0 +1,260 @@
+//! `calico data …`: SynthParts, the MixedParts builder, statistics.
+
+use crate::exit::bad_input;
+use crate::progress::StageBars;
+use anyhow::{Context, Result};
+use calico_data::builder::{build, BuildConfig, ComparablePairs};
+use calico_data::samples::for_each_sample;
+use calico_data::sources::{read_source, ReadOptions};
+use calico_data::stats::StatsAccumulator;
+use calico_data::synth::{generate, SynthConfig};
+use calico_data::SourceFormat;
+use clap::{Args, Subcommand};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Generate SynthParts: images + annotations in the PACO-LVIS,
+    /// PartImageNet and ADE20K-Part-234 formats.
+    Synth(SynthArgs),
+    /// Build MixedParts samples (train/val/test JSONL + statistics) from sources.
+    Build(BuildArgs),
+    /// Statistics of samples files or build directories (appendix B / Table 3).
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+pub struct SynthArgs {
+    /// Output directory (one sub-directory per format).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed: the same seed writes byte-identical files.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Images per source format.
+    #[arg(long, default_value_t = 300)]
+    images: usize,
+    /// Image width and height in pixels.
+    #[arg(long, default_value_t = 256)]
+    size: u32,
+    /// Formats to write (default: all three).
+    #[arg(long, value_delimiter = ',')]
+    formats: Vec<SourceFormat>,
+    /// Write annotations only (no JPEGs), e.g. for scale benchmarks.
+    #[arg(long)]
+    annotation_only: bool,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// A source as FORMAT=DIR or FORMAT=DIR:NAME (repeatable). FORMAT is
+    /// paco_lvis, part_image_net or ade20k_part234; NAME goes into the
+    /// samples' `source` field (default: the format).
+    #[arg(long = "source", required = true)]
+    sources: Vec<String>,
+    /// Output directory for train/val/test JSONL, stats.json, stats.svg, build.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Partners drawn per (image, object category) and task.
+    #[arg(long, default_value_t = 4)]
+    per_object: usize,
+    /// Train,val,test fractions of images.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.8, 0.1, 0.1])]
+    splits: Vec<f64>,
+    /// Keep the sources' own train/val/test splits.
+    #[arg(long, conflicts_with = "splits")]
+    source_splits: bool,
+    /// Cap samples per (split, source, task), as SPLIT=N (repeatable), e.g. test=111.
+    #[arg(long = "max")]
+    max: Vec<String>,
+    /// Comparable pairs file ({"groups": {…}, "pairs": [[a, b], …]}); default: built-in list.
+    #[arg(long)]
+    pairs: Option<PathBuf>,
+    /// Lines per JSONL shard.
+    #[arg(long, default_value_t = 500_000)]
+    shard_lines: usize,
+    /// Check that every image file exists (missing ones are skipped and counted).
+    #[arg(long)]
+    check_images: bool,
+    /// PartImageNet class-name overrides ({"n02071294": "whale", …}).
+    #[arg(long)]
+    class_map: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    /// JSONL samples files or build directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Write the statistics as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the top-category bar charts as SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+}
+
+pub fn run(cmd: DataCommand) -> Result<()> {
+    match cmd {
+        DataCommand::Synth(a) => run_synth(a),
+        DataCommand::Build(a) => run_build(a),
+        DataCommand::Stats(a) => run_stats(a),
+    }
+}
+
+fn run_synth(a: SynthArgs) -> Result<()> {
+    let cfg = SynthConfig {
+        seed: a.seed,
+        images_per_source: a.images,
+        width: a.size,
+        height: a.size,
+        formats: if a.formats.is_empty() {
+            SourceFormat::ALL.to_vec()
+        } else {
+            a.formats
+        },
+        annotation_only: a.annotation_only,
+        ..SynthConfig::default()
+    };
+    let bars = StageBars::new();
+    let t = std::time::Instant::now();
+    let summary = generate(&cfg, &a.out, &|done, total| {
+        bars.update("synth", done as u64, total as u64)
+    })?;
+    bars.finish();
+    eprintln!(
+        "wrote SynthParts to {} in {:.1} s",
+        a.out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(())
+}
+
+fn parse_source(spec: &str) -> Result<(SourceFormat, PathBuf, Option<String>)> {
+    let (format, rest) = spec
+        .split_once('=')
+        .ok_or_else(|| bad_input(format!("--source {spec:?}: expected FORMAT=DIR[:NAME]")))?;
+    let format: SourceFormat = format.parse().map_err(|e: String| bad_input(e))?;
+    let (dir, name) = match rest.rsplit_once(':') {
+        Some((d, n)) if !n.contains('/') && !n.is_empty() && !d.is_empty() => {
+            (d.to_string(), Some(n.to_string()))
+        }
+        _ => (rest.to_string(), None),
+    };
+    Ok((format, PathBuf::from(dir), name))
+}
+
+fn run_build(a: BuildArgs) -> Result<()> {
+    let mut max_per_group = BTreeMap::new();
+    for m in &a.max {
+        let (split, n) = m
+            .split_once('=')
+            .ok_or_else(|| bad_input(format!("--max {m:?}: expected SPLIT=N")))?;
+        let n: usize = n
+            .parse()
+            .map_err(|_| bad_input(format!("--max {m:?}: {n:?} is not a count")))?;
+        max_per_group.insert(split.to_string(), n);
+    }
+    if a.splits.len() != 3 {
+        return Err(bad_input("--splits needs three fractions: train,val,test"));
+    }
+    let pairs = match &a.pairs {
+        Some(p) => ComparablePairs::from_file(p)?,
+        None => ComparablePairs::default_list(),
+    };
+    let cfg = BuildConfig {
+        seed: a.seed,
+        per_object: a.per_object,
+        split_fractions: [a.splits[0], a.splits[1], a.splits[2]],
+        source_splits: a.source_splits,
+        max_per_group,
+        pairs,
+        shard_lines: a.shard_lines,
+    };
+    let t = std::time::Instant::now();
+    let mut datasets = Vec::new();
+    for spec in &a.sources {
+        let (format, dir, name) = parse_source(spec)?;
+        let opts = ReadOptions {
+            check_images: a.check_images,
+            name,
+            class_map: a.class_map.clone(),
+            ..ReadOptions::default()
+        };
+        eprintln!("reading {format} from {}", dir.display());
+        let d =
+            read_source(format, &dir, &opts).with_context(|| format!("reading --source {spec}"))?;
+        let objects: usize = d.images.iter().map(|i| i.objects.len()).sum();
+        eprintln!(
+            "  {}: {} images, {} objects; skipped {} ({})",
+            d.name,
+            d.images.len(),
+            objects,
+            d.skipped.total(),
+            serde_json::to_string(&d.skipped)?
+        );
+        datasets.push(d);
+    }
+    let bars = StageBars::new();
+    let summary = build(&datasets, &cfg, &a.out, &|stage, done, total| {
+        bars.update(stage, done, total)
+    })?;
+    bars.finish();
+    print!("{}", summary.stats.to_table());
+    eprintln!(
+        "wrote {} samples to {} in {:.1} s",
+        summary.stats.samples,
+        a.out.display(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Samples files named by a path: the file itself, or a build directory's split files.
+fn sample_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .with_context(|| format!("listing {}", path.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(bad_input(format!("{}: no .jsonl files", path.display())));
+        }
+        Ok(files)
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+fn run_stats(a: StatsArgs) -> Result<()> {
+    let mut acc = StatsAccumulator::default();
+    for path in &a.paths {
+        for file in sample_files(path)? {
+            for_each_sample(&file, |s| {
+                acc.add(&s);
+                Ok(())
+            })?;
+        }
+    }
+    let stats = acc.finish();
+    print!("{}", stats.to_table());
+    if let Some(p) = &a.json {
+        write_text(p, &(serde_json::to_string_pretty(&stats)? + "\n"))?;
+    }
+    if let Some(p) = &a.svg {
+        write_text(p, &stats.to_svg())?;
+    }
+    Ok(())
+}
+
+fn write_text(path: &Path, text: &str) -> Result<()> {
+    calico_masks::png_io::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    Ok(())
+}
