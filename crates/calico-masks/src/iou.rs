@@ -138,9 +138,47 @@ pub fn iou_matrix_prepared(dt: &[IouRle], gt: &[IouRle], iscrowd: &[bool]) -> Ve
     out
 }
 
-/// IoU of one pair (non-crowd).
+/// IoU of one pair (non-crowd), as `maskUtils.iou([a], [b], [0])`.
+///
+/// Walks both count lists once, without building interval lists.
 pub fn iou(a: &Rle, b: &Rle) -> f64 {
-    IouRle::new(a).iou(&IouRle::new(b), false)
+    if bbox_iou(a.to_bbox(), b.to_bbox(), false) <= 0.0 {
+        return 0.0;
+    }
+    if a.height != b.height || a.width != b.width {
+        return -1.0;
+    }
+    let i = intersection_of_counts(&a.counts, &b.counts);
+    if i == 0 {
+        return 0.0;
+    }
+    let u = a.area() + b.area() - i;
+    i as f64 / u as f64
+}
+
+/// Foreground pixels shared by two count lists (walking runs in step).
+fn intersection_of_counts(a: &[u32], b: &[u32]) -> u64 {
+    // Foreground intervals are odd-indexed runs; advance through both lists
+    // by interval end, summing overlaps.
+    let (mut ia, mut ib) = (1usize, 1usize);
+    let (mut sa, mut sb) = (
+        a.first().copied().unwrap_or(0) as u64,
+        b.first().copied().unwrap_or(0) as u64,
+    );
+    let mut total = 0u64;
+    while ia < a.len() && ib < b.len() {
+        let ea = sa + a[ia] as u64;
+        let eb = sb + b[ib] as u64;
+        total += ea.min(eb).saturating_sub(sa.max(sb));
+        if ea <= eb {
+            sa = ea + a.get(ia + 1).copied().unwrap_or(0) as u64;
+            ia += 2;
+        } else {
+            sb = eb + b.get(ib + 1).copied().unwrap_or(0) as u64;
+            ib += 2;
+        }
+    }
+    total
 }
 
 #[cfg(test)]

@@ -136,6 +136,20 @@ fn check(path: &PathBuf) -> usize {
             );
         }
         checked += got.len();
+        // The single-pair function takes its own path; it must agree too.
+        for (d, a) in dt.iter().enumerate() {
+            for (g, b) in gt.iter().enumerate() {
+                if !crowd[g] {
+                    let w = want[d * gt.len() + g];
+                    let p = calico_masks::iou(a, b);
+                    assert!(
+                        p.to_bits() == w.to_bits(),
+                        "{ctx}: iou set {i} pair ({d}, {g}): {p} vs {w}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
     }
     for (i, c) in cases.merge.iter().enumerate() {
         let parts: Vec<Rle> = c.idx.iter().map(|&k| rles[k].clone()).collect();

@@ -1,0 +1,133 @@
+//! `calico data …` end to end, and its handling of bad input: clear message
+//! naming the file, exit code 2, nothing half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn calico(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_calico"))
+        .args(args)
+        .output()
+        .expect("run calico")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("calico-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn synth(dir: &Path) -> PathBuf {
+    let out = dir.join("synth");
+    let o = calico(&["data", "synth", "--out", out.to_str().unwrap(), "--images", "24", "--size", "64"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+fn build(synth: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["data".into(), "build".into(), "--out".into(), out.display().to_string()];
+    for f in ["paco_lvis", "part_image_net", "ade20k_part234"] {
+        args.push("--source".into());
+        args.push(format!("{f}={}", synth.join(f).display()));
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    calico(&refs)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn synth_build_stats_and_determinism() {
+    let d = tmp("ok");
+    let s = synth(&d);
+    let (a, b) = (d.join("a"), d.join("b"));
+    assert!(build(&s, &a, &[]).status.success());
+    assert!(build(&s, &b, &[]).status.success());
+    for f in ["train.jsonl", "val.jsonl", "test.jsonl", "stats.json"] {
+        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f}");
+    }
+    let o = calico(&["data", "stats", a.to_str().unwrap(), "--json", d.join("s.json").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("Total # Instances"), "{table}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("s.json")).unwrap()).unwrap();
+    let built: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("stats.json")).unwrap()).unwrap();
+    assert_eq!(stats, built, "stats of the files equal the builder's own");
+}
+
+#[test]
+fn malformed_json_names_the_file_and_writes_nothing() {
+    let d = tmp("json");
+    let s = synth(&d);
+    let f = s.join("paco_lvis/annotations/paco_lvis_v1_train.json");
+    let text = std::fs::read_to_string(&f).unwrap();
+    std::fs::write(&f, &text[..text.len() / 2]).unwrap();
+    let out = d.join("out");
+    let o = build(&s, &out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("paco_lvis_v1_train.json"), "{}", stderr(&o));
+    assert!(!out.join("train.jsonl").exists());
+}
+
+#[test]
+fn wrong_png_depth_is_an_error_naming_the_png() {
+    let d = tmp("png");
+    let s = synth(&d);
+    let dir = s.join("ade20k_part234/annotations_detectron2_part/training");
+    let png = std::fs::read_dir(&dir).unwrap().flatten().next().unwrap().path();
+    let map = calico_masks::png_io::read_label_png(&png).unwrap();
+    let eight = calico_masks::png_io::LabelMap {
+        bit_depth: 8,
+        data: map.data.iter().map(|&v| v.min(255)).collect(),
+        ..map
+    };
+    calico_masks::png_io::write_label_png(&png, &eight).unwrap();
+    let out = d.join("out");
+    let o = build(&s, &out, &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let name = png.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(stderr(&o).contains(&name) && stderr(&o).contains("16"), "{}", stderr(&o));
+    assert!(!out.join("train.jsonl").exists());
+}
+
+#[test]
+fn missing_images_and_dangling_parts_are_skipped_and_counted() {
+    let d = tmp("skip");
+    let s = synth(&d);
+    // Remove two PACO images and cut one part loose from its object.
+    let img_dir = s.join("paco_lvis/train2017");
+    for e in std::fs::read_dir(&img_dir).unwrap().flatten().take(2) {
+        std::fs::remove_file(e.path()).unwrap();
+    }
+    let f = s.join("paco_lvis/annotations/paco_lvis_v1_train.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    let anns = v["annotations"].as_array_mut().unwrap();
+    let part = anns.iter_mut().find(|a| a.get("obj_ann_id").is_some()).unwrap();
+    part["obj_ann_id"] = serde_json::json!(987654321);
+    std::fs::write(&f, serde_json::to_string(&v).unwrap()).unwrap();
+    let out = d.join("out");
+    let o = build(&s, &out, &["--check-images"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("\"missing_images\":2"), "{err}");
+    assert!(err.contains("\"dangling_parts\":1"), "{err}");
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let d = tmp("args");
+    let o = calico(&["data", "build", "--source", "coco=/nowhere", "--out", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown source format"), "{}", stderr(&o));
+    let o = calico(&["data", "build", "--source", "paco_lvis=/nowhere", "--out", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/nowhere"), "{}", stderr(&o));
+    let o = calico(&["data", "stats", "/nowhere.jsonl"]);
+    assert_eq!(o.status.code(), Some(2));
+}
