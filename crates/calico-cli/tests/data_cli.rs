@@ -20,13 +20,27 @@ fn tmp(name: &str) -> PathBuf {
 
 fn synth(dir: &Path) -> PathBuf {
     let out = dir.join("synth");
-    let o = calico(&["data", "synth", "--out", out.to_str().unwrap(), "--images", "24", "--size", "64"]);
+    let o = calico(&[
+        "data",
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--images",
+        "24",
+        "--size",
+        "64",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     out
 }
 
 fn build(synth: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec!["data".into(), "build".into(), "--out".into(), out.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "data".into(),
+        "build".into(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
     for f in ["paco_lvis", "part_image_net", "ade20k_part234"] {
         args.push("--source".into());
         args.push(format!("{f}={}", synth.join(f).display()));
@@ -48,9 +62,19 @@ fn synth_build_stats_and_determinism() {
     assert!(build(&s, &a, &[]).status.success());
     assert!(build(&s, &b, &[]).status.success());
     for f in ["train.jsonl", "val.jsonl", "test.jsonl", "stats.json"] {
-        assert_eq!(std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap(), "{f}");
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
     }
-    let o = calico(&["data", "stats", a.to_str().unwrap(), "--json", d.join("s.json").to_str().unwrap()]);
+    let o = calico(&[
+        "data",
+        "stats",
+        a.to_str().unwrap(),
+        "--json",
+        d.join("s.json").to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(table.contains("Total # Instances"), "{table}");
@@ -71,7 +95,11 @@ fn malformed_json_names_the_file_and_writes_nothing() {
     let out = d.join("out");
     let o = build(&s, &out, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("paco_lvis_v1_train.json"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("paco_lvis_v1_train.json"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.join("train.jsonl").exists());
 }
 
@@ -80,7 +108,12 @@ fn wrong_png_depth_is_an_error_naming_the_png() {
     let d = tmp("png");
     let s = synth(&d);
     let dir = s.join("ade20k_part234/annotations_detectron2_part/training");
-    let png = std::fs::read_dir(&dir).unwrap().flatten().next().unwrap().path();
+    let png = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
     let map = calico_masks::png_io::read_label_png(&png).unwrap();
     let eight = calico_masks::png_io::LabelMap {
         bit_depth: 8,
@@ -92,7 +125,11 @@ fn wrong_png_depth_is_an_error_naming_the_png() {
     let o = build(&s, &out, &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let name = png.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(stderr(&o).contains(&name) && stderr(&o).contains("16"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&name) && stderr(&o).contains("16"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!out.join("train.jsonl").exists());
 }
 
@@ -106,9 +143,13 @@ fn missing_images_and_dangling_parts_are_skipped_and_counted() {
         std::fs::remove_file(e.path()).unwrap();
     }
     let f = s.join("paco_lvis/annotations/paco_lvis_v1_train.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
     let anns = v["annotations"].as_array_mut().unwrap();
-    let part = anns.iter_mut().find(|a| a.get("obj_ann_id").is_some()).unwrap();
+    let part = anns
+        .iter_mut()
+        .find(|a| a.get("obj_ann_id").is_some())
+        .unwrap();
     part["obj_ann_id"] = serde_json::json!(987654321);
     std::fs::write(&f, serde_json::to_string(&v).unwrap()).unwrap();
     let out = d.join("out");
@@ -122,10 +163,28 @@ fn missing_images_and_dangling_parts_are_skipped_and_counted() {
 #[test]
 fn bad_arguments_exit_2() {
     let d = tmp("args");
-    let o = calico(&["data", "build", "--source", "coco=/nowhere", "--out", d.to_str().unwrap()]);
+    let o = calico(&[
+        "data",
+        "build",
+        "--source",
+        "coco=/nowhere",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown source format"), "{}", stderr(&o));
-    let o = calico(&["data", "build", "--source", "paco_lvis=/nowhere", "--out", d.to_str().unwrap()]);
+    assert!(
+        stderr(&o).contains("unknown source format"),
+        "{}",
+        stderr(&o)
+    );
+    let o = calico(&[
+        "data",
+        "build",
+        "--source",
+        "paco_lvis=/nowhere",
+        "--out",
+        d.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nowhere"), "{}", stderr(&o));
     let o = calico(&["data", "stats", "/nowhere.jsonl"]);

@@ -178,7 +178,12 @@ fn run_synth(a: SynthArgs) -> Result<()> {
         let counts: Vec<String> = s
             .splits
             .iter()
-            .map(|c| format!("{} {} images / {} objects / {} parts", c.split, c.images, c.objects, c.parts))
+            .map(|c| {
+                format!(
+                    "{} {} images / {} objects / {} parts",
+                    c.split, c.images, c.objects, c.parts
+                )
+            })
             .collect();
         eprintln!("  {}: {}", s.format, counts.join(", "));
     }
