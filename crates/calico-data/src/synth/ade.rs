@@ -7,14 +7,12 @@
 //! and a copy of the 234 part names, `ade20k_part234_classes.json`.
 
 use super::classes::{class_table, classes_in};
-use super::coco::{
-    header, image_rng, CocoAnn, CocoImage, FormatWriter, OpenSplit, Split, SplitCounts,
-};
+use super::coco::{header, CocoAnn, CocoImage, FormatWriter, OpenSplit, Split, SplitCounts};
 use super::extract::{extract, ExtObject};
 use super::io::{encode_jpeg, encode_png16, write_atomic};
 use super::masks::NONE;
-use super::scene::sample_and_render;
-use super::{n_objects, SynthConfig, JPEG_QUALITY};
+use super::scene::render_image;
+use super::{SynthConfig, JPEG_QUALITY};
 use crate::error::{DataError, Result};
 use crate::taxonomy::SourceFormat;
 use calico_masks::CocoRle;
@@ -152,16 +150,7 @@ impl FormatWriter for Ade {
     }
 
     fn image(&self, cfg: &SynthConfig, split: &Split, index: usize) -> Result<AdeImage> {
-        let mut rng = image_rng(cfg.seed, FORMAT, index);
-        let n = n_objects(&mut rng, cfg, FORMAT);
-        let r = sample_and_render(
-            &mut rng,
-            &self.classes,
-            n,
-            cfg.width,
-            cfg.height,
-            !cfg.annotation_only,
-        );
+        let r = render_image(cfg, &self.classes, FORMAT, index);
         let stem = format!("ADE_synth_{:08}", index + 1);
         if let Some(rgb) = &r.rgb {
             let path = self

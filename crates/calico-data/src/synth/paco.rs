@@ -7,8 +7,8 @@ use super::classes::{class_table, classes_in};
 use super::coco::{header, CocoAnn, CocoImage, FormatWriter, OpenSplit, Split, SplitCounts};
 use super::extract::{extract, ExtObject};
 use super::io::{encode_jpeg, write_atomic};
-use super::scene::sample_and_render;
-use super::{n_objects, SynthConfig, JPEG_QUALITY};
+use super::scene::render_image;
+use super::{SynthConfig, JPEG_QUALITY};
 use crate::error::{DataError, Result};
 use crate::taxonomy::SourceFormat;
 use calico_masks::CocoRle;
@@ -109,16 +109,7 @@ impl FormatWriter for Paco {
     }
 
     fn image(&self, cfg: &SynthConfig, split: &Split, index: usize) -> Result<PacoImage> {
-        let mut rng = super::coco::image_rng(cfg.seed, FORMAT, index);
-        let n = n_objects(&mut rng, cfg, FORMAT);
-        let r = sample_and_render(
-            &mut rng,
-            &self.classes,
-            n,
-            cfg.width,
-            cfg.height,
-            !cfg.annotation_only,
-        );
+        let r = render_image(cfg, &self.classes, FORMAT, index);
         let file_name = format!("{}/{:012}.jpg", split.dir, index + 1);
         if let Some(rgb) = &r.rgb {
             let path = self.root.join(&file_name);

@@ -8,14 +8,12 @@
 //! synthetic (`n99…`, see [`super::classes`]).
 
 use super::classes::{class_table, classes_in, PART_IMAGE_NET_SUPERCATEGORIES};
-use super::coco::{
-    header, image_rng, CocoAnn, CocoImage, FormatWriter, OpenSplit, Split, SplitCounts,
-};
+use super::coco::{header, CocoAnn, CocoImage, FormatWriter, OpenSplit, Split, SplitCounts};
 use super::extract::{extract, keys_row_major};
 use super::io::{encode_jpeg, write_atomic};
 use super::masks::polygons_by_key;
-use super::scene::sample_and_render;
-use super::{n_objects, SynthConfig, JPEG_QUALITY};
+use super::scene::render_image;
+use super::{SynthConfig, JPEG_QUALITY};
 use crate::error::{DataError, Result};
 use crate::taxonomy::SourceFormat;
 use calico_masks::Rle;
@@ -119,16 +117,7 @@ impl FormatWriter for Pin {
     }
 
     fn image(&self, cfg: &SynthConfig, split: &Split, index: usize) -> Result<PinImage> {
-        let mut rng = image_rng(cfg.seed, FORMAT, index);
-        let n = n_objects(&mut rng, cfg, FORMAT);
-        let r = sample_and_render(
-            &mut rng,
-            &self.classes,
-            n,
-            cfg.width,
-            cfg.height,
-            !cfg.annotation_only,
-        );
+        let r = render_image(cfg, &self.classes, FORMAT, index);
         let synset = r
             .classes
             .first()

@@ -193,6 +193,26 @@ pub(crate) fn sample(
 
 /// Samples scenes until every object is visible enough (or gives up after
 /// a few tries and marks the failing objects as not annotated), and renders.
+/// Draws and renders image `index` of `format`: the scene depends only on
+/// the seed, the format and the index (never on the thread that draws it).
+pub(crate) fn render_image(
+    cfg: &super::SynthConfig,
+    classes: &[usize],
+    format: crate::SourceFormat,
+    index: usize,
+) -> Rendered {
+    let mut rng = super::coco::image_rng(cfg.seed, format, index);
+    let n = super::n_objects(&mut rng, cfg, format);
+    sample_and_render(
+        &mut rng,
+        classes,
+        n,
+        cfg.width,
+        cfg.height,
+        !cfg.annotation_only,
+    )
+}
+
 pub(crate) fn sample_and_render(
     rng: &mut ChaCha8Rng,
     classes: &[usize],
