@@ -190,3 +190,48 @@ fn bad_arguments_exit_2() {
     let o = calico(&["data", "stats", "/nowhere.jsonl"]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn release_json_converts_to_samples() {
+    let d = tmp("release");
+    let s = synth(&d);
+    // Two PACO images of the synthetic set, one coded item in the release schema.
+    let f = s.join("paco_lvis/annotations/paco_lvis_v1_train.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+    let ids: Vec<u64> = v["images"].as_array().unwrap()[..2]
+        .iter()
+        .map(|i| i["id"].as_u64().unwrap())
+        .collect();
+    let square = serde_json::json!([[4.0, 4.0, 20.0, 4.0, 20.0, 20.0, 4.0, 20.0]]);
+    let item = serde_json::json!([{
+        "dataset_name": "paco_lvis", "img_ids": ids,
+        "q": "Can you segment the common object in these images?",
+        "a": "The common object is chair_101 and chair_201.",
+        "groundings": {"img_1": [{"name": "chair", "segmentation": square}],
+                       "img_2": [{"name": "chair", "segmentation": square}]}}]);
+    let release = d.join("mixed_parts_train.json");
+    std::fs::write(&release, item.to_string()).unwrap();
+    let out = d.join("converted/samples.jsonl");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let o = calico(&[
+        "data",
+        "convert-release",
+        "--release",
+        release.to_str().unwrap(),
+        "--source",
+        &format!("paco_lvis={}", s.join("paco_lvis").display()),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let samples = calico_data::samples::read_samples(&out).unwrap();
+    assert_eq!(samples.len(), 1);
+    let sample = &samples[0];
+    assert_eq!(sample.task, "common_object");
+    assert_eq!(sample.masks.len(), 2);
+    let parsed = calico_text::parse::parse_answer(&sample.answer, 2).unwrap();
+    assert_eq!(parsed.requests.len(), 2, "{}", sample.answer);
+    // Image paths resolve from the samples file's directory.
+    let img = out.parent().unwrap().join(&sample.images[0].file);
+    assert!(img.exists(), "{}", img.display());
+}

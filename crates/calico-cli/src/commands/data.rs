@@ -24,6 +24,25 @@ pub enum DataCommand {
     Stats(StatsArgs),
     /// SynthParts → the three readers → the builder, in one step, into --out.
     Demo(DemoArgs),
+    /// Convert the released MixedParts annotation JSON into samples JSONL.
+    ConvertRelease(ConvertArgs),
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// A release file, e.g. mixed_parts_val.json.
+    #[arg(long)]
+    release: PathBuf,
+    /// The source datasets its items refer to, as FORMAT=DIR[:NAME] (repeatable);
+    /// NAME must match the items' `dataset_name` (default: the format name).
+    #[arg(long = "source", required = true)]
+    sources: Vec<String>,
+    /// Output samples file (.jsonl).
+    #[arg(long)]
+    out: PathBuf,
+    /// Skip (and count) items whose dataset or images are not loaded.
+    #[arg(long)]
+    skip_unavailable: bool,
 }
 
 #[derive(Args)]
@@ -117,7 +136,52 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         DataCommand::Build(a) => run_build(a),
         DataCommand::Stats(a) => run_stats(a),
         DataCommand::Demo(a) => run_demo(a),
+        DataCommand::ConvertRelease(a) => run_convert(a),
     }
+}
+
+fn run_convert(a: ConvertArgs) -> Result<()> {
+    use calico_data::sources::mixed_parts::{read_release_with, ReleaseOptions};
+    let mut sources = std::collections::HashMap::new();
+    for spec in &a.sources {
+        let (format, dir, name) = parse_source(spec)?;
+        let opts = ReadOptions {
+            name,
+            ..ReadOptions::default()
+        };
+        let d =
+            read_source(format, &dir, &opts).with_context(|| format!("reading --source {spec}"))?;
+        sources.insert(d.name.clone(), d);
+    }
+    let opts = ReleaseOptions {
+        skip_unavailable: a.skip_unavailable,
+    };
+    let (mut samples, skipped) = read_release_with(&a.release, &sources, &opts)?;
+    // Image paths relative to the output file's directory, like the builder's.
+    let out_dir = std::path::absolute(&a.out)
+        .with_context(|| format!("resolving {}", a.out.display()))?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut acc = StatsAccumulator::default();
+    let mut text = String::new();
+    for s in &mut samples {
+        for img in &mut s.images {
+            let abs = std::path::absolute(&img.file).unwrap_or_else(|_| PathBuf::from(&img.file));
+            img.file = calico_data::builder::relative_path(&abs, &out_dir);
+        }
+        acc.add(s);
+        text.push_str(&serde_json::to_string(s)?);
+        text.push('\n');
+    }
+    write_text(&a.out, &text)?;
+    print!("{}", acc.finish().to_table());
+    eprintln!(
+        "wrote {} samples to {} ({skipped} items skipped)",
+        samples.len(),
+        a.out.display()
+    );
+    Ok(())
 }
 
 fn run_demo(a: DemoArgs) -> Result<()> {

@@ -131,7 +131,7 @@ fn split_of(cfg: &BuildConfig, source: &str, image_id: &str, own: Option<&str>) 
 
 /// Path of `target` relative to directory `base` (both absolute), or
 /// `target` itself when they share no prefix.
-fn relative_path(target: &Path, base: &Path) -> String {
+pub fn relative_path(target: &Path, base: &Path) -> String {
     let t: Vec<_> = target.components().collect();
     let b: Vec<_> = base.components().collect();
     let common = t.iter().zip(&b).take_while(|(x, y)| x == y).count();
