@@ -1,0 +1,39 @@
+//! Evaluation of part-focused semantic co-segmentation (paper appendix C.2,
+//! Tables 1 and 5): AP50, mIoU, Recall, Semantic Similarity and Semantic IoU
+//! per task, from a ground-truth samples file and a predictions file.
+//!
+//! Every image of every sample is one evaluation image; its ground truth is
+//! the sample's masks on that image, its predictions the predicted masks on
+//! that image.
+
+pub mod embed;
+pub mod metrics;
+
+use calico_masks::Rle;
+
+/// One labelled mask.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledMask {
+    /// Label without article (`leg`), or the phrase as predicted.
+    pub label: String,
+    /// The mask.
+    pub rle: Rle,
+    /// Confidence (ground truth: 1.0).
+    pub score: f64,
+}
+
+/// Ground truth and predictions of one image of one sample.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageEval {
+    /// Ground-truth masks.
+    pub gt: Vec<LabelledMask>,
+    /// Predicted masks.
+    pub pred: Vec<LabelledMask>,
+}
+
+/// Similarity of two labels in [-1, 1] (cosine of sentence embeddings for
+/// the paper's metrics).
+pub trait Similarity: Sync {
+    /// The similarity of `a` and `b`.
+    fn similarity(&self, a: &str, b: &str) -> f64;
+}
