@@ -28,6 +28,8 @@ pub fn report(err: &anyhow::Error) -> i32 {
             || e.is::<calico_text::ComposeError>()
             || e.is::<calico_text::ParseError>()
             || is_input_data_error(e)
+            || e.is::<calico_eval::EvalError>()
+            || e.is::<calico_eval::embed::EmbedError>()
             || e.is::<serde_json::Error>()
             || e.is::<std::io::Error>()
     });

@@ -28,6 +28,8 @@ enum Command {
     /// MixedParts data: SynthParts generator, sample builder, statistics.
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// Score predictions against ground truth: AP50, mIoU, Recall, SS, S-IoU per task.
+    Eval(commands::eval::EvalArgs),
 }
 
 fn main() {
@@ -36,6 +38,7 @@ fn main() {
         Command::Answer(c) => commands::answer::run(c),
         Command::Masks(c) => commands::masks::run(c),
         Command::Data(c) => commands::data::run(c),
+        Command::Eval(a) => commands::eval::run(a),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

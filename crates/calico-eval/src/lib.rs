@@ -7,7 +7,13 @@
 //! that image.
 
 pub mod embed;
+pub mod error;
+pub mod evaluate;
 pub mod metrics;
+pub mod predictions;
+pub mod report;
+
+pub use error::{EvalError, Result};
 
 use calico_masks::Rle;
 

@@ -2,4 +2,5 @@
 
 pub mod answer;
 pub mod data;
+pub mod eval;
 pub mod masks;
