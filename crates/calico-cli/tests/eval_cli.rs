@@ -152,11 +152,14 @@ fn missing_predictions_count_as_empty() {
     assert!(recall < 90.0 && recall > 10.0, "{recall}");
 }
 
+/// A change made to the first prediction.
+type Edit = fn(&mut serde_json::Value);
+
 #[test]
 fn bad_predictions_name_the_sample_or_are_skipped_with_lenient() {
     let d = tmp("bad");
     let gt = ground_truth(&d);
-    let cases: [(&str, fn(&mut serde_json::Value)); 4] = [
+    let cases: [(&str, Edit); 4] = [
         ("no ground-truth sample", |p| p["id"] = "nope/1".into()),
         ("is 3×3", |p| {
             p["masks"][0]["rle"] = serde_json::json!({"size": [3, 3], "counts": "9"})
