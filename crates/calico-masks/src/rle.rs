@@ -57,6 +57,19 @@ impl Rle {
         Rle::new(mask.height(), mask.width(), counts)
     }
 
+    /// Encodes many masks, spread over threads (`maskUtils.encode` of an
+    /// `h × w × n` array).
+    pub fn encode_all(masks: &[Mask]) -> Vec<Rle> {
+        use rayon::prelude::*;
+        masks.par_iter().map(Rle::encode).collect()
+    }
+
+    /// Decodes many RLEs, spread over threads (`maskUtils.decode` of a list).
+    pub fn decode_all(rles: &[Rle]) -> Result<Vec<Mask>> {
+        use rayon::prelude::*;
+        rles.par_iter().map(Rle::decode).collect()
+    }
+
     /// Sum of all counts (the number of pixels the RLE describes).
     pub fn total(&self) -> u64 {
         self.counts.iter().map(|&c| c as u64).sum()
@@ -285,6 +298,19 @@ mod tests {
         assert_eq!(Rle::encode(&Mask::zeros(3, 0)).counts, vec![0]);
         assert_eq!(Rle::encode(&Mask::zeros(2, 2)).counts, vec![4]);
         assert_eq!(Rle::empty(2, 2).to_bbox(), [0.0; 4]);
+    }
+
+    #[test]
+    fn batch_encode_and_decode_equal_single_calls() {
+        let masks: Vec<Mask> = (0..5)
+            .map(|k| Mask::from_fn(7, 9, |y, x| (x * 7 + y + k) % 5 < 2))
+            .collect();
+        let rles = Rle::encode_all(&masks);
+        for (m, r) in masks.iter().zip(&rles) {
+            assert_eq!(*r, Rle::encode(m));
+        }
+        assert_eq!(Rle::decode_all(&rles).unwrap(), masks);
+        assert!(Rle::decode_all(&[Rle::new(2, 2, vec![3])]).is_err());
     }
 
     #[test]
