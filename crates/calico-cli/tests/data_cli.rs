@@ -1,57 +1,13 @@
 //! `calico data …` end to end, and its handling of bad input: clear message
 //! naming the file, exit code 2, nothing half-written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn calico(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_calico"))
-        .args(args)
-        .output()
-        .expect("run calico")
-}
+use common::{build, calico, stderr, tmp};
+use std::path::Path;
 
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("calico-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn synth(dir: &Path) -> PathBuf {
-    let out = dir.join("synth");
-    let o = calico(&[
-        "data",
-        "synth",
-        "--out",
-        out.to_str().unwrap(),
-        "--images",
-        "24",
-        "--size",
-        "64",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
-fn build(synth: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<String> = vec![
-        "data".into(),
-        "build".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    for f in ["paco_lvis", "part_image_net", "ade20k_part234"] {
-        args.push("--source".into());
-        args.push(format!("{f}={}", synth.join(f).display()));
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    calico(&refs)
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+fn synth(dir: &Path) -> std::path::PathBuf {
+    common::synth(dir, 24)
 }
 
 #[test]

@@ -2,50 +2,17 @@
 //! reported, bad predictions are errors naming the sample (or skipped with
 //! --lenient).
 
+mod common;
+
+use common::{build, calico, tmp};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn calico(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_calico"))
-        .args(args)
-        .output()
-        .expect("run calico")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("calico-eval-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// SynthParts → build; returns the test split.
+/// SynthParts → build; returns the train split.
 fn ground_truth(d: &Path) -> PathBuf {
-    let synth = d.join("synth");
-    let o = calico(&[
-        "data",
-        "synth",
-        "--out",
-        synth.to_str().unwrap(),
-        "--images",
-        "40",
-        "--size",
-        "64",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let synth = common::synth(d, 40);
     let out = d.join("build");
-    let mut args = vec![
-        "data".to_string(),
-        "build".into(),
-        "--out".into(),
-        out.display().to_string(),
-    ];
-    for f in ["paco_lvis", "part_image_net", "ade20k_part234"] {
-        args.push("--source".into());
-        args.push(format!("{f}={}", synth.join(f).display()));
-    }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert!(calico(&refs).status.success());
+    assert!(build(&synth, &out, &[]).status.success());
     out.join("train.jsonl")
 }
 

@@ -366,7 +366,8 @@ impl DatasetStats {
     }
 }
 
-fn xml_escape(s: &str) -> String {
+/// Escapes text for XML and HTML (`&`, `<`, `>`, `"`).
+pub fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -1,6 +1,7 @@
 //! The report as text (the layout of the paper's Table 5), JSON and HTML.
 
 use crate::evaluate::{Report, Scores, TaskTable, TASKS};
+use calico_data::stats::xml_escape as esc;
 use std::fmt::Write as _;
 
 fn task_title(task: &str) -> &str {
@@ -153,11 +154,4 @@ fn html_table(h: &mut String, title: &str, t: &TaskTable) {
         );
     }
     h.push_str("</table>");
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
