@@ -117,13 +117,7 @@ fn common_object_with<S: AsRef<str>>(
     pick: Pick<'_>,
 ) -> Result<Answer, ComposeError> {
     validate::n_images(n_images)?;
-    let groups: Vec<Group> = validate::labels(labels)?
-        .into_iter()
-        .map(|label| Group {
-            label,
-            images: (0..n_images).collect(),
-        })
-        .collect();
+    let groups = on_every_image(labels, n_images)?;
     let list = by_count(
         groups.len(),
         answers::COMMON_OBJECT_NONE,
@@ -242,13 +236,7 @@ fn common_parts_with<S: AsRef<str>, T: AsRef<str>>(
 ) -> Result<Answer, ComposeError> {
     let n_images = objects.len();
     let id = identify_objects_with(objects, pick)?;
-    let groups: Vec<Group> = validate::labels(parts)?
-        .into_iter()
-        .map(|label| Group {
-            label,
-            images: (0..n_images).collect(),
-        })
-        .collect();
+    let groups = on_every_image(parts, n_images)?;
     let list = by_count(
         groups.len(),
         answers::COMMON_PARTS_NONE,
@@ -299,4 +287,18 @@ fn unique_parts_with<S: AsRef<str>, T: AsRef<str>>(
         answers::UNIQUE_PARTS_PLURAL,
     );
     Ok(id.then(render(pick(list), &groups, n_images)))
+}
+
+/// Validated labels, each tagged for every one of `n_images` images.
+fn on_every_image<S: AsRef<str>>(
+    labels: &[S],
+    n_images: usize,
+) -> Result<Vec<Group>, ComposeError> {
+    Ok(validate::labels(labels)?
+        .into_iter()
+        .map(|label| Group {
+            label,
+            images: (0..n_images).collect(),
+        })
+        .collect())
 }
