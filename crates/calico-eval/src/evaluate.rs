@@ -23,11 +23,21 @@ pub struct EvalOptions {
     pub lenient: bool,
 }
 
+/// The evaluation images of one task, sources in name order, each source's
+/// images contiguous so a source is scored on a sub-slice without copying.
+#[derive(Debug, Default)]
+pub struct TaskImages {
+    /// All images of the task.
+    pub images: Vec<ImageEval>,
+    /// Source → its range in `images`.
+    pub sources: BTreeMap<String, std::ops::Range<usize>>,
+}
+
 /// Ground truth and predictions joined, ready for scoring.
 #[derive(Debug, Default)]
 pub struct Prepared {
-    /// `(task, source)` → evaluation images.
-    pub groups: BTreeMap<(String, String), Vec<ImageEval>>,
+    /// Task → its evaluation images, grouped by source.
+    pub tasks: BTreeMap<String, TaskImages>,
     /// Every label the text metrics will compare (GT labels and predicted phrases).
     pub labels: BTreeSet<String>,
     /// Ground-truth samples.
@@ -157,6 +167,7 @@ pub fn prepare(
         pred_of.insert(p.id.as_str(), masks);
         out.predictions += 1;
     }
+    let mut groups: BTreeMap<(String, String), Vec<ImageEval>> = BTreeMap::new();
     for s in samples {
         let mut images: Vec<ImageEval> = vec![ImageEval::default(); s.images.len()];
         for (k, m) in s.masks.iter().enumerate() {
@@ -184,10 +195,17 @@ pub fn prepare(
             }
             None => out.missing.push(s.id.clone()),
         }
-        out.groups
+        groups
             .entry((s.task.clone(), s.source.clone()))
             .or_default()
             .extend(images);
+    }
+    // (task, source) order: each task's sources end up contiguous.
+    for ((task, source), images) in groups {
+        let t = out.tasks.entry(task).or_default();
+        let start = t.images.len();
+        t.images.extend(images);
+        t.sources.insert(source, start..t.images.len());
     }
     Ok(out)
 }
@@ -282,18 +300,10 @@ fn average(tasks: &BTreeMap<String, Scores>) -> Scores {
 }
 
 fn table<'a>(
-    groups: impl Iterator<Item = (&'a String, &'a Vec<ImageEval>)>,
+    tasks: impl Iterator<Item = (&'a String, &'a [ImageEval])>,
     sim: &dyn Similarity,
 ) -> TaskTable {
-    let mut per_task: BTreeMap<String, Vec<ImageEval>> = BTreeMap::new();
-    for (task, images) in groups {
-        per_task
-            .entry(task.clone())
-            .or_default()
-            .extend(images.iter().cloned());
-    }
-    let tasks: BTreeMap<String, Scores> = per_task
-        .iter()
+    let tasks: BTreeMap<String, Scores> = tasks
         .map(|(t, images)| (t.clone(), evaluate_images(images, sim).into()))
         .collect();
     TaskTable {
@@ -307,20 +317,26 @@ pub fn score(
     prepared: &Prepared,
     sim: &dyn Similarity,
 ) -> (TaskTable, BTreeMap<String, TaskTable>) {
-    let overall = table(prepared.groups.iter().map(|((t, _), v)| (t, v)), sim);
-    let sources: BTreeSet<&String> = prepared.groups.keys().map(|(_, s)| s).collect();
+    let overall = table(
+        prepared
+            .tasks
+            .iter()
+            .map(|(t, ti)| (t, ti.images.as_slice())),
+        sim,
+    );
+    let sources: BTreeSet<&String> = prepared
+        .tasks
+        .values()
+        .flat_map(|t| t.sources.keys())
+        .collect();
     let by_source = sources
         .into_iter()
         .map(|src| {
-            let t = table(
-                prepared
-                    .groups
-                    .iter()
-                    .filter(|((_, s), _)| s == src)
-                    .map(|((t, _), v)| (t, v)),
-                sim,
-            );
-            (src.clone(), t)
+            let per_task = prepared
+                .tasks
+                .iter()
+                .filter_map(|(t, ti)| ti.sources.get(src).map(|r| (t, &ti.images[r.clone()])));
+            (src.clone(), table(per_task, sim))
         })
         .collect();
     (overall, by_source)
