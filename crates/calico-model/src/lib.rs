@@ -1,0 +1,16 @@
+//! Calico's networks, built through `VarBuilder` paths equal to the tensor
+//! names of the checkpoints users already have (HF transformers, original
+//! SAM, LAVIS and torch-hub through name maps).
+//!
+//! Every block is checked against its reference implementation by the parity
+//! framework ([`parity`], docs/parity.md).
+
+pub mod dinov2;
+pub mod eva_vit;
+pub mod load;
+pub mod parity;
+pub mod preprocess;
+pub mod qformer;
+pub mod sam;
+
+pub use load::{Checkpoint, LoadError, LoadReport, NameMap};

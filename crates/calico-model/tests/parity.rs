@@ -1,0 +1,67 @@
+//! Replays every parity case: the committed ones under tests/fixtures/parity
+//! and, when `CALICO_PARITY_DIR` is set, every case in that directory.
+//! Format: docs/parity.md.
+
+use std::path::PathBuf;
+
+use calico_model::parity::{case_files, check, Case};
+use candle_core::Device;
+
+fn case_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity")];
+    if let Some(d) = std::env::var_os("CALICO_PARITY_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs
+}
+
+#[test]
+fn every_parity_case_matches_its_reference() {
+    let device = Device::Cpu;
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for dir in case_dirs() {
+        let files = case_files(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for file in files {
+            count += 1;
+            let name = file.display().to_string();
+            let outcome = Case::read(&file).and_then(|case| check(&case, &device));
+            match outcome {
+                Ok(r) => {
+                    let worst = r
+                        .errors
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.2e}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    println!(
+                        "{:<60} {:<24} tol {:.0e}  {worst}",
+                        file.file_name().unwrap().to_string_lossy(),
+                        r.component,
+                        r.tolerance
+                    );
+                    if !r.passed() {
+                        failures.push(format!(
+                            "{name}: max relative error {:.3e} > {:.0e}{}",
+                            r.max_error(),
+                            r.tolerance,
+                            if r.unused_weights.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; weights never read: {}", r.unused_weights.join(", "))
+                            }
+                        ));
+                    }
+                }
+                Err(e) => failures.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    println!("{count} parity cases");
+    assert!(
+        failures.is_empty(),
+        "{} of {count} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

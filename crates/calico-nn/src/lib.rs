@@ -1,0 +1,20 @@
+//! Building blocks shared by every Calico network.
+//!
+//! candle's fused kernels (`layer_norm`, `rms_norm`, `softmax_last_dim`,
+//! `rope`) are fast but have no backward pass. Every op here dispatches on
+//! [`ops::needs_grad`]: when none of its inputs is tracked by autograd (frozen
+//! weights, inference) it runs the fused kernel; otherwise it runs a
+//! formulation built from differentiable primitives. The two paths compute the
+//! same function (tested to 1e-5), so a module behaves identically whether it
+//! is frozen or trained.
+
+pub mod attention;
+pub mod linear;
+pub mod loss;
+pub mod norm;
+pub mod ops;
+
+pub use attention::scaled_dot_product_attention;
+pub use linear::{Linear, LoraConfig};
+pub use norm::{LayerNorm, RmsNorm};
+pub use ops::Activation;
