@@ -235,3 +235,130 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut impl Rng) -> Result<Tensor> {
         .to_device(x.device())?;
     x * mask
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+    use rand::SeedableRng;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// A LoRA layer whose B is non-zero (a fresh adapter is a no-op).
+    fn trained_layer(varmap: &VarMap) -> Linear {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, &Device::Cpu);
+        let layer = Linear::new(6, 4, true, vb.pp("q_proj"))
+            .unwrap()
+            .with_lora(LoraConfig::default(), vb.pp("q_proj"))
+            .unwrap();
+        let data = varmap.data().lock().unwrap();
+        let b = data.get("q_proj.lora_B.weight").unwrap();
+        let v: Vec<f32> = (0..4 * 8)
+            .map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.5)
+            .collect();
+        b.set(&Tensor::from_vec(v, (4, 8), &Device::Cpu).unwrap())
+            .unwrap();
+        layer
+    }
+
+    #[test]
+    fn lora_uses_peft_names_and_starts_as_a_no_op() {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let layer = Linear::new(6, 4, false, vb.pp("v_proj"))
+            .unwrap()
+            .with_lora(LoraConfig::default(), vb.pp("v_proj"))
+            .unwrap();
+        let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "v_proj.lora_A.weight",
+                "v_proj.lora_B.weight",
+                "v_proj.weight"
+            ]
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6), &Device::Cpu).unwrap();
+        let base = Linear::from_tensors(layer.weight().clone(), None);
+        assert_eq!(
+            max_abs_diff(&layer.forward(&x).unwrap(), &base.forward(&x).unwrap()),
+            0.0
+        );
+    }
+
+    #[test]
+    fn merge_and_unmerge_preserve_the_function() {
+        let varmap = VarMap::new();
+        let mut layer = trained_layer(&varmap);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6), &Device::Cpu).unwrap();
+        let unmerged = layer.forward(&x).unwrap();
+        let w0 = layer.weight().clone();
+        let base = Linear::from_tensors(w0.clone(), layer.bias().cloned())
+            .forward(&x)
+            .unwrap();
+        assert!(
+            max_abs_diff(&unmerged, &base) > 1e-3,
+            "adapter must change the output"
+        );
+        layer.merge().unwrap();
+        assert!(layer.is_merged());
+        assert!(max_abs_diff(&layer.forward(&x).unwrap(), &unmerged) < 1e-5);
+        layer.unmerge().unwrap();
+        assert!(max_abs_diff(layer.weight(), &w0) < 1e-6);
+        assert!(max_abs_diff(&layer.forward(&x).unwrap(), &unmerged) < 1e-5);
+    }
+
+    #[test]
+    fn gradients_reach_the_adapter_and_seeded_dropout_is_reproducible() {
+        let varmap = VarMap::new();
+        let layer = trained_layer(&varmap);
+        let x = Tensor::randn(0f32, 1.0, (5, 6), &Device::Cpu).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let y1 = layer.forward_train(&x, &mut rng).unwrap();
+        let grads = y1.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0, "zero gradient for {name}");
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let y2 = layer.forward_train(&x, &mut rng).unwrap();
+        assert_eq!(max_abs_diff(&y1, &y2), 0.0);
+    }
+
+    #[test]
+    fn dropout_keeps_the_expected_fraction_and_rescales() {
+        let x = Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let y: Vec<f32> = dropout(&x, 0.25, &mut rng)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let kept = y.iter().filter(|&&v| v > 0.0).count();
+        assert!((7300..7700).contains(&kept), "{kept}");
+        assert!(y.iter().all(|&v| v == 0.0 || (v - 4.0 / 3.0).abs() < 1e-6));
+    }
+}
