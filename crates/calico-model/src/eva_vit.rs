@@ -174,7 +174,10 @@ impl EvaVitEmbeddings {
     /// `(B, 3, H, W)` pixels → `(B, 1 + N, D)` tokens.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let dims = pixel_values.dims();
-        if dims.len() != 4 || dims[1] != 3 || dims[2] != self.image_size || dims[3] != self.image_size
+        if dims.len() != 4
+            || dims[1] != 3
+            || dims[2] != self.image_size
+            || dims[3] != self.image_size
         {
             candle_core::bail!(
                 "EVA ViT: expected pixel_values of shape (batch, 3, {s}, {s}), got {dims:?}",
@@ -390,7 +393,10 @@ pub fn lavis_name(hf: &str) -> Option<String> {
         let mapped = match rest {
             "class_embedding" => "cls_token".to_string(),
             "position_embedding" => "pos_embed".to_string(),
-            _ => format!("patch_embed.proj.{}", rest.strip_prefix("patch_embedding.")?),
+            _ => format!(
+                "patch_embed.proj.{}",
+                rest.strip_prefix("patch_embedding.")?
+            ),
         };
         return Some(format!("{V}{mapped}"));
     }

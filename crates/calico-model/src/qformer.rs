@@ -447,19 +447,26 @@ mod tests {
     #[test]
     fn paper_config_is_blip2() {
         let c = QFormerConfig::paper();
-        assert_eq!((c.hidden_size, c.num_hidden_layers, c.num_attention_heads), (768, 12, 12));
+        assert_eq!(
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
+            (768, 12, 12)
+        );
         assert_eq!((c.intermediate_size, c.encoder_hidden_size), (3072, 1408));
         assert_eq!((c.cross_attention_frequency, c.num_query_tokens), (2, 32));
         assert!(c.has_cross_attention(0) && !c.has_cross_attention(1) && c.has_cross_attention(10));
         let parsed: QFormerConfig =
-            serde_json::from_str(r#"{"vocab_size": 30522, "model_type": "blip_2_qformer"}"#).unwrap();
+            serde_json::from_str(r#"{"vocab_size": 30522, "model_type": "blip_2_qformer"}"#)
+                .unwrap();
         assert_eq!(parsed, c);
     }
 
     #[test]
     fn lavis_names() {
         let cases = [
-            ("layernorm.weight", "Qformer.bert.embeddings.LayerNorm.weight"),
+            (
+                "layernorm.weight",
+                "Qformer.bert.embeddings.LayerNorm.weight",
+            ),
             (
                 "encoder.layer.0.attention.attention.query.weight",
                 "Qformer.bert.encoder.layer.0.attention.self.query.weight",
@@ -509,11 +516,17 @@ mod tests {
         assert_eq!(m.forward(&q1, &enc, None).unwrap().dims(), &[2, 4, 16]);
         let bad_enc = Tensor::zeros((2, 5, 16), DType::F32, &dev).unwrap();
         let e = m.forward(&q, &bad_enc, None).unwrap_err().to_string();
-        assert!(e.contains("encoder_hidden_states") && e.contains("12"), "{e}");
+        assert!(
+            e.contains("encoder_hidden_states") && e.contains("12"),
+            "{e}"
+        );
         let bad_q = Tensor::zeros((3, 4, 16), DType::F32, &dev).unwrap();
         assert!(m.forward(&bad_q, &enc, None).is_err());
         let bad_mask = Tensor::ones((2, 4), DType::F32, &dev).unwrap();
-        let e = m.forward(&q, &enc, Some(&bad_mask)).unwrap_err().to_string();
+        let e = m
+            .forward(&q, &enc, Some(&bad_mask))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("encoder_mask"), "{e}");
     }
 
@@ -552,8 +565,11 @@ mod tests {
         let m = QFormer::new(&cfg, vb.clone()).unwrap();
         let tokens = load_query_tokens(&cfg, &vb).unwrap();
         let enc = Tensor::randn(0f32, 1.0, (2, 5, 12), &dev).unwrap();
-        let mask = Tensor::new(&[[1f32, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0, 0.0]], &dev)
-            .unwrap();
+        let mask = Tensor::new(
+            &[[1f32, 1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.0, 1.0, 0.0]],
+            &dev,
+        )
+        .unwrap();
         let out = m.forward(&tokens, &enc, Some(&mask)).unwrap();
         assert_eq!(out.dims(), &[2, 4, 16]);
         let w = Tensor::randn(0f32, 1.0, out.shape(), &dev).unwrap();
