@@ -155,10 +155,10 @@ impl ConvTranspose2x2 {
         if c != cin {
             candle_core::bail!("SAM transposed conv: input has {c} channels, expected {cin}");
         }
-        // (B, H·W, in) @ (in, out·4) → (B, H, W, out, 2, 2)
-        let pixels = x.flatten_from(2)?.transpose(1, 2)?;
+        // (B·H·W, in) @ (in, out·4) → (B, H, W, out, 2, 2)
+        let pixels = x.permute((0, 2, 3, 1))?.reshape((b * h * w, cin))?;
         let patches = pixels
-            .broadcast_matmul(&self.weight.reshape((cin, cout * 4))?)?
+            .matmul(&self.weight.reshape((cin, cout * 4))?)?
             .reshape((b, h, w, cout, 2, 2))?;
         // → (B, out, H, 2, W, 2) → (B, out, 2H, 2W)
         patches
@@ -198,7 +198,9 @@ impl MaskDecoder {
         let up = vb.pp("output_upscaling");
         Ok(Self {
             transformer: TwoWayTransformer::new(&cfg.transformer(), vb.pp("transformer"))?,
-            iou_token: vb.pp("iou_token").get_with_hints((1, c), "weight", token_init)?,
+            iou_token: vb
+                .pp("iou_token")
+                .get_with_hints((1, c), "weight", token_init)?,
             mask_tokens: vb.pp("mask_tokens").get_with_hints(
                 (num_mask_tokens, c),
                 "weight",
@@ -273,11 +275,7 @@ impl MaskDecoder {
         }
         let (masks, iou) = self.predict_masks(image_embeddings, image_pe, sparse, dense)?;
         let m = masks.dim(1)?;
-        let (start, len) = if multimask_output {
-            (1, m - 1)
-        } else {
-            (0, 1)
-        };
+        let (start, len) = if multimask_output { (1, m - 1) } else { (0, 1) };
         Ok((masks.narrow(1, start, len)?, iou.narrow(1, start, len)?))
     }
 
@@ -293,15 +291,21 @@ impl MaskDecoder {
         let (_, _, h, w) = image_embeddings.dims4()?;
         let output_tokens = Tensor::cat(&[&self.iou_token, &self.mask_tokens], 0)?;
         let t = output_tokens.dim(0)?;
-        let output_tokens = output_tokens.unsqueeze(0)?.broadcast_as((n, t, c))?;
-        let tokens = Tensor::cat(&[&output_tokens, &sparse.to_dtype(output_tokens.dtype())?], 1)?;
+        let output_tokens = output_tokens
+            .unsqueeze(0)?
+            .broadcast_as((n, t, c))?
+            .contiguous()?;
+        let tokens = Tensor::cat(
+            &[&output_tokens, &sparse.to_dtype(output_tokens.dtype())?],
+            1,
+        )?;
 
         let src = image_embeddings
             .broadcast_as((n, c, h, w))?
             .broadcast_add(dense)?;
         let pos_src = image_pe.broadcast_as((n, c, h, w))?.contiguous()?;
         let (hs, src) = self.transformer.forward(&src, &pos_src, &tokens)?;
-        let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?;
+        let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
         let num_mask_tokens = self.output_hypernetworks_mlps.len();
 
         // (n, HW, C) → (n, C, H, W) → ×4 upscaled (n, C/8, 4H, 4W)
@@ -315,12 +319,15 @@ impl MaskDecoder {
             .output_hypernetworks_mlps
             .iter()
             .enumerate()
-            .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?.squeeze(1)?))
+            .map(|(i, mlp)| mlp.forward(&hs.narrow(1, 1 + i, 1)?.squeeze(1)?.contiguous()?))
             .collect::<Result<Vec<_>>>()?;
         let hyper_in = Tensor::stack(&hyper_in, 1)?; // (n, M, C/8)
-        let masks = hyper_in
-            .matmul(&up.reshape((n, cu, hu * wu))?)?
-            .reshape((n, num_mask_tokens, hu, wu))?;
+        let masks = hyper_in.matmul(&up.reshape((n, cu, hu * wu))?)?.reshape((
+            n,
+            num_mask_tokens,
+            hu,
+            wu,
+        ))?;
         let iou = self.iou_prediction_head.forward(&iou_token_out)?;
         Ok((masks, iou))
     }
@@ -523,6 +530,76 @@ mod tests {
             .collect();
         missing.sort();
         assert!(missing.is_empty(), "no gradient for {missing:?}");
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let dev = Device::Cpu;
+        let (pc, mc) = tiny();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F64, &dev);
+        let pe = PromptEncoder::new(&pc, vb.pp("prompt_encoder")).unwrap();
+        let dec = MaskDecoder::new(&mc, vb.pp("mask_decoder")).unwrap();
+        let image = Tensor::randn(0f64, 1., (1, 16, 4, 6), &dev).unwrap();
+        let text = Tensor::randn(0f64, 1., (2, 1, 16), &dev).unwrap();
+        let coords = Tensor::new(&[[[3f64, 4.]], [[10., 2.]]], &dev).unwrap();
+        let labels = Tensor::new(&[[1f64], [0.]], &dev).unwrap();
+        let mask = Tensor::randn(0f64, 1., (2, 1, 16, 24), &dev).unwrap();
+        let r_mask = Tensor::randn(0f64, 1., (2, 3, 16, 24), &dev).unwrap();
+        let r_iou = Tensor::randn(0f64, 1., (2, 3), &dev).unwrap();
+        let loss = || {
+            let (sparse, dense) = pe
+                .forward(&Prompts {
+                    points: Some((&coords, &labels)),
+                    boxes: None,
+                    masks: Some(&mask),
+                    text_embeds: Some(&text),
+                })
+                .unwrap();
+            let (m, iou) = dec
+                .forward(&image, &pe.get_dense_pe().unwrap(), &sparse, &dense, true)
+                .unwrap();
+            ((m * &r_mask).unwrap().sum_all().unwrap() + (iou * &r_iou).unwrap().sum_all().unwrap())
+                .unwrap()
+        };
+        let grads = loss().backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let mut worst = (0.0f64, String::new());
+        for name in names {
+            let var = &data[name];
+            // Box-corner embeddings are unused here: their gradient is 0.
+            let zero = var.as_tensor().zeros_like().unwrap();
+            let g: Vec<f64> = grads
+                .get(var.as_tensor())
+                .unwrap_or(&zero)
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let base = var.as_tensor().copy().unwrap();
+            let flat: Vec<f64> = base.flatten_all().unwrap().to_vec1().unwrap();
+            for idx in [0, flat.len() / 2, flat.len() - 1] {
+                let eval = |delta: f64| {
+                    let mut v = flat.clone();
+                    v[idx] += delta;
+                    var.set(&Tensor::from_vec(v, base.shape(), &dev).unwrap())
+                        .unwrap();
+                    loss().to_scalar::<f64>().unwrap()
+                };
+                let numeric = (eval(1e-5) - eval(-1e-5)) / 2e-5;
+                var.set(&base).unwrap();
+                let err = (numeric - g[idx]).abs() / (1.0 + numeric.abs());
+                if err > worst.0 {
+                    worst = (
+                        err,
+                        format!("{name}[{idx}]: analytic {} numeric {numeric}", g[idx]),
+                    );
+                }
+            }
+        }
+        assert!(worst.0 < 1e-5, "{}", worst.1);
     }
 
     #[test]

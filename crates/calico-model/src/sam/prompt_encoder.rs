@@ -77,8 +77,18 @@ impl PositionEmbeddingRandom {
 
     /// Encodes positions `(…, 2)` (x, y) already normalised to `[0, 1]`.
     fn encode(&self, coords: &Tensor) -> Result<Tensor> {
-        let c = ((coords * 2.0)? - 1.0)?;
-        let c = (c.broadcast_matmul(&self.gaussian)? * (2.0 * PI))?;
+        let Some((&2, lead)) = coords.dims().split_last() else {
+            candle_core::bail!(
+                "SAM position encoding: coordinates must be (…, 2), got {:?}",
+                coords.dims()
+            );
+        };
+        let mut out_dims = lead.to_vec();
+        out_dims.push(self.gaussian.dim(1)?);
+        // As a 2-d matmul: (rows, 2) @ (2, C/2).
+        let rows = lead.iter().product::<usize>();
+        let c = ((coords.reshape((rows, 2))? * 2.0)? - 1.0)?;
+        let c = (c.matmul(&self.gaussian)? * (2.0 * PI))?.reshape(out_dims)?;
         Tensor::cat(&[c.sin()?, c.cos()?], D::Minus1)
     }
 

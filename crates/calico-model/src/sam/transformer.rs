@@ -92,9 +92,14 @@ impl Attention {
 
     /// `q` is `(B, Nq, dim)`, `k` and `v` are `(B, Nk, dim)`.
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(q)?, self.num_heads)?;
-        let k = split_heads(&self.k_proj.forward(k)?, self.num_heads)?;
-        let v = split_heads(&self.v_proj.forward(v)?, self.num_heads)?;
+        // Contiguous inputs: candle 0.11's `Linear` gives wrong results for a
+        // transposed 3-d input with batch > 1 (a no-op when already so).
+        let project = |proj: &Linear, x: &Tensor| -> Result<Tensor> {
+            split_heads(&proj.forward(&x.contiguous()?)?, self.num_heads)
+        };
+        let q = project(&self.q_proj, q)?;
+        let k = project(&self.k_proj, k)?;
+        let v = project(&self.v_proj, v)?;
         let out = scaled_dot_product_attention(&q, &k, &v, None, self.scale)?;
         self.out_proj.forward(&merge_heads(&out)?)
     }
@@ -267,9 +272,12 @@ impl TwoWayTransformer {
                 point_embedding.dims()
             );
         }
-        // (B, C, H, W) → (B, HW, C)
-        let keys = image_embedding.flatten_from(2)?.transpose(1, 2)?;
-        let key_pe = image_pe.flatten_from(2)?.transpose(1, 2)?;
+        // (B, C, H, W) → (B, HW, C), contiguous (see `Attention::forward`).
+        let keys = image_embedding
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let key_pe = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
         let mut queries = point_embedding.clone();
         let mut keys = keys;
         for layer in &self.layers {
