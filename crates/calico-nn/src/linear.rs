@@ -179,12 +179,15 @@ impl Linear {
         Ok(())
     }
 
+    // candle-nn 0.11.1's Linear takes a broadcast-matmul route for
+    // non-contiguous batched inputs (e.g. after a transpose) that gives wrong
+    // results, so inputs are made contiguous first (a no-op when they are).
     fn base(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)
+        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(&x.contiguous()?)
     }
 
     fn adapter(&self, l: &Lora, x: &Tensor) -> Result<Tensor> {
-        let h = candle_nn::Linear::new(l.a.clone(), None).forward(x)?;
+        let h = candle_nn::Linear::new(l.a.clone(), None).forward(&x.contiguous()?)?;
         candle_nn::Linear::new(l.b.clone(), None).forward(&h)? * l.config.scaling()
     }
 
@@ -345,6 +348,16 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let y2 = layer.forward_train(&x, &mut rng).unwrap();
         assert_eq!(max_abs_diff(&y1, &y2), 0.0);
+    }
+
+    #[test]
+    fn non_contiguous_batched_inputs_give_the_same_result() {
+        let w = Tensor::randn(0f32, 1.0, (5, 4), &Device::Cpu).unwrap();
+        let layer = Linear::from_tensors(w, None);
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 6), &Device::Cpu).unwrap();
+        let xt = x.transpose(1, 2).unwrap();
+        let expected = layer.forward(&xt.contiguous().unwrap()).unwrap();
+        assert!(max_abs_diff(&layer.forward(&xt).unwrap(), &expected) < 1e-5);
     }
 
     #[test]
