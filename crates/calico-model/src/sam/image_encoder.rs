@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use calico_nn::attention::scaled_dot_product_attention;
 use calico_nn::norm::LayerNorm2d;
-use calico_nn::ops::layer_norm;
+use calico_nn::ops::{layer_norm, needs_grad};
 use calico_nn::{Activation, LayerNorm, Linear};
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -250,15 +250,17 @@ impl Attention {
         })
     }
 
-    /// The additive attention bias of the decomposed relative positions,
-    /// `q·R_h[qh, kh] + q·R_w[qw, kw]`, shape `(n, h·w, h·w)` for the
-    /// unscaled queries `q` of shape `(n, h·w, C_head)`.
-    fn rel_pos_bias(
+    /// The decomposed relative-position terms for the unscaled queries `q`
+    /// `(n, h·w, C_head)`: `rel_h[n, i, j, kh] = q[n, i, j]·R_h[i, kh]` and
+    /// `rel_w[n, i, j, kw] = q[n, i, j]·R_w[j, kw]`, both `(n, h, w, side)`
+    /// views. The attention logit of key `(kh, kw)` gets
+    /// `rel_h[.., kh] + rel_w[.., kw]`.
+    fn rel_pos_terms(
         q: &Tensor,
         (h, w): (usize, usize),
         rh_t: &Tensor,
         rw_t: &Tensor,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Tensor)> {
         let (n, _, c) = q.dims3()?;
         let q = q.reshape((n, h, w, c))?;
         // Batch the contraction over the query row (for R_h) or column
@@ -279,10 +281,7 @@ impl Attention {
             .matmul(rw_t)?
             .reshape((w, n, h, w))?
             .permute((1, 2, 0, 3))?;
-        rel_h
-            .unsqueeze(4)?
-            .broadcast_add(&rel_w.unsqueeze(3)?)?
-            .reshape((n, h * w, h * w))
+        Ok((rel_h, rel_w))
     }
 
     /// `(B, h, w, C)` → `(B, h, w, C)`.
@@ -300,19 +299,41 @@ impl Attention {
         let q = qkv.get(0)?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let bias = match &self.rel_pos {
+        let out = match &self.rel_pos {
             Some((rh_size, rw_size, rh_t, rw_t)) => {
                 if (*rh_size, *rw_size) != (h, w) {
                     candle_core::bail!(
                         "SAM image encoder: attention built for a {rh_size}x{rw_size} grid got {h}x{w}"
                     );
                 }
-                let bias = Self::rel_pos_bias(&q.reshape((b * heads, n, hd))?, (h, w), rh_t, rw_t)?;
-                Some(bias.reshape((b, heads, n, n))?)
+                let q = q.reshape((b * heads, n, hd))?;
+                let k = k.reshape((b * heads, n, hd))?;
+                let v = v.reshape((b * heads, n, hd))?;
+                let (rel_h, rel_w) = Self::rel_pos_terms(&q, (h, w), rh_t, rw_t)?;
+                let fused = q.device().is_cpu()
+                    && q.dtype() == DType::F32
+                    && !needs_grad(&[&q, &k, &v, rh_t, rw_t]);
+                let out = if fused {
+                    // Inference on the CPU: one pass over the logits adds
+                    // both terms and takes the softmax in place.
+                    let scores = (&q * self.scale)?.matmul(&k.t()?)?;
+                    scores.inplace_op3(
+                        &rel_h.contiguous()?,
+                        &rel_w.contiguous()?,
+                        &fused::RelPosSoftmax { kh: h, kw: w },
+                    )?;
+                    scores.matmul(&v)?
+                } else {
+                    let bias = rel_h
+                        .unsqueeze(4)?
+                        .broadcast_add(&rel_w.unsqueeze(3)?)?
+                        .reshape((b * heads, n, n))?;
+                    scaled_dot_product_attention(&q, &k, &v, Some(&bias), self.scale)?
+                };
+                out.reshape((b, heads, n, hd))?
             }
-            None => None,
+            None => scaled_dot_product_attention(&q, &k, &v, None, self.scale)?,
         };
-        let out = scaled_dot_product_attention(&q, &k, &v, bias.as_ref(), self.scale)?;
         let out = out.permute((0, 2, 1, 3))?.reshape((b, h, w, dim))?;
         self.proj.forward(&out)
     }
@@ -521,6 +542,172 @@ impl ImageEncoderViT {
     }
 }
 
+/// A fused CPU kernel for inference: decomposed relative positions plus
+/// softmax over attention logits, in place.
+mod fused {
+    use candle_core::{CpuStorage, InplaceOp3, Layout, Result};
+
+    /// For logits `(rows, kh·kw)` and terms `rel_h (rows, kh)`,
+    /// `rel_w (rows, kw)`: `softmax(logit[kh, kw] + rel_h[kh] + rel_w[kw])`
+    /// per row, written over the logits.
+    pub struct RelPosSoftmax {
+        pub kh: usize,
+        pub kw: usize,
+    }
+
+    fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+        match (s, l.contiguous_offsets()) {
+            (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+            _ => candle_core::bail!("rel-pos softmax: {what} must be a contiguous f32 tensor"),
+        }
+    }
+
+    impl InplaceOp3 for RelPosSoftmax {
+        fn name(&self) -> &'static str {
+            "sam-rel-pos-softmax"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let (kh, kw) = (self.kh, self.kw);
+            let rel_h = contiguous(s2, l2, "rel_h")?;
+            let rel_w = contiguous(s3, l3, "rel_w")?;
+            let (a, b) = match l1.contiguous_offsets() {
+                Some(o) => o,
+                None => candle_core::bail!("rel-pos softmax: logits must be contiguous"),
+            };
+            let logits = match s1 {
+                CpuStorage::F32(v) => &mut v[a..b],
+                _ => candle_core::bail!("rel-pos softmax: logits must be f32"),
+            };
+            let row = kh * kw;
+            let rows = logits.len() / row.max(1);
+            if row == 0
+                || logits.len() != rows * row
+                || rel_h.len() != rows * kh
+                || rel_w.len() != rows * kw
+            {
+                candle_core::bail!(
+                    "rel-pos softmax: {} logits, {} rel_h, {} rel_w do not fit rows of {kh}x{kw}",
+                    logits.len(),
+                    rel_h.len(),
+                    rel_w.len()
+                );
+            }
+            let threads = candle_core::utils::get_num_threads().clamp(1, rows);
+            let per = rows.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for ((l, h), w) in logits
+                    .chunks_mut(per * row)
+                    .zip(rel_h.chunks(per * kh))
+                    .zip(rel_w.chunks(per * kw))
+                {
+                    scope.spawn(move || {
+                        for ((l, h), w) in l.chunks_mut(row).zip(h.chunks(kh)).zip(w.chunks(kw)) {
+                            softmax_row(l, h, w);
+                        }
+                    });
+                }
+            });
+            Ok(())
+        }
+    }
+
+    fn softmax_row(l: &mut [f32], h: &[f32], w: &[f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features the function is
+                // compiled for.
+                return unsafe { softmax_row_avx2(l, h, w) };
+            }
+        }
+        softmax_row_generic(l, h, w)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn softmax_row_avx2(l: &mut [f32], h: &[f32], w: &[f32]) {
+        softmax_row_generic(l, h, w)
+    }
+
+    /// Written so that the compiler vectorises every loop: lane-wise
+    /// accumulators, no branches, a polynomial `exp`.
+    #[inline(always)]
+    fn softmax_row_generic(l: &mut [f32], h: &[f32], w: &[f32]) {
+        const LANES: usize = 8;
+        let kw = w.len();
+        let mut maxes = [f32::NEG_INFINITY; LANES];
+        for (seg, &hv) in l.chunks_mut(kw).zip(h) {
+            for (x, &wv) in seg.iter_mut().zip(w) {
+                *x += hv + wv;
+            }
+        }
+        let mut chunks = l.chunks_exact(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                maxes[i] = if c[i] > maxes[i] { c[i] } else { maxes[i] };
+            }
+        }
+        let mut max = chunks
+            .remainder()
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        for m in maxes {
+            max = if m > max { m } else { max };
+        }
+        let mut sums = [0f32; LANES];
+        let mut chunks = l.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for i in 0..LANES {
+                c[i] = exp_nonpositive(c[i] - max);
+                sums[i] += c[i];
+            }
+        }
+        let mut sum = 0f32;
+        for x in chunks.into_remainder() {
+            *x = exp_nonpositive(*x - max);
+            sum += *x;
+        }
+        let inv = 1.0 / (sum + sums.iter().sum::<f32>());
+        for x in l.iter_mut() {
+            *x *= inv;
+        }
+    }
+
+    /// `exp(x)` for `x ≤ 0` to about one ulp (Cephes `expf` polynomial),
+    /// branch-free: `x = n·ln2 + r`, `exp(r)` by polynomial, `2ⁿ` by
+    /// building the exponent bits. Inputs below −87 return `exp(−87)`
+    /// (≈1.6e−38), which a softmax cannot tell from 0.
+    #[inline(always)]
+    pub(super) fn exp_nonpositive(x: f32) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        let x = if x < -87.0 { -87.0 } else { x };
+        let t = x * LOG2E + ROUND;
+        let n = t - ROUND;
+        let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let mut p = 1.987_569_2e-4f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 1.666_666_5e-1;
+        p = p * r + 0.5;
+        let y = p * r * r + r + 1.0;
+        y * f32::from_bits(((ni + 127) << 23) as u32)
+    }
+}
+
 /// Parity replay: config from the case, weights under `image_encoder.`,
 /// input `pixel_values`, output `image_embeddings`.
 pub fn parity_forward(
@@ -675,6 +862,49 @@ mod tests {
         assert_eq!(y.dims(), &[2, 4, 4, 4]);
         let e = enc.forward(&seq(&[1, 3, 32, 24])).unwrap_err().to_string();
         assert!(e.contains("(B, 3, 32, 32)"), "{e}");
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -(i as f32) * 87.0 / 200_000.0;
+            let want = (x as f64).exp();
+            let got = fused::exp_nonpositive(x) as f64;
+            worst = worst.max((got - want).abs() / want);
+        }
+        assert!(worst < 5e-7, "{worst}");
+        assert!(fused::exp_nonpositive(-1e4) < 1e-37);
+    }
+
+    #[test]
+    fn fused_inference_attention_equals_the_differentiable_path() {
+        let (cfg, ckpt) = tiny();
+        let vb = ckpt.var_builder(DType::F32, &Device::Cpu);
+        for (block, side) in [(0, 3), (1, 4)] {
+            let attn = Attention::new(
+                &cfg,
+                (side, side),
+                vb.pp(format!("image_encoder.blocks.{block}.attn")),
+            )
+            .unwrap();
+            let x = seq(&[2, side, side, 8]);
+            let fast = attn.forward(&x).unwrap();
+            let xv = candle_core::Var::from_tensor(&x).unwrap();
+            let slow = attn.forward(xv.as_tensor()).unwrap();
+            assert!(slow.track_op());
+            let d = (fast - slow)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "block {block}: {d}");
+        }
     }
 
     #[test]
