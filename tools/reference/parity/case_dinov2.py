@@ -288,6 +288,9 @@ def main():
     hub_case(args, "hub_native", seed=8, input_hw=(16, 16), registers=0, swiglu=False, **hub)
     hub_case(args, "hub_interp_nonsquare", seed=9, input_hw=(28, 20), registers=0, swiglu=False, **hub)
     hub_case(args, "hub_reg_interp", seed=10, input_hw=(12, 32), registers=4, swiglu=False, **hub)
+    hub_case(args, "hub_reg_native", seed=12, input_hw=(16, 16), registers=4, swiglu=False, **hub)
+    hub_case(args, "hub_reg_swiglu_nonsquare", seed=13, input_hw=(20, 28), batch=1, registers=2,
+             swiglu=True, hidden=32, layers=3, heads=4, image_size=16, patch=4, mlp_ratio=2)
     hub_case(args, "hub_swiglu_interp", seed=11, input_hw=(24, 8), batch=1, registers=0, swiglu=True,
              hidden=32, layers=2, heads=4, image_size=20, patch=4, mlp_ratio=2)
 
