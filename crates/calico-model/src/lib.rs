@@ -7,6 +7,7 @@
 
 pub mod dinov2;
 pub mod eva_vit;
+pub mod llama;
 pub mod load;
 pub mod parity;
 pub mod preprocess;
