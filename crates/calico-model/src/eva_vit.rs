@@ -437,18 +437,9 @@ pub fn parity_forward(
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>> {
     let cfg: EvaVitConfig = case.config()?;
-    let names = case
-        .config
-        .get("names")
-        .and_then(|v| v.as_str())
-        .unwrap_or("hf");
-    let map = match names {
-        "hf" => None,
+    let map = match case.name_scheme("hf", &["hf", "lavis"])?.as_str() {
         "lavis" => Some(lavis_name_map()),
-        other => candle_core::bail!(
-            "{}: config `names` is `{other}`, expected `hf` or `lavis`",
-            case.path.display()
-        ),
+        _ => None,
     };
     let vb = ckpt.var_builder_mapped(map, DType::F32, device);
     let model = EvaVit::new(&cfg, vb)?;
@@ -557,18 +548,6 @@ mod tests {
         let grads = loss.backward().unwrap();
         let data = vm.data().lock().unwrap();
         assert!(data.contains_key("encoder.layers.1.self_attn.q_bias"));
-        for (name, var) in data.iter() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}"));
-            let m = g
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(m > 0.0, "zero gradient for {name}");
-        }
+        calico_nn::testing::assert_gradients_reach(&grads, data.iter(), "EVA ViT");
     }
 }

@@ -125,6 +125,26 @@ impl Case {
             .to_dtype(DType::F32)
     }
 
+    /// The config's `names` field (the checkpoint naming scheme), `default`
+    /// when absent; an error unless it is one of `allowed`.
+    pub fn name_scheme(&self, default: &str, allowed: &[&str]) -> candle_core::Result<String> {
+        let names = self
+            .config
+            .get("names")
+            .and_then(|v| v.as_str())
+            .unwrap_or(default);
+        if !allowed.contains(&names) {
+            return Err(meta_err(
+                &self.path,
+                format!(
+                    "config `names` is `{names}`, expected one of: {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        Ok(names.to_string())
+    }
+
     /// The config deserialised into a block's config type.
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> candle_core::Result<T> {
         serde_json::from_value(self.config.clone())

@@ -392,18 +392,9 @@ pub fn parity_forward(
     device: &Device,
 ) -> Result<BTreeMap<String, Tensor>> {
     let cfg: QFormerConfig = case.config()?;
-    let names = case
-        .config
-        .get("names")
-        .and_then(|v| v.as_str())
-        .unwrap_or("hf");
-    let map = match names {
-        "hf" => None,
+    let map = match case.name_scheme("hf", &["hf", "lavis"])?.as_str() {
         "lavis" => Some(lavis_name_map()),
-        other => candle_core::bail!(
-            "{}: config `names` is `{other}`, expected `hf` or `lavis`",
-            case.path.display()
-        ),
+        _ => None,
     };
     let vb = ckpt.var_builder_mapped(map, DType::F32, device);
     let model = QFormer::new(&cfg, vb.clone())?;

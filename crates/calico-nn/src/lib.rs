@@ -13,6 +13,7 @@ pub mod linear;
 pub mod loss;
 pub mod norm;
 pub mod ops;
+pub mod testing;
 
 pub use attention::scaled_dot_product_attention;
 pub use linear::{Linear, LoraConfig};

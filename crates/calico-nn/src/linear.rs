@@ -242,22 +242,10 @@ pub fn dropout(x: &Tensor, p: f32, rng: &mut impl Rng) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_abs_diff;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
     use rand::SeedableRng;
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// A LoRA layer whose B is non-zero (a fresh adapter is a no-op).
     fn trained_layer(varmap: &VarMap) -> Linear {
@@ -332,19 +320,11 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let y1 = layer.forward_train(&x, &mut rng).unwrap();
         let grads = y1.sqr().unwrap().sum_all().unwrap().backward().unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("no gradient for {name}"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(norm > 0.0, "zero gradient for {name}");
-        }
+        crate::testing::assert_gradients_reach(
+            &grads,
+            varmap.data().lock().unwrap().iter(),
+            "LoRA",
+        );
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let y2 = layer.forward_train(&x, &mut rng).unwrap();
         assert_eq!(max_abs_diff(&y1, &y2), 0.0);

@@ -50,19 +50,7 @@ fn gradient_reaches_every_parameter() {
         let grads = loss.backward().unwrap();
         let data = varmap.data().lock().unwrap();
         assert!(!data.is_empty());
-        for (name, var) in data.iter() {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{names:?}: no gradient for {name}"));
-            let norm = g
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(norm > 0.0, "{names:?}: zero gradient for {name}");
-        }
+        calico_nn::testing::assert_gradients_reach(&grads, data.iter(), &format!("{names:?}"));
         let has = |s: &str| data.keys().any(|k| k.contains(s));
         match names {
             NameScheme::Hf => {

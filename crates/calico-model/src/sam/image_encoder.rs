@@ -726,6 +726,7 @@ pub fn parity_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calico_nn::testing::max_abs_diff;
     use std::collections::HashMap;
 
     fn seq(shape: &[usize]) -> Tensor {
@@ -786,16 +787,7 @@ mod tests {
         let w = window_partition(&x, 3).unwrap();
         assert_eq!(w.dims(), &[2 * 2 * 3, 3, 3, 3]);
         let back = window_unpartition(&w, 3, (5, 7)).unwrap();
-        let d = (back - &x)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs_diff(&back, &x);
         assert_eq!(d, 0.0);
         // The padding is zeros: window (0, 2) holds column 6 and two pads.
         let last = w.get(2).unwrap().to_vec3::<f32>().unwrap();
@@ -893,16 +885,7 @@ mod tests {
             let xv = candle_core::Var::from_tensor(&x).unwrap();
             let slow = attn.forward(xv.as_tensor()).unwrap();
             assert!(slow.track_op());
-            let d = (fast - slow)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = max_abs_diff(&fast, &slow);
             assert!(d < 1e-5, "block {block}: {d}");
         }
     }

@@ -397,6 +397,7 @@ pub fn parity_forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use calico_nn::testing::max_abs_diff;
     use candle_nn::VarMap;
 
     fn tiny() -> (PromptEncoderConfig, MaskDecoderConfig) {
@@ -438,16 +439,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&bias.reshape((1, 6, 1, 1)).unwrap())
             .unwrap();
-        let diff = (ours - theirs)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(&ours, &theirs);
         assert!(diff < 1e-5, "{diff}");
     }
 
