@@ -11,6 +11,7 @@ pub mod llama;
 pub mod load;
 pub mod parity;
 pub mod preprocess;
+pub mod prompt;
 pub mod qformer;
 pub mod sam;
 
