@@ -180,3 +180,33 @@ impl LlamaConfig {
         Ok(theta)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_theta_from_either_field_and_scaled_rope_is_refused() {
+        let c: LlamaConfig = serde_json::from_str(r#"{"rope_theta": 500.0}"#).unwrap();
+        assert_eq!(c.rope().unwrap(), 500.0);
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}, "rope_scaling": null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rope().unwrap(), 100000.0);
+        let c: LlamaConfig =
+            serde_json::from_str(r#"{"rope_scaling": {"type": "linear", "factor": 2.0}}"#).unwrap();
+        let e = c.rope().unwrap_err().to_string();
+        assert!(e.contains("linear"), "{e}");
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0}}"#,
+        )
+        .unwrap();
+        assert!(c.rope().unwrap_err().to_string().contains("llama3"));
+        assert!(crate::llama::Llama::new(
+            &c,
+            candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu)
+        )
+        .is_err());
+    }
+}

@@ -112,12 +112,11 @@ pub fn generate(
         candle_core::bail!("sampling needs a random generator");
     }
     let mut cache = KvCache::new(model.config());
-    let mut hook = hook;
     let out = model.forward_embeds(
         prompt_embeds,
         ForwardOptions {
             cache: Some(&mut cache),
-            hook: hook.as_deref_mut().map(|h| h as &mut dyn LayerHook),
+            hook: hook.map(|h| h as &mut dyn LayerHook),
             ..Default::default()
         },
     )?;
