@@ -63,7 +63,8 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// Rotary position embedding in the "rotate half" layout used by HF LLaMA:
 /// `x * cos + rotate_half(x) * sin`. `x` is `(batch, heads, seq, head_dim)`;
-/// `cos` and `sin` are `(seq, head_dim / 2)`.
+/// `cos` and `sin` are `(seq, head_dim / 2)` or, per batch row,
+/// `(batch, seq, head_dim / 2)`.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     if !needs_grad(&[x, cos, sin]) && x.dtype() == DType::F32 {
         return candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin);
@@ -71,8 +72,13 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.dim(D::Minus1)? / 2;
     let x1 = x.narrow(D::Minus1, 0, half)?;
     let x2 = x.narrow(D::Minus1, half, half)?;
-    let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
-    let sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    let mut cos = Tensor::cat(&[cos, cos], D::Minus1)?;
+    let mut sin = Tensor::cat(&[sin, sin], D::Minus1)?;
+    if cos.rank() == 3 {
+        // Per-batch tables (B, T, D): broadcast over the head dimension.
+        cos = cos.unsqueeze(1)?;
+        sin = sin.unsqueeze(1)?;
+    }
     let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
@@ -169,6 +175,12 @@ mod tests {
         let sin = sample(&[5, 4], 6);
         let fast = rope(&q, &cos, &sin).unwrap();
         let slow = rope(qv.as_tensor(), &cos, &sin).unwrap();
+        assert!(max_abs_diff(&fast, &slow) < 1e-5);
+        // Per-batch tables.
+        let cos_b = sample(&[2, 5, 4], 10);
+        let sin_b = sample(&[2, 5, 4], 11);
+        let fast = rope(&q, &cos_b, &sin_b).unwrap();
+        let slow = rope(qv.as_tensor(), &cos_b, &sin_b).unwrap();
         assert!(max_abs_diff(&fast, &slow) < 1e-5);
     }
 
