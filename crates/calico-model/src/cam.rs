@@ -26,11 +26,13 @@
 use std::collections::BTreeMap;
 
 use calico_nn::Linear;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::qformer::QFormer;
+use crate::load::Checkpoint;
+use crate::parity::Case;
+use crate::qformer::{load_query_tokens, QFormer, QFormerConfig};
 
 /// Where CAMs go and whether they use instruction guidance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -303,11 +305,82 @@ impl Cams {
     }
 }
 
+/// Parity replay. Config: `qformer` (a [`QFormerConfig`]), `layer`,
+/// `d_llm`. Weights: `qformer.*` (HF names), `query_tokens`,
+/// `cam.{layer}.*`. Inputs: `hidden` (B, T, D), `last_instruction_idx` (B),
+/// `spans` (B, images, 2), `x_global.{i}` per image. Output: `hidden`.
+pub fn parity_forward(
+    case: &Case,
+    ckpt: &Checkpoint,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    let err = |m: String| candle_core::Error::Msg(format!("{}: {m}", case.path.display()));
+    let field = |k: &str| {
+        case.config
+            .get(k)
+            .cloned()
+            .ok_or_else(|| err(format!("config has no `{k}`")))
+    };
+    let number = |k: &str| -> Result<usize> {
+        field(k)?
+            .as_u64()
+            .map(|v| v as usize)
+            .ok_or_else(|| err(format!("config `{k}` is not a number")))
+    };
+    let qcfg: QFormerConfig = serde_json::from_value(field("qformer")?)
+        .map_err(|e| err(format!("config `qformer`: {e}")))?;
+    let layer = number("layer")?;
+    let d_llm = number("d_llm")?;
+    let vb = ckpt.var_builder(DType::F32, device);
+    let qformer = QFormer::new(&qcfg, vb.pp("qformer"))?;
+    let queries = load_query_tokens(&qcfg, &vb)?;
+    let cams = Cams::new(
+        &CamConfig {
+            layers: vec![layer],
+            guidance: true,
+        },
+        d_llm,
+        qcfg.hidden_size,
+        vb,
+    )?;
+    let hidden = case.input("hidden")?.to_device(device)?;
+    let as_usize = |t: Tensor| -> Result<Vec<usize>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(|v| v as usize)
+            .collect())
+    };
+    let last = as_usize(case.input("last_instruction_idx")?)?;
+    let spans_t = case.input("spans")?;
+    let (b, n_images, _) = spans_t.dims3()?;
+    let flat = as_usize(spans_t)?;
+    let spans: Vec<Vec<Span>> = (0..b)
+        .map(|row| {
+            (0..n_images)
+                .map(|i| {
+                    let k = 2 * (row * n_images + i);
+                    (flat[k], flat[k + 1])
+                })
+                .collect()
+        })
+        .collect();
+    let xs = (0..n_images)
+        .map(|i| case.input(&format!("x_global.{i}"))?.to_device(device))
+        .collect::<Result<Vec<_>>>()?;
+    let cam = cams
+        .get(layer)
+        .ok_or_else(|| err(format!("no CAM for layer {layer}")))?;
+    let out = cam.apply(&hidden, &last, &spans, &xs, &qformer, &queries)?;
+    let mut m = BTreeMap::new();
+    m.insert("hidden".to_string(), out);
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qformer::{load_query_tokens, QFormerConfig};
-    use candle_core::{DType, Device, Var};
+    use candle_core::Var;
     use candle_nn::VarMap;
 
     const D_LLM: usize = 24;

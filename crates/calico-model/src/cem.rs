@@ -34,11 +34,16 @@
 //! `cem.{q_proj,k_proj,v_proj,out_proj}.{weight,bias}` and, with
 //! `layer_norm`, `cem.{norm_global,norm_semantic}.{weight,bias}`.
 
+use std::collections::BTreeMap;
+
 use calico_nn::attention::{merge_heads, scaled_dot_product_attention, split_heads};
 use calico_nn::{LayerNorm, Linear};
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
+
+use crate::load::Checkpoint;
+use crate::parity::Case;
 
 /// CEM hyper-parameters. The input widths come from the EVA and DINOv2
 /// configs.
@@ -191,6 +196,39 @@ impl Cem {
     pub fn forward(&self, x_global: &Tensor, x_semantic: &Tensor) -> Result<Tensor> {
         x_global + self.attend(x_global, x_semantic)?
     }
+}
+
+/// Parity replay. Config: `cem` (a [`CemConfig`]), `d_global`,
+/// `d_semantic`. Inputs: `x_global`, `x_semantic`. Output:
+/// `x_global_fused` (X′_global).
+pub fn parity_forward(
+    case: &Case,
+    ckpt: &Checkpoint,
+    device: &Device,
+) -> Result<BTreeMap<String, Tensor>> {
+    let field = |k: &str| {
+        case.config.get(k).cloned().ok_or_else(|| {
+            candle_core::Error::Msg(format!("{}: config has no `{k}`", case.path.display()))
+        })
+    };
+    let dim = |k: &str| -> Result<usize> {
+        field(k)?.as_u64().map(|v| v as usize).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: config `{k}` is not a number",
+                case.path.display()
+            ))
+        })
+    };
+    let cfg: CemConfig = serde_json::from_value(field("cem")?).map_err(|e| {
+        candle_core::Error::Msg(format!("{}: config `cem`: {e}", case.path.display()))
+    })?;
+    let vb = ckpt.var_builder(DType::F32, device);
+    let cem = Cem::new(&cfg, dim("d_global")?, dim("d_semantic")?, vb.pp("cem"))?;
+    let xg = case.input("x_global")?.to_device(device)?;
+    let xs = case.input("x_semantic")?.to_device(device)?;
+    let mut out = BTreeMap::new();
+    out.insert("x_global_fused".to_string(), cem.forward(&xg, &xs)?);
+    Ok(out)
 }
 
 #[cfg(test)]
