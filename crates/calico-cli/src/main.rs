@@ -30,6 +30,9 @@ enum Command {
     Data(commands::data::DataCommand),
     /// Score predictions against ground truth: AP50, mIoU, Recall, SS, S-IoU per task.
     Eval(commands::eval::EvalArgs),
+    /// Model configurations: parameters, image tokens and FLOPs per preset.
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
 }
 
 fn main() {
@@ -39,6 +42,7 @@ fn main() {
         Command::Masks(c) => commands::masks::run(c),
         Command::Data(c) => commands::data::run(c),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Model(c) => commands::model::run(c),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

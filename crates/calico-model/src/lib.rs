@@ -5,6 +5,10 @@
 //! Every block is checked against its reference implementation by the parity
 //! framework ([`parity`], docs/parity.md).
 
+pub mod cam;
+pub mod cem;
+pub mod config;
+pub mod count;
 pub mod dinov2;
 pub mod eva_vit;
 pub mod llama;

@@ -186,6 +186,8 @@ pub fn run(
         "preprocess" => crate::preprocess::parity_forward(case, &ckpt, device)?,
         "llama" => crate::llama::parity_forward(case, &ckpt, device)?,
         "llama_lora" => crate::llama::parity_forward_lora(case, &ckpt, device)?,
+        "cem" => crate::cem::parity_forward(case, &ckpt, device)?,
+        "cam" => crate::cam::parity_forward(case, &ckpt, device)?,
         other => {
             return Err(meta_err(
                 &case.path,
@@ -210,6 +212,8 @@ pub const COMPONENTS: &[&str] = &[
     "preprocess",
     "llama",
     "llama_lora",
+    "cem",
+    "cam",
 ];
 
 /// Replays a case and measures every reference output. An output the

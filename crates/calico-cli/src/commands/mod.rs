@@ -4,3 +4,4 @@ pub mod answer;
 pub mod data;
 pub mod eval;
 pub mod masks;
+pub mod model;

@@ -1,0 +1,288 @@
+//! `calico model …`: model configuration tools.
+
+use crate::exit::bad_input;
+use anyhow::Result;
+use calico_model::config::{CalicoConfig, ConfigError, VisionKind};
+use calico_model::count::{
+    forward_flops, param_counts, FlopCounts, ParamCounts, PAPER_TABLE4, PAPER_TRAINABLE_PERCENT,
+    TASKS,
+};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Parameters per component, trainable share, image tokens and analytic
+    /// TFLOPs per image pair, next to the paper's Table 4.
+    Info(InfoArgs),
+}
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// A named configuration: tiny, small or paper.
+    #[arg(long, default_value = "paper", conflicts_with = "config")]
+    preset: String,
+    /// A model config JSON file (fields left out take the paper's values).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Info(a) => info(a),
+    }
+}
+
+fn load(a: &InfoArgs) -> Result<CalicoConfig> {
+    let cfg = match &a.config {
+        Some(path) => CalicoConfig::from_json_file(path),
+        None => CalicoConfig::preset(&a.preset),
+    };
+    cfg.map_err(|e: ConfigError| bad_input(e.to_string()))
+}
+
+#[derive(Serialize)]
+struct MethodInfo {
+    method: &'static str,
+    vision: VisionKind,
+    image_tokens: usize,
+    paper_image_tokens: usize,
+    paper_tflops: f64,
+    /// Table 4: seconds per sample for common objects, common parts, unique
+    /// parts, and the average.
+    paper_seconds: [f64; 4],
+    paper_recall: f64,
+    parameters: ParamCounts,
+    flops: Vec<TaskFlops>,
+}
+
+#[derive(Serialize)]
+struct TaskFlops {
+    task: &'static str,
+    prompt_tokens: usize,
+    answer_tokens: usize,
+    masks: usize,
+    tflops: f64,
+    components: Vec<(String, f64)>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    config: String,
+    vision: VisionKind,
+    parameters: ParamCounts,
+    total_parameters: u64,
+    trainable_parameters: u64,
+    trainable_percent: f64,
+    paper_trainable_percent: f64,
+    methods: Vec<MethodInfo>,
+    notes: Vec<&'static str>,
+}
+
+const NOTES: [&str; 4] = [
+    "parameters: element counts of the tensors each block reads (docs/weights.md); trainable = LoRA, CEM, CAM, f_image/projector, text_hidden_fcs, SAM mask decoder",
+    "TFLOPs: analytic, 2 per multiply-add of every matrix product, one image pair, prefill + cached decoding of a typical answer (calico_model::count::TASKS); not DeepSpeed's profiler",
+    "baselines: the same LLM and SAM with a CLIP ViT-L/14 tower (LISA 224 px + linear projector, GLaMM 336 px + MLP projector)",
+    "paper figures: Table 4 (TFLOPS, image tokens, seconds per sample CO/CP/UP/All, Recall); trainable share: abstract",
+];
+
+fn task_flops(f: &FlopCounts) -> TaskFlops {
+    TaskFlops {
+        task: f.task.task,
+        prompt_tokens: f.prompt_tokens,
+        answer_tokens: f.task.answer_tokens,
+        masks: f.task.masks,
+        tflops: f.tflops(),
+        components: f
+            .components
+            .iter()
+            .map(|c| (c.name.to_string(), c.flops / 1e12))
+            .collect(),
+    }
+}
+
+fn report(cfg: &CalicoConfig) -> Report {
+    let params = param_counts(cfg);
+    let methods = VisionKind::ALL
+        .iter()
+        .map(|&kind| {
+            let c = cfg.with_vision(kind);
+            let paper = PAPER_TABLE4
+                .iter()
+                .find(|p| p.vision == kind)
+                .expect("Table 4 has every method");
+            MethodInfo {
+                method: kind.label(),
+                vision: kind,
+                image_tokens: c.image_tokens(),
+                paper_image_tokens: paper.image_tokens,
+                paper_tflops: paper.tflops,
+                paper_seconds: paper.seconds,
+                paper_recall: paper.recall,
+                parameters: param_counts(&c),
+                flops: TASKS
+                    .iter()
+                    .map(|t| task_flops(&forward_flops(&c, t)))
+                    .collect(),
+            }
+        })
+        .collect();
+    Report {
+        config: cfg.name.clone(),
+        vision: cfg.vision,
+        total_parameters: params.total(),
+        trainable_parameters: params.trainable(),
+        trainable_percent: params.trainable_percent(),
+        paper_trainable_percent: PAPER_TRAINABLE_PERCENT,
+        parameters: params,
+        methods,
+        notes: NOTES.to_vec(),
+    }
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+fn text(r: &Report) -> String {
+    let mut s = String::new();
+    let name = if r.config.is_empty() {
+        "(unnamed)"
+    } else {
+        &r.config
+    };
+    s.push_str(&format!(
+        "Model `{name}`, vision path: {}\n\n",
+        r.vision_label()
+    ));
+    s.push_str(&format!("{:<22} {:>16}\n", "component", "parameters"));
+    for c in &r.parameters.components {
+        let t = if c.trainable { "trainable" } else { "frozen" };
+        s.push_str(&format!(
+            "{:<22} {:>16}  {t}\n",
+            c.name,
+            thousands(c.params)
+        ));
+    }
+    s.push_str(&format!(
+        "{:<22} {:>16}\n",
+        "total",
+        thousands(r.total_parameters)
+    ));
+    s.push_str(&format!(
+        "{:<22} {:>16}  {:.3} %   (paper, abstract: {} %)\n",
+        "trainable",
+        thousands(r.trainable_parameters),
+        r.trainable_percent,
+        r.paper_trainable_percent
+    ));
+    let without: u64 = r
+        .parameters
+        .components
+        .iter()
+        .filter(|c| c.trainable && c.name != "f_image" && c.name != "text_hidden_fcs")
+        .map(|c| c.params)
+        .sum();
+    s.push_str(&format!(
+        "{:<22} {:>16}  {:.3} %   (if f_image and text_hidden_fcs stay frozen)\n\n",
+        "  of which the rest",
+        thousands(without),
+        100.0 * without as f64 / r.total_parameters.max(1) as f64
+    ));
+
+    s.push_str("Image tokens per image and analytic TFLOPs per image pair\n");
+    s.push_str(&format!(
+        "{:<18} {:>7} {:>7}   {:>8} {:>8} {:>8}   {:>7}   {}\n",
+        "method", "tokens", "(paper)", "CO", "CP", "UP", "(paper)", "paper s/sample CO CP UP All"
+    ));
+    for m in &r.methods {
+        let t: Vec<String> = m
+            .flops
+            .iter()
+            .map(|f| format!("{:8.2}", f.tflops))
+            .collect();
+        let secs: Vec<String> = m.paper_seconds.iter().map(|x| format!("{x}")).collect();
+        s.push_str(&format!(
+            "{:<18} {:>7} {:>7}   {}   {:>7.1}   {}\n",
+            m.method,
+            m.image_tokens,
+            m.paper_image_tokens,
+            t.join(" "),
+            m.paper_tflops,
+            secs.join(" ")
+        ));
+    }
+    if let Some(m) = r.methods.iter().find(|m| m.vision == r.vision) {
+        s.push_str(&format!("\nTFLOPs by component ({}):\n", m.method));
+        s.push_str(&format!(
+            "{:<22} {:>9} {:>9} {:>9}\n",
+            "component", "CO", "CP", "UP"
+        ));
+        for (i, (name, _)) in m.flops[0].components.iter().enumerate() {
+            let v: Vec<String> = m
+                .flops
+                .iter()
+                .map(|f| format!("{:9.3}", f.components[i].1))
+                .collect();
+            s.push_str(&format!("{name:<22} {}\n", v.join(" ")));
+        }
+        let lens: Vec<String> = m
+            .flops
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}: prompt {} tokens, answer {}, masks {}",
+                    f.task, f.prompt_tokens, f.answer_tokens, f.masks
+                )
+            })
+            .collect();
+        s.push_str(&format!("({})\n", lens.join("; ")));
+    }
+    s.push('\n');
+    for n in &r.notes {
+        s.push_str(&format!("note: {n}\n"));
+    }
+    s
+}
+
+impl Report {
+    fn vision_label(&self) -> &'static str {
+        self.vision.label()
+    }
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let cfg = load(&a)?;
+    let r = report(&cfg);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", text(&r));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(6_738_415_616), "6,738,415,616");
+    }
+}

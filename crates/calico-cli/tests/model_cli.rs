@@ -1,0 +1,128 @@
+//! `calico model info`: presets, config files, JSON output and errors.
+
+mod common;
+
+use common::{calico, stderr, tmp};
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let o = calico(args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("JSON on stdout")
+}
+
+#[test]
+fn paper_preset_reports_counts_tokens_and_table4() {
+    let r = json(&["model", "info", "--preset", "paper", "--json"]);
+    assert_eq!(r["config"], "paper");
+    let comps = r["parameters"]["components"].as_array().unwrap();
+    let get = |name: &str| {
+        comps
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no component {name}"))["params"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(get("llm"), 6_738_415_616);
+    assert_eq!(get("sam_image_encoder"), 637_026_048);
+    assert_eq!(get("lora"), 4_194_304);
+    let sum: u64 = comps.iter().map(|c| c["params"].as_u64().unwrap()).sum();
+    assert_eq!(r["total_parameters"].as_u64().unwrap(), sum);
+    let pct = r["trainable_percent"].as_f64().unwrap();
+    assert!(pct > 0.1 && pct < 1.0, "{pct}");
+    assert_eq!(r["paper_trainable_percent"].as_f64().unwrap(), 0.3);
+    let methods = r["methods"].as_array().unwrap();
+    let tokens: Vec<(u64, u64)> = methods
+        .iter()
+        .map(|m| {
+            (
+                m["image_tokens"].as_u64().unwrap(),
+                m["paper_image_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(tokens, [(32, 32), (256, 256), (576, 576)]);
+    let paper_tflops: Vec<f64> = methods
+        .iter()
+        .map(|m| m["paper_tflops"].as_f64().unwrap())
+        .collect();
+    assert_eq!(paper_tflops, [28.5, 44.0, 42.3]);
+    // Fewer image tokens, fewer FLOPs, on every task.
+    for task in 0..3 {
+        let t: Vec<f64> = methods
+            .iter()
+            .map(|m| m["flops"][task]["tflops"].as_f64().unwrap())
+            .collect();
+        assert!(t[0] < t[1] && t[1] < t[2], "{t:?}");
+        assert!(t[0] > 1.0 && t[2] < 100.0, "{t:?}");
+    }
+}
+
+#[test]
+fn text_output_lists_components_and_methods() {
+    for preset in ["tiny", "small", "paper"] {
+        let o = calico(&["model", "info", "--preset", preset]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = String::from_utf8(o.stdout).unwrap();
+        for needle in [
+            "eva_vit",
+            "cem",
+            "cam",
+            "sam_mask_decoder",
+            "trainable",
+            "Multi-Image LISA",
+            "Multi-Image GLaMM",
+            "llm_decode",
+        ] {
+            assert!(out.contains(needle), "{preset}: no `{needle}` in\n{out}");
+        }
+        assert!(out.contains(&format!("Model `{preset}`")), "{out}");
+    }
+}
+
+#[test]
+fn config_files_override_the_paper_values_and_are_validated() {
+    let d = tmp("model-info");
+    let ok = d.join("custom.json");
+    std::fs::write(
+        &ok,
+        r#"{"name": "one-cam", "cam": {"layers": [16]}, "ablation": {"use_cem": false}}"#,
+    )
+    .unwrap();
+    let r = json(&["model", "info", "--config", ok.to_str().unwrap(), "--json"]);
+    assert_eq!(r["config"], "one-cam");
+    let names: Vec<&str> = r["parameters"]["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"cam") && !names.contains(&"cem") && !names.contains(&"dinov2"));
+
+    let bad = d.join("bad.json");
+    std::fs::write(&bad, r#"{"cam": {"layers": [11, 40]}}"#).unwrap();
+    let o = calico(&["model", "info", "--config", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("cam.layers contains 40") && e.contains("bad.json"),
+        "{e}"
+    );
+
+    let o = calico(&["model", "info", "--preset", "huge"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("unknown preset `huge`"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = calico(&[
+        "model",
+        "info",
+        "--config",
+        d.join("missing.json").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("missing.json"), "{}", stderr(&o));
+}
