@@ -7,11 +7,13 @@
 
 pub mod dinov2;
 pub mod eva_vit;
+pub mod gguf;
 pub mod llama;
 pub mod load;
 pub mod parity;
 pub mod preprocess;
 pub mod qformer;
 pub mod sam;
+pub mod tokenizer;
 
 pub use load::{Checkpoint, LoadError, LoadReport, NameMap};
