@@ -164,6 +164,8 @@ pub fn run(
         "sam_prompt_mask_decoder" => crate::sam::parity_prompt_mask_decoder(case, &ckpt, device)?,
         "sam_postprocess" => crate::sam::parity_postprocess(case, &ckpt, device)?,
         "preprocess" => crate::preprocess::parity_forward(case, &ckpt, device)?,
+        "llama" => crate::llama::parity_forward(case, &ckpt, device)?,
+        "llama_lora" => crate::llama::parity_forward_lora(case, &ckpt, device)?,
         other => {
             return Err(meta_err(
                 &case.path,
@@ -186,6 +188,8 @@ pub const COMPONENTS: &[&str] = &[
     "sam_prompt_mask_decoder",
     "sam_postprocess",
     "preprocess",
+    "llama",
+    "llama_lora",
 ];
 
 /// Replays a case and measures every reference output. An output the

@@ -76,6 +76,13 @@ pub struct LlamaConfig {
     pub bos_token_id: Option<u32>,
     #[serde(default = "d_eos")]
     pub eos_token_id: Option<u32>,
+    /// transformers ≥ 5 writes `rope_parameters: {rope_type, rope_theta}`
+    /// instead of `rope_theta`; when present it wins (see [`LlamaConfig::rope`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    /// transformers < 5 `rope_scaling`; only `null` / type `default` is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
 }
 
 impl Default for LlamaConfig {
@@ -105,6 +112,8 @@ impl LlamaConfig {
             mlp_bias: false,
             bos_token_id: d_bos(),
             eos_token_id: d_eos(),
+            rope_parameters: None,
+            rope_scaling: None,
         }
     }
 
@@ -128,6 +137,8 @@ impl LlamaConfig {
             mlp_bias: false,
             bos_token_id: Some(1),
             eos_token_id: Some(2),
+            rope_parameters: None,
+            rope_scaling: None,
         }
     }
 
@@ -138,5 +149,64 @@ impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The RoPE base θ, after checking that the config asks for plain RoPE.
+    /// Scaled variants (`linear`, `dynamic`, `yarn`, `llama3`, …) are not
+    /// implemented and give an error naming the type.
+    pub fn rope(&self) -> candle_core::Result<f64> {
+        fn kind(v: &serde_json::Value) -> Option<&str> {
+            v.get("rope_type")
+                .or_else(|| v.get("type"))
+                .and_then(|t| t.as_str())
+        }
+        let mut theta = self.rope_theta;
+        for (field, v) in [
+            ("rope_scaling", &self.rope_scaling),
+            ("rope_parameters", &self.rope_parameters),
+        ] {
+            let Some(v) = v.as_ref().filter(|v| !v.is_null()) else {
+                continue;
+            };
+            if let Some(k) = kind(v).filter(|k| *k != "default") {
+                candle_core::bail!(
+                    "LLaMA config: {field} asks for RoPE type `{k}`; only plain RoPE (`default`) is implemented"
+                );
+            }
+            if let Some(t) = v.get("rope_theta").and_then(|t| t.as_f64()) {
+                theta = t;
+            }
+        }
+        Ok(theta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rope_theta_from_either_field_and_scaled_rope_is_refused() {
+        let c: LlamaConfig = serde_json::from_str(r#"{"rope_theta": 500.0}"#).unwrap();
+        assert_eq!(c.rope().unwrap(), 500.0);
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"rope_parameters": {"rope_type": "default", "rope_theta": 100000.0}, "rope_scaling": null}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rope().unwrap(), 100000.0);
+        let c: LlamaConfig =
+            serde_json::from_str(r#"{"rope_scaling": {"type": "linear", "factor": 2.0}}"#).unwrap();
+        let e = c.rope().unwrap_err().to_string();
+        assert!(e.contains("linear"), "{e}");
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0}}"#,
+        )
+        .unwrap();
+        assert!(c.rope().unwrap_err().to_string().contains("llama3"));
+        assert!(crate::llama::Llama::new(
+            &c,
+            candle_nn::VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu)
+        )
+        .is_err());
     }
 }

@@ -1,0 +1,486 @@
+//! LLaMA decoding, hooks and LoRA training on random tiny models:
+//! incremental KV-cache decoding equals a full pass, greedy generation is
+//! deterministic and stops at eos, the layer hook sees every layer, and with
+//! only LoRA trainable the gradients reach every adapter and no base weight.
+
+use std::collections::HashMap;
+
+use calico_model::llama::{
+    generate, generate_greedy, generate_sampled, ForwardOptions, GenerateOptions, KvCache,
+    LayerHook, Llama, LlamaConfig, LoraSpec, Sampling,
+};
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::{VarBuilder, VarMap};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn tiny_config(tied: bool) -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 61,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 3,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        rope_theta: 10000.0,
+        tie_word_embeddings: tied,
+        rms_norm_eps: 1e-5,
+        ..LlamaConfig::smollm2_135m()
+    }
+}
+
+fn rand_tensor(shape: &[usize], scale: f32, offset: f32, rng: &mut ChaCha8Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|_| offset + scale * (rng.random::<f32>() * 2.0 - 1.0))
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Every tensor of a checkpoint for `cfg`, under HF names, random.
+fn random_weights(cfg: &LlamaConfig, seed: u64) -> HashMap<String, Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let (qd, kvd) = (
+        cfg.num_attention_heads * cfg.head_dim(),
+        cfg.kv_heads() * cfg.head_dim(),
+    );
+    let mut w = HashMap::new();
+    let mut lin = |name: String, out: usize, inp: usize, rng: &mut ChaCha8Rng| {
+        let s = 1.5 / (inp as f32).sqrt();
+        w.insert(name, rand_tensor(&[out, inp], s, 0.0, rng));
+    };
+    lin("model.embed_tokens.weight".into(), v, h, &mut rng);
+    if !cfg.tie_word_embeddings {
+        lin("lm_head.weight".into(), v, h, &mut rng);
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        lin(format!("{p}.self_attn.q_proj.weight"), qd, h, &mut rng);
+        lin(format!("{p}.self_attn.k_proj.weight"), kvd, h, &mut rng);
+        lin(format!("{p}.self_attn.v_proj.weight"), kvd, h, &mut rng);
+        lin(format!("{p}.self_attn.o_proj.weight"), h, qd, &mut rng);
+        lin(format!("{p}.mlp.gate_proj.weight"), i, h, &mut rng);
+        lin(format!("{p}.mlp.up_proj.weight"), i, h, &mut rng);
+        lin(format!("{p}.mlp.down_proj.weight"), h, i, &mut rng);
+    }
+    for l in 0..cfg.num_hidden_layers {
+        for n in ["input_layernorm", "post_attention_layernorm"] {
+            w.insert(
+                format!("model.layers.{l}.{n}.weight"),
+                rand_tensor(&[h], 0.2, 1.0, &mut rng),
+            );
+        }
+    }
+    w.insert(
+        "model.norm.weight".into(),
+        rand_tensor(&[h], 0.2, 1.0, &mut rng),
+    );
+    w
+}
+
+fn model(cfg: &LlamaConfig, seed: u64) -> Llama {
+    let vb = VarBuilder::from_tensors(random_weights(cfg, seed), DType::F32, &Device::Cpu);
+    Llama::new(cfg, vb).unwrap()
+}
+
+fn ids(rows: &[Vec<u32>]) -> Tensor {
+    Tensor::new(rows.to_vec(), &Device::Cpu).unwrap()
+}
+
+fn random_ids(cfg: &LlamaConfig, b: usize, t: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..b)
+        .map(|_| {
+            (0..t)
+                .map(|_| rng.random_range(0..cfg.vocab_size as u32))
+                .collect()
+        })
+        .collect()
+}
+
+/// `max|a − b| / max|b|`.
+fn rel(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let s = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    d / s.max(1e-6)
+}
+
+fn step(
+    m: &Llama,
+    tokens: &[Vec<u32>],
+    mask: Option<&Tensor>,
+    cache: &mut KvCache,
+) -> Result<Tensor> {
+    let out = m.forward_embeds(
+        &m.embed(&ids(tokens))?,
+        ForwardOptions {
+            attention_mask: mask,
+            cache: Some(cache),
+            logits: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(out.logits.unwrap())
+}
+
+#[test]
+fn incremental_decoding_matches_a_full_forward() {
+    for tied in [false, true] {
+        let cfg = tiny_config(tied);
+        let m = model(&cfg, 1);
+        let seq = random_ids(&cfg, 1, 10, 2);
+        let full = m.forward(&ids(&seq), None).unwrap();
+        // Prefill 4, then 1, 3 and 1 at a time.
+        let mut cache = KvCache::new(&cfg);
+        let mut at = 0;
+        for chunk in [4, 1, 3, 1, 1] {
+            let part: Vec<Vec<u32>> = vec![seq[0][at..at + chunk].to_vec()];
+            let got = step(&m, &part, None, &mut cache).unwrap();
+            let want = full.narrow(1, at, chunk).unwrap();
+            let e = rel(&got, &want);
+            assert!(e < 1e-5, "tied {tied}: tokens {at}..{}: {e}", at + chunk);
+            at += chunk;
+        }
+        assert_eq!(cache.len(), 10);
+        cache.reset();
+        assert_eq!(cache.len(), 0);
+    }
+}
+
+#[test]
+fn left_padding_with_the_cache_matches_unpadded_rows() {
+    let cfg = tiny_config(false);
+    let m = model(&cfg, 3);
+    let seq = random_ids(&cfg, 2, 9, 4);
+    // Row 0 is left-padded by 3 (its real tokens are seq[0][3..]).
+    let mask_rows = [[0f32, 0., 0., 1., 1., 1., 1., 1., 1.], [1.; 9]];
+    let mask = Tensor::new(&mask_rows, &Device::Cpu).unwrap();
+    let full = m.forward(&ids(&seq), Some(&mask)).unwrap();
+    let alone0 = m.forward(&ids(&[seq[0][3..].to_vec()]), None).unwrap();
+    let alone1 = m.forward(&ids(&[seq[1].clone()]), None).unwrap();
+    assert!(
+        rel(
+            &full.narrow(1, 3, 6).unwrap().get(0).unwrap(),
+            &alone0.get(0).unwrap()
+        ) < 1e-5
+    );
+    assert!(rel(&full.get(1).unwrap(), &alone1.get(0).unwrap()) < 1e-5);
+
+    // Prefill 5 with its (2, 5) mask, then single tokens with no mask: the
+    // cache remembers the padding.
+    let mut cache = KvCache::new(&cfg);
+    let head: Vec<Vec<u32>> = seq.iter().map(|r| r[..5].to_vec()).collect();
+    let got = step(&m, &head, Some(&mask.narrow(1, 0, 5).unwrap()), &mut cache).unwrap();
+    assert!(
+        rel(
+            &got.get(1).unwrap(),
+            &full.get(1).unwrap().narrow(0, 0, 5).unwrap()
+        ) < 1e-5
+    );
+    assert!(
+        rel(
+            &got.get(0).unwrap().narrow(0, 3, 2).unwrap(),
+            &alone0.get(0).unwrap().narrow(0, 0, 2).unwrap()
+        ) < 1e-5
+    );
+    for at in 5..9 {
+        let tok: Vec<Vec<u32>> = seq.iter().map(|r| vec![r[at]]).collect();
+        // Alternate between no mask and HF's full (B, past + 1) mask.
+        let m_full = mask.narrow(1, 0, at + 1).unwrap();
+        let mask_arg = if at % 2 == 0 { None } else { Some(&m_full) };
+        let got = step(&m, &tok, mask_arg, &mut cache).unwrap();
+        let want = full.narrow(1, at, 1).unwrap();
+        assert!(rel(&got, &want) < 1e-5, "position {at}");
+    }
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_stops_at_eos() {
+    let cfg = tiny_config(true);
+    let m = model(&cfg, 5);
+    let prompt = random_ids(&cfg, 1, 5, 6).remove(0);
+    let a = generate_greedy(&m, &prompt, 12, None).unwrap();
+    let b = generate_greedy(&m, &prompt, 12, None).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 12);
+    // Each token is the argmax of a full forward over what came before.
+    let mut all = prompt.clone();
+    all.extend(&a[..11]);
+    let logits = m.forward(&ids(&[all]), None).unwrap();
+    let argmax: Vec<u32> = logits
+        .get(0)
+        .unwrap()
+        .narrow(0, prompt.len() - 1, 12)
+        .unwrap()
+        .argmax(D::Minus1)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(argmax, a);
+    // Stop at the first occurrence of a chosen eos, which is included.
+    let k = 4.min(a.len() - 1);
+    let eos = a[k];
+    let first = a.iter().position(|&t| t == eos).unwrap();
+    let c = generate_greedy(&m, &prompt, 12, Some(eos)).unwrap();
+    assert_eq!(c, a[..=first].to_vec());
+
+    // Seeded sampling is reproducible.
+    let mut r1 = ChaCha8Rng::seed_from_u64(9);
+    let mut r2 = ChaCha8Rng::seed_from_u64(9);
+    let s1 = generate_sampled(&m, &prompt, 10, None, 1.0, 0.9, &mut r1).unwrap();
+    let s2 = generate_sampled(&m, &prompt, 10, None, 1.0, 0.9, &mut r2).unwrap();
+    assert_eq!(s1, s2);
+    assert!(s1.iter().all(|&t| (t as usize) < cfg.vocab_size));
+}
+
+struct Recorder {
+    seen: Vec<usize>,
+    add: Option<(usize, Tensor)>,
+}
+
+impl LayerHook for Recorder {
+    fn after_layer(&mut self, layer: usize, h: &Tensor) -> Result<Option<Tensor>> {
+        self.seen.push(layer);
+        match &self.add {
+            Some((l, t)) if *l == layer => Ok(Some(h.broadcast_add(t)?)),
+            _ => Ok(None),
+        }
+    }
+}
+
+#[test]
+fn the_layer_hook_sees_every_layer_once_and_can_change_the_output() {
+    let cfg = tiny_config(false);
+    let m = model(&cfg, 7);
+    let x = m.embed(&ids(&random_ids(&cfg, 2, 6, 8))).unwrap();
+    let run = |hook: Option<&mut dyn LayerHook>| {
+        m.forward_embeds(
+            &x,
+            ForwardOptions {
+                hook,
+                logits: true,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    let plain = run(None);
+    let mut rec = Recorder {
+        seen: vec![],
+        add: None,
+    };
+    let same = run(Some(&mut rec));
+    assert_eq!(rec.seen, (0..cfg.num_hidden_layers).collect::<Vec<_>>());
+    assert_eq!(
+        rel(
+            same.logits.as_ref().unwrap(),
+            plain.logits.as_ref().unwrap()
+        ),
+        0.0
+    );
+    assert_eq!(rel(&same.last_hidden_state, &plain.last_hidden_state), 0.0);
+
+    let delta = Tensor::full(0.5f32, cfg.hidden_size, &Device::Cpu).unwrap();
+    let mut rec = Recorder {
+        seen: vec![],
+        add: Some((1, delta)),
+    };
+    let changed = run(Some(&mut rec));
+    assert_eq!(rec.seen.len(), cfg.num_hidden_layers);
+    assert!(
+        rel(
+            changed.logits.as_ref().unwrap(),
+            plain.logits.as_ref().unwrap()
+        ) > 1e-3
+    );
+
+    // In generation the hook runs on the prefill pass only.
+    let mut rec = Recorder {
+        seen: vec![],
+        add: None,
+    };
+    let opts = GenerateOptions {
+        max_new_tokens: 4,
+        eos: vec![],
+        sampling: Sampling::Greedy,
+    };
+    let toks = generate(&m, &x.narrow(0, 0, 1).unwrap(), &opts, Some(&mut rec), None).unwrap();
+    assert_eq!(toks.len(), 4);
+    assert_eq!(rec.seen, (0..cfg.num_hidden_layers).collect::<Vec<_>>());
+}
+
+/// Gives every adapter variable a random non-zero value (a fresh `lora_B`
+/// is zero, which would also zero `lora_A`'s gradient).
+fn randomise_vars(map: &VarMap, seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let data = map.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for n in names {
+        let v = &data[n];
+        v.set(&rand_tensor(v.dims(), 0.2, 0.0, &mut rng)).unwrap();
+    }
+}
+
+#[test]
+fn with_only_lora_trainable_gradients_reach_every_adapter_and_no_base_weight() {
+    let cfg = tiny_config(true);
+    let base = random_weights(&cfg, 11);
+    let spec = LoraSpec::default();
+    let varmap = VarMap::new();
+    let m = Llama::with_lora(
+        &cfg,
+        &spec,
+        VarBuilder::from_tensors(base.clone(), DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    {
+        let names = varmap.data().lock().unwrap();
+        assert_eq!(names.len(), cfg.num_hidden_layers * 2 * 2);
+        assert!(names.contains_key("model.layers.0.self_attn.q_proj.lora_A.weight"));
+        assert!(names.contains_key("model.layers.2.self_attn.v_proj.lora_B.weight"));
+    }
+    randomise_vars(&varmap, 12);
+
+    // Padding exercises the per-row RoPE of the differentiable path.
+    let tokens = random_ids(&cfg, 2, 7, 13);
+    let mask = Tensor::new(&[[0f32, 0., 1., 1., 1., 1., 1.], [1.; 7]], &Device::Cpu).unwrap();
+    let x = m.embed(&ids(&tokens)).unwrap();
+
+    // The same adapters as plain tensors (fused kernels) give the same logits.
+    let mut frozen = base.clone();
+    for (n, v) in varmap.data().lock().unwrap().iter() {
+        frozen.insert(n.clone(), v.as_tensor().detach());
+    }
+    let vb = VarBuilder::from_tensors(frozen, DType::F32, &Device::Cpu);
+    let fused = Llama::with_lora(&cfg, &spec, vb.clone(), vb).unwrap();
+    let want = fused.forward(&ids(&tokens), Some(&mask)).unwrap();
+    let got = m.forward(&ids(&tokens), Some(&mask)).unwrap();
+    assert!(rel(&got, &want) < 1e-5, "{}", rel(&got, &want));
+
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let out = m
+        .forward_embeds(
+            &x,
+            ForwardOptions {
+                attention_mask: Some(&mask),
+                logits: true,
+                rng: Some(&mut rng),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let loss = out.logits.unwrap().sqr().unwrap().mean_all().unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let n = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(n > 0.0, "zero gradient for {name}");
+    }
+    let mut base_tensors: Vec<&Tensor> = vec![m.embed_weight()];
+    for l in m.layers() {
+        base_tensors.extend([
+            l.self_attn.q_proj.weight(),
+            l.self_attn.k_proj.weight(),
+            l.self_attn.v_proj.weight(),
+            l.self_attn.o_proj.weight(),
+            l.mlp.gate_proj.weight(),
+            l.mlp.up_proj.weight(),
+            l.mlp.down_proj.weight(),
+            &l.input_layernorm.weight,
+            &l.post_attention_layernorm.weight,
+        ]);
+    }
+    for t in base_tensors {
+        assert!(grads.get(t).is_none(), "a base weight received a gradient");
+    }
+}
+
+#[test]
+fn merge_and_unmerge_keep_the_function() {
+    let cfg = tiny_config(false);
+    let varmap = VarMap::new();
+    let spec = LoraSpec::default();
+    let mut m = Llama::with_lora(
+        &cfg,
+        &spec,
+        VarBuilder::from_tensors(random_weights(&cfg, 21), DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    randomise_vars(&varmap, 22);
+    let t = ids(&random_ids(&cfg, 1, 6, 23));
+    let a = m.forward(&t, None).unwrap();
+    m.merge_lora().unwrap();
+    let b = m.forward(&t, None).unwrap();
+    m.unmerge_lora().unwrap();
+    let c = m.forward(&t, None).unwrap();
+    assert!(rel(&b, &a) < 1e-5 && rel(&c, &a) < 1e-5);
+    let plain = model(&cfg, 21).forward(&t, None).unwrap();
+    assert!(rel(&a, &plain) > 1e-3, "the adapters must matter");
+}
+
+#[test]
+fn resized_vocabularies_start_at_the_mean_and_train_the_new_rows() {
+    for tied in [true, false] {
+        let cfg = tiny_config(tied);
+        let weights = random_weights(&cfg, 31);
+        let vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        let mut frozen = Llama::new(&cfg, vb.clone()).unwrap();
+        let mut trained = Llama::new(&cfg, vb).unwrap();
+        frozen
+            .resize_token_embeddings(cfg.vocab_size + 3, None)
+            .unwrap();
+        let varmap = VarMap::new();
+        trained
+            .resize_token_embeddings(cfg.vocab_size + 3, Some(&varmap))
+            .unwrap();
+        assert_eq!(trained.config().vocab_size, cfg.vocab_size + 3);
+        let new_id = cfg.vocab_size as u32 + 1;
+        let e = trained
+            .embed(&ids(&[vec![new_id]]))
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let mean = weights["model.embed_tokens.weight"].mean(0).unwrap();
+        assert!(rel(&e, &mean) < 1e-6);
+        let t = ids(&[vec![3, new_id, 7, cfg.vocab_size as u32 + 2]]);
+        let a = frozen.forward(&t, None).unwrap();
+        let b = trained.forward(&t, None).unwrap();
+        assert_eq!(a.dims(), &[1, 4, cfg.vocab_size + 3]);
+        assert!(rel(&b, &a) < 1e-5);
+        let names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+        assert_eq!(names.len(), if tied { 1 } else { 2 });
+        let grads = b.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+        for (n, v) in varmap.data().lock().unwrap().iter() {
+            assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {n}");
+        }
+        assert!(trained
+            .embed(&ids(&[vec![cfg.vocab_size as u32 + 3]]))
+            .is_err());
+    }
+}
