@@ -11,6 +11,7 @@ pub mod config;
 pub mod count;
 pub mod dinov2;
 pub mod eva_vit;
+pub mod gguf;
 pub mod llama;
 pub mod load;
 pub mod parity;
@@ -18,5 +19,6 @@ pub mod preprocess;
 pub mod prompt;
 pub mod qformer;
 pub mod sam;
+pub mod tokenizer;
 
 pub use load::{Checkpoint, LoadError, LoadReport, NameMap};

@@ -1,0 +1,603 @@
+//! LLaMA-family weights from llama.cpp GGUF files.
+//!
+//! A GGUF file holds the model's hyper-parameters as metadata (`llama.*`
+//! keys), its tokenizer (`tokenizer.*`, see [`crate::tokenizer`]) and its
+//! tensors under llama.cpp's names, most of them block-quantised.
+//! [`load_llama_gguf`] turns one into what the rest of the crate expects:
+//! a [`LlamaConfig`] and a [`Checkpoint`] of float32 tensors under HF
+//! transformers' names, so `Llama::new(&cfg, ckpt.var_builder(..))` builds the
+//! model exactly as from a `model.safetensors`.
+//!
+//! Every tensor is dequantised once, at load (candle's dequantisation is
+//! bit-for-bit the same as gguf-py's for every type in [`SUPPORTED_TYPES`];
+//! the tests check each one). llama.cpp's converter reorders the rows of the
+//! query and key projections so that its rotary embedding can rotate
+//! neighbouring pairs; the loader puts them back in HF order (the half-split
+//! rotation), per head, with the key-value head count for the key weights.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
+use candle_core::{Device, Tensor};
+
+use crate::llama::LlamaConfig;
+use crate::Checkpoint;
+
+/// Storage types the loader dequantises (each checked against gguf-py).
+pub const SUPPORTED_TYPES: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+fn err(path: &Path, msg: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{}: {msg}", path.display()))
+}
+
+/// An opened GGUF file: its metadata and tensor directory (tensor data is
+/// read on demand).
+pub struct GgufFile {
+    path: std::path::PathBuf,
+    content: Content,
+    reader: BufReader<File>,
+}
+
+impl GgufFile {
+    /// Reads the header, metadata and tensor directory of `path`.
+    pub fn open(path: impl AsRef<Path>) -> candle_core::Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| err(path, format!("cannot open: {e}")))?;
+        let mut reader = BufReader::new(file);
+        let content = Content::read(&mut reader)
+            .map_err(|e| err(path, format!("not a readable GGUF file: {e}")))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            content,
+            reader,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All metadata (`general.*`, `llama.*`, `tokenizer.*`, ...).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.content.metadata
+    }
+
+    /// A metadata value, or an error naming the file and the key.
+    pub fn get(&self, key: &str) -> candle_core::Result<&Value> {
+        self.content
+            .metadata
+            .get(key)
+            .ok_or_else(|| err(&self.path, format!("missing metadata key `{key}`")))
+    }
+
+    /// A metadata string.
+    pub fn get_str(&self, key: &str) -> candle_core::Result<&str> {
+        self.get(key)?
+            .to_string()
+            .map(String::as_str)
+            .map_err(|e| err(&self.path, format!("metadata `{key}`: {e}")))
+    }
+
+    /// A non-negative integer of any GGUF integer width.
+    pub fn get_usize(&self, key: &str) -> candle_core::Result<usize> {
+        let v = self.get(key)?;
+        let n = match v {
+            Value::U8(x) => Some(*x as i128),
+            Value::I8(x) => Some(*x as i128),
+            Value::U16(x) => Some(*x as i128),
+            Value::I16(x) => Some(*x as i128),
+            Value::U32(x) => Some(*x as i128),
+            Value::I32(x) => Some(*x as i128),
+            Value::U64(x) => Some(*x as i128),
+            Value::I64(x) => Some(*x as i128),
+            _ => None,
+        };
+        match n {
+            Some(n) if n >= 0 => Ok(n as usize),
+            _ => Err(err(
+                &self.path,
+                format!("metadata `{key}` should be a non-negative integer, found {v:?}"),
+            )),
+        }
+    }
+
+    /// A float. A float32 value is read as the shortest decimal that rounds
+    /// to it (`1e-5`, not `9.999999747378752e-6`), the number the converter
+    /// was given.
+    pub fn get_f64(&self, key: &str) -> candle_core::Result<f64> {
+        match self.get(key)? {
+            Value::F32(x) => Ok(x.to_string().parse::<f64>().unwrap_or(*x as f64)),
+            Value::F64(x) => Ok(*x),
+            v => Err(err(
+                &self.path,
+                format!("metadata `{key}` should be a float, found {v:?}"),
+            )),
+        }
+    }
+
+    /// A metadata array of strings.
+    pub fn get_str_array(&self, key: &str) -> candle_core::Result<Vec<&str>> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|e| err(&self.path, format!("metadata `{key}`: {e}")))?;
+        arr.iter()
+            .map(|v| {
+                v.to_string().map(String::as_str).map_err(|_| {
+                    err(
+                        &self.path,
+                        format!("metadata `{key}` should hold strings, found {v:?}"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// A metadata array of integers (e.g. `tokenizer.ggml.token_type`).
+    pub fn get_i64_array(&self, key: &str) -> candle_core::Result<Vec<i64>> {
+        let arr = self
+            .get(key)?
+            .to_vec()
+            .map_err(|e| err(&self.path, format!("metadata `{key}`: {e}")))?;
+        arr.iter()
+            .map(|v| match v {
+                Value::U8(x) => Ok(*x as i64),
+                Value::I8(x) => Ok(*x as i64),
+                Value::U16(x) => Ok(*x as i64),
+                Value::I16(x) => Ok(*x as i64),
+                Value::U32(x) => Ok(*x as i64),
+                Value::I32(x) => Ok(*x as i64),
+                Value::U64(x) => Ok(*x as i64),
+                Value::I64(x) => Ok(*x),
+                v => Err(err(
+                    &self.path,
+                    format!("metadata `{key}` should hold integers, found {v:?}"),
+                )),
+            })
+            .collect()
+    }
+
+    /// Tensor names in the file (sorted).
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut n: Vec<String> = self.content.tensor_infos.keys().cloned().collect();
+        n.sort();
+        n
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Storage type and shape (row-major, outermost first) of a tensor.
+    pub fn tensor_info(&self, name: &str) -> candle_core::Result<(GgmlDType, Vec<usize>)> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| err(&self.path, format!("missing tensor `{name}`")))?;
+        Ok((info.ggml_dtype, info.shape.dims().to_vec()))
+    }
+
+    /// A tensor dequantised to float32 (on the CPU), in llama.cpp's layout.
+    pub fn dequantize(&mut self, name: &str) -> candle_core::Result<Tensor> {
+        let (dtype, _) = self.tensor_info(name)?;
+        if !SUPPORTED_TYPES.contains(&dtype) {
+            return Err(err(
+                &self.path,
+                format!(
+                    "tensor `{name}` is stored as {dtype:?}, which this loader does not support \
+                     (supported: {})",
+                    supported_list()
+                ),
+            ));
+        }
+        let q = self
+            .content
+            .tensor(&mut self.reader, name, &Device::Cpu)
+            .map_err(|e| err(&self.path, format!("reading tensor `{name}`: {e}")))?;
+        q.dequantize(&Device::Cpu)
+    }
+}
+
+fn supported_list() -> String {
+    SUPPORTED_TYPES
+        .iter()
+        .map(|t| format!("{t:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The HF transformers name of a llama.cpp LLaMA tensor, or `None` for a
+/// name outside the LLaMA scheme.
+pub fn hf_name(gguf_name: &str) -> Option<String> {
+    let fixed = match gguf_name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf_name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (part, kind) = rest.rsplit_once('.')?;
+    let hf = match part {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.{kind}"))
+}
+
+/// Undoes llama.cpp's row permutation of a query/key projection (weight
+/// `(heads·head_dim, in)` or bias `(heads·head_dim,)`): within each head,
+/// llama.cpp stores rows as interleaved pairs (0, d/2, 1, d/2+1, …); HF stores
+/// the two halves one after the other.
+pub fn unpermute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
+    let rows = w.dim(0)?;
+    if heads == 0 || rows % (2 * heads) != 0 {
+        candle_core::bail!(
+            "cannot unpermute {rows} rows into {heads} heads of an even width (shape {:?})",
+            w.dims()
+        );
+    }
+    let half = rows / heads / 2;
+    let rest: Vec<usize> = w.dims()[1..].to_vec();
+    let mut split = vec![heads, half, 2];
+    split.extend(&rest);
+    w.reshape(split)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(w.shape())
+}
+
+/// The LLaMA hyper-parameters in a GGUF file's metadata. `vocab_size` is the
+/// length of the token list (else `llama.vocab_size`, else the embedding's
+/// rows); embeddings are tied when the file has no `output.weight`.
+pub fn llama_config(file: &GgufFile) -> candle_core::Result<LlamaConfig> {
+    let arch = file.get_str("general.architecture")?;
+    if arch != "llama" {
+        return Err(err(
+            file.path(),
+            format!("general.architecture is `{arch}`, expected `llama`"),
+        ));
+    }
+    let hidden_size = file.get_usize("llama.embedding_length")?;
+    let num_attention_heads = file.get_usize("llama.attention.head_count")?;
+    let num_key_value_heads = if file
+        .metadata()
+        .contains_key("llama.attention.head_count_kv")
+    {
+        Some(file.get_usize("llama.attention.head_count_kv")?)
+    } else {
+        None
+    };
+    if num_attention_heads == 0 || hidden_size % num_attention_heads != 0 {
+        return Err(err(
+            file.path(),
+            format!("embedding_length {hidden_size} is not a multiple of head_count {num_attention_heads}"),
+        ));
+    }
+    // An explicit per-head width only when it differs from hidden/heads.
+    let head_dim = match file.metadata().contains_key("llama.attention.key_length") {
+        true => Some(file.get_usize("llama.attention.key_length")?)
+            .filter(|&d| d != hidden_size / num_attention_heads),
+        false => None,
+    };
+    let vocab_size = if file.metadata().contains_key("tokenizer.ggml.tokens") {
+        file.get("tokenizer.ggml.tokens")?
+            .to_vec()
+            .map_err(|e| err(file.path(), e))?
+            .len()
+    } else if file.metadata().contains_key("llama.vocab_size") {
+        file.get_usize("llama.vocab_size")?
+    } else {
+        file.tensor_info("token_embd.weight")?.1[0]
+    };
+    let opt_id = |key: &str| -> candle_core::Result<Option<u32>> {
+        match file.metadata().contains_key(key) {
+            true => Ok(Some(file.get_usize(key)? as u32)),
+            false => Ok(None),
+        }
+    };
+    // Plain RoPE over the whole head is all the model implements.
+    if file.metadata().contains_key("llama.rope.scaling.type") {
+        let kind = file.get_str("llama.rope.scaling.type")?;
+        if kind != "none" {
+            return Err(err(
+                file.path(),
+                format!("llama.rope.scaling.type is `{kind}`; only unscaled RoPE is supported"),
+            ));
+        }
+    }
+    let head_width = head_dim.unwrap_or(hidden_size / num_attention_heads);
+    if file.metadata().contains_key("llama.rope.dimension_count") {
+        let rot = file.get_usize("llama.rope.dimension_count")?;
+        if rot != head_width {
+            return Err(err(
+                file.path(),
+                format!("llama.rope.dimension_count is {rot}, the head width {head_width}; partial RoPE is not supported"),
+            ));
+        }
+    }
+    // Start from a preset so fields this format says nothing about keep
+    // their defaults (SiLU, plain RoPE), then fill in everything it states.
+    let mut cfg = LlamaConfig::vicuna_7b();
+    cfg.vocab_size = vocab_size;
+    cfg.hidden_size = hidden_size;
+    cfg.intermediate_size = file.get_usize("llama.feed_forward_length")?;
+    cfg.num_hidden_layers = file.get_usize("llama.block_count")?;
+    cfg.num_attention_heads = num_attention_heads;
+    cfg.num_key_value_heads = num_key_value_heads;
+    cfg.head_dim = head_dim;
+    cfg.rms_norm_eps = file.get_f64("llama.attention.layer_norm_rms_epsilon")?;
+    if file.metadata().contains_key("llama.rope.freq_base") {
+        cfg.rope_theta = file.get_f64("llama.rope.freq_base")?;
+    }
+    cfg.max_position_embeddings = file.get_usize("llama.context_length")?;
+    cfg.tie_word_embeddings = !file.has_tensor("output.weight");
+    cfg.attention_bias = file.has_tensor("blk.0.attn_q.bias");
+    cfg.mlp_bias = file.has_tensor("blk.0.ffn_up.bias");
+    cfg.bos_token_id = opt_id("tokenizer.ggml.bos_token_id")?;
+    cfg.eos_token_id = opt_id("tokenizer.ggml.eos_token_id")?;
+    Ok(cfg)
+}
+
+/// Loads a LLaMA-family GGUF file: its config and every tensor dequantised
+/// to float32 under its HF name (q/k rows in HF order), on `device`.
+///
+/// Errors name the file and the missing metadata key or tensor; a tensor in
+/// an unsupported storage type names the type and lists the supported ones.
+/// A tied model (no `output.weight`) has no `lm_head.weight` in the
+/// checkpoint; the model reads `model.embed_tokens.weight` for it.
+pub fn load_llama_gguf(
+    path: impl AsRef<Path>,
+    device: &Device,
+) -> candle_core::Result<(LlamaConfig, Checkpoint)> {
+    let mut file = GgufFile::open(path)?;
+    let cfg = llama_config(&file)?;
+    let names = file.tensor_names();
+    // The per-layer tensors the model needs must all be there.
+    let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
+    for i in 0..cfg.num_hidden_layers {
+        for part in [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
+            required.push(format!("blk.{i}.{part}.weight"));
+        }
+    }
+    if let Some(missing) = required.iter().find(|n| !file.has_tensor(n)) {
+        return Err(err(file.path(), format!("missing tensor `{missing}`")));
+    }
+    let mut tensors = HashMap::with_capacity(names.len());
+    for name in &names {
+        let Some(hf) = hf_name(name) else {
+            // rope_freqs and the like are computed by the model; anything
+            // else is kept under its own name so the load report shows it.
+            if name == "rope_freqs.weight" {
+                continue;
+            }
+            let t = file.dequantize(name)?;
+            tensors.insert(name.clone(), t.to_device(device)?);
+            continue;
+        };
+        let mut t = file.dequantize(name)?;
+        if name.contains(".attn_q.") {
+            t = unpermute_qk(&t, cfg.num_attention_heads)
+                .map_err(|e| err(file.path(), format!("tensor `{name}`: {e}")))?;
+        } else if name.contains(".attn_k.") {
+            t = unpermute_qk(&t, cfg.kv_heads())
+                .map_err(|e| err(file.path(), format!("tensor `{name}`: {e}")))?;
+        }
+        tensors.insert(hf, t.to_device(device)?);
+    }
+    let origin = file.path().display().to_string();
+    Ok((cfg, Checkpoint::from_tensors(tensors, origin)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{gguf_file, QTensor};
+
+    /// A minimal one-layer LLaMA GGUF in `name` under the temp dir, with
+    /// `drop_key` left out of the metadata, `drop_tensor` left out of the
+    /// tensors and every projection stored as `proj`.
+    fn tiny_file(
+        name: &str,
+        drop_key: &str,
+        drop_tensor: &str,
+        proj: GgmlDType,
+    ) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("calico-gguf-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let md: Vec<(&str, Value)> = vec![
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(1)),
+            ("llama.context_length", Value::U32(64)),
+            ("llama.embedding_length", Value::U32(32)),
+            ("llama.feed_forward_length", Value::U32(64)),
+            ("llama.attention.head_count", Value::U32(2)),
+            ("llama.attention.head_count_kv", Value::U32(1)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("llama.vocab_size", Value::U32(32)),
+        ];
+        let dev = Device::Cpu;
+        let q = |r: usize, c: usize, t: GgmlDType| {
+            QTensor::quantize(&Tensor::ones((r, c), DType::F32, &dev).unwrap(), t).unwrap()
+        };
+        let mut ts: Vec<(String, QTensor)> = vec![
+            ("token_embd.weight".into(), q(32, 32, GgmlDType::Q8_0)),
+            ("output_norm.weight".into(), q(1, 32, GgmlDType::F32)),
+        ];
+        for (part, r, c) in [
+            ("attn_q", 32, 32),
+            ("attn_k", 16, 32),
+            ("attn_v", 16, 32),
+            ("attn_output", 32, 32),
+            ("ffn_gate", 64, 32),
+            ("ffn_up", 64, 32),
+            ("ffn_down", 32, 64),
+        ] {
+            ts.push((format!("blk.0.{part}.weight"), q(r, c, proj)));
+        }
+        for part in ["attn_norm", "ffn_norm"] {
+            ts.push((format!("blk.0.{part}.weight"), q(1, 32, GgmlDType::F32)));
+        }
+        let md: Vec<(&str, &Value)> = md
+            .iter()
+            .filter(|(k, _)| *k != drop_key)
+            .map(|(k, v)| (*k, v))
+            .collect();
+        let ts: Vec<(&str, &QTensor)> = ts
+            .iter()
+            .filter(|(k, _)| k != drop_tensor)
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let mut f = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut f, &md, &ts).unwrap();
+        path
+    }
+
+    use candle_core::DType;
+
+    fn cleanup(path: &Path) {
+        std::fs::remove_file(path).ok();
+        std::fs::remove_dir(path.parent().unwrap()).ok();
+    }
+
+    fn load_err(path: impl AsRef<Path>) -> String {
+        match load_llama_gguf(path, &Device::Cpu) {
+            Ok(_) => panic!("expected a load error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn loads_a_minimal_file() {
+        let path = tiny_file("ok.gguf", "", "", GgmlDType::Q4_1);
+        let (cfg, ckpt) = load_llama_gguf(&path, &Device::Cpu).unwrap();
+        assert_eq!(
+            (cfg.hidden_size, cfg.kv_heads(), cfg.vocab_size),
+            (32, 1, 32)
+        );
+        assert_eq!(cfg.rms_norm_eps, 1e-5);
+        assert!(cfg.tie_word_embeddings);
+        assert_eq!(ckpt.names().len(), 11);
+        cleanup(&path);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_what_is_missing() {
+        let path = tiny_file("nokey.gguf", "llama.block_count", "", GgmlDType::Q8_0);
+        let e = load_err(&path);
+        cleanup(&path);
+        assert!(
+            e.contains("nokey.gguf") && e.contains("missing metadata key `llama.block_count`"),
+            "{e}"
+        );
+        let path = tiny_file("notensor.gguf", "", "blk.0.ffn_up.weight", GgmlDType::Q8_0);
+        let e = load_err(&path);
+        cleanup(&path);
+        assert!(
+            e.contains("notensor.gguf") && e.contains("missing tensor `blk.0.ffn_up.weight`"),
+            "{e}"
+        );
+        let path = tiny_file("q81.gguf", "", "", GgmlDType::Q8_1);
+        let e = load_err(&path);
+        assert!(
+            e.contains("q81.gguf") && e.contains("Q8_1") && e.contains("supported: F32, F16"),
+            "{e}"
+        );
+        let e = load_err("/no/such/file.gguf");
+        assert!(
+            e.contains("/no/such/file.gguf") && e.contains("cannot open"),
+            "{e}"
+        );
+        let not_gguf = path.with_file_name("not.gguf");
+        std::fs::write(&not_gguf, b"not a gguf file at all").unwrap();
+        let e = load_err(&not_gguf);
+        assert!(
+            e.contains("not.gguf") && e.contains("not a readable GGUF"),
+            "{e}"
+        );
+        let e = crate::tokenizer::CalicoTokenizer::from_gguf(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("q81.gguf") && e.contains("tokenizer.ggml.model"),
+            "{e}"
+        );
+        std::fs::remove_file(&not_gguf).ok();
+        cleanup(&path);
+    }
+
+    #[test]
+    fn maps_llama_cpp_names() {
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").unwrap(),
+            "model.layers.12.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").unwrap(),
+            "model.layers.0.post_attention_layernorm.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
+        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
+        assert!(hf_name("blk.x.attn_q.weight").is_none());
+        assert!(hf_name("rope_freqs.weight").is_none());
+    }
+
+    #[test]
+    fn unpermute_inverts_the_interleaving() -> candle_core::Result<()> {
+        // Two heads of width 4: HF rows h0:[0 1 2 3] are stored as [0 2 1 3].
+        let stored = Tensor::new(&[0f32, 2., 1., 3., 4., 6., 5., 7.], &Device::Cpu)?;
+        let hf = unpermute_qk(&stored.reshape((8, 1))?, 2)?;
+        assert_eq!(
+            hf.flatten_all()?.to_vec1::<f32>()?,
+            vec![0., 1., 2., 3., 4., 5., 6., 7.]
+        );
+        assert!(unpermute_qk(&stored.reshape((8, 1))?, 3).is_err());
+        Ok(())
+    }
+}

