@@ -372,3 +372,69 @@ fn baseline_vision_paths_are_not_built() {
     let e = Calico::random(&cfg, IDS, &VarMap::new(), 0, &Device::Cpu).unwrap_err();
     assert!(e.to_string().contains("not built yet"), "{e}");
 }
+
+#[test]
+fn non_zero_cams_change_what_follows_the_images() {
+    // CAMs before layers 0 and 2 with non-zero weights change the logits.
+    let mut cfg = tiny();
+    cfg.cam.layers = vec![0, 2];
+    let (m, map, _) = model(&cfg, 23);
+    let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
+    let before = m.forward(&b, &Bytes, None).unwrap();
+    seeded_fill(&map, 5, FillMode::All).unwrap();
+    let after = m.forward(&b, &Bytes, None).unwrap();
+    // Tokens before the first image are unaffected (causal attention).
+    let first = b.layouts[0].image_spans[0].start;
+    let head = |o: &calico_model::calico::ForwardOutput| o.logits.narrow(1, 0, first).unwrap();
+    assert!(max_diff(&head(&before), &head(&after)) > 0.0); // LoRA moved too
+                                                            // Only the CAMs non-zero: the text before the first image is unchanged,
+                                                            // the rest changes.
+    let (m2, map2, _) = model(&cfg, 23);
+    {
+        let data = map2.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            if name.starts_with("model.cam.") {
+                let t = var.as_tensor();
+                let v = Tensor::full(0.01f32, t.dims(), &Device::Cpu).unwrap();
+                var.set(&v).unwrap();
+            }
+        }
+    }
+    let with_cam = m2.forward(&b, &Bytes, None).unwrap();
+    assert_eq!(max_diff(&head(&before), &head(&with_cam)), 0.0);
+    assert!(max_diff(&before.logits, &with_cam.logits) > 1e-4);
+}
+
+#[test]
+fn ablations_build_and_run() {
+    for edit in [
+        |c: &mut CalicoConfig| {
+            c.ablation.use_qformer = false;
+            c.ablation.use_cam = false;
+        },
+        |c: &mut CalicoConfig| {
+            c.ablation.use_dino = false;
+            c.ablation.use_cem = false;
+        },
+        |c: &mut CalicoConfig| c.ablation.use_cem = false,
+    ] {
+        let mut cfg = tiny();
+        edit(&mut cfg);
+        let (m, map, _) = model(&cfg, 29);
+        let out = m
+            .forward(
+                &batch(&cfg, TWO_SEGS, vec![image(1), image(2)]),
+                &Bytes,
+                None,
+            )
+            .unwrap();
+        assert_eq!(out.mask_logits[0].len(), 2);
+        let n: usize = map.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(
+            n as u64,
+            param_counts(&cfg).trainable(),
+            "{:?}",
+            cfg.ablation
+        );
+    }
+}
