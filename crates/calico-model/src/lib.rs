@@ -5,6 +5,7 @@
 //! Every block is checked against its reference implementation by the parity
 //! framework ([`parity`], docs/parity.md).
 
+pub mod calico;
 pub mod cam;
 pub mod cem;
 pub mod config;

@@ -1,0 +1,313 @@
+//! The whole Calico model (§3.2–3.4): vision module, CEM, LLM with LoRA and
+//! CAMs, and the SAM grounding path that turns `[SEG]` hidden states into
+//! masks.
+//!
+//! ```text
+//! image ─► EVA ViT 𝒞 ─► ln_vision ─► X_global ─┬─► Q-Former 𝒬(q, X_global) ─► f_image ─► I⁰ (image slots)
+//!       └► DINOv2 ℰ (layer k, patch tokens) ──► CEM 𝒜 ─► X′_global ─► CAM at layers L (eq. 7–9)
+//!       └► SAM image encoder 𝒢 ─► X_ground ─► SAM mask decoder 𝒟 ◄─ text_hidden_fcs(h_[SEG])
+//! ```
+//!
+//! # Tensor names (one builder layout, GLaMM/LISA-like)
+//!
+//! Frozen builder (checkpoint; a loader maps the released checkpoints onto
+//! these names):
+//! * `model.vision_tower.*` — EVA ViT with HF `Blip2VisionModel` names
+//!   (`embeddings.*`, `encoder.layers.N.*`, `post_layernorm.*` = LAVIS
+//!   `ln_vision`);
+//! * `model.qformer.*` (HF `Blip2QFormerModel` names) and
+//!   `model.query_tokens`;
+//! * `model.dinov2.*` (HF `Dinov2Model` names);
+//! * the LLM at the root with HF LLaMA names (`model.embed_tokens`,
+//!   `model.layers.N.*`, `model.norm`, `lm_head`);
+//! * `model.grounding_encoder.image_encoder.*`,
+//!   `model.grounding_encoder.prompt_encoder.*` (GLaMM's prefix, original
+//!   SAM names below it).
+//!
+//! Trainable builder (a `VarMap` while training, or a checkpoint):
+//! * LoRA: `model.layers.N.self_attn.{q,v}_proj.lora_{A,B}.weight` (the
+//!   targets of `cfg.lora`);
+//! * `model.cem.*` (CEM), `model.cam.{l}.{f_adaptation,f_reintegration}.*`;
+//! * `model.f_image.{weight,bias}` — f_image, Linear(D_q → D) (our name; the
+//!   paper gives none; InstructBLIP calls it `language_projection`, Cheetah
+//!   `llama_proj`);
+//! * `model.text_hidden_fcs.0.{0,2}.{weight,bias}` — f_segmentation,
+//!   Linear(D, D), ReLU, Linear(D, 256) (LISA/GLaMM names);
+//! * `model.grounding_encoder.mask_decoder.*` — the SAM mask decoder;
+//! * rows added to the vocabulary by [`Calico::resize_token_embeddings`].
+//!
+//! # Choices where the paper is silent
+//! * The first Q-Former pass reads the raw `ln_vision` tokens X_global
+//!   (§3.2's X_embed = 𝒬(q, X_global)); the CEM output X′_global is read by
+//!   the CAMs only (eq. 8). The class token is kept (BLIP-2 feeds all
+//!   1 + N tokens).
+//! * The CAMs reuse the frozen Q-Former and the frozen `query_tokens` of the
+//!   first pass (VPG-C trains a copy of the query tokens; the paper's
+//!   trainable set does not mention them).
+//! * "w/o Q-Former" (`ablation.use_qformer = false`): f_image is a
+//!   Linear(D_g → D) applied to **all** 1 + N EVA tokens (the class token
+//!   included), as `CalicoConfig::image_tokens` and the parameter counts
+//!   assume. Those tokens are X′_global when the CEM exists (otherwise the
+//!   CEM would have no path to the LLM without CAMs), X_global otherwise.
+//! * `use_dino = false` or `use_cem = false`: X′_global = X_global (no DINOv2
+//!   is run, no CEM is built).
+//! * DINOv2 features: hidden state after `cfg.dinov2_layer` layers, with the
+//!   final LayerNorm when `cfg.dinov2_final_norm`, patch tokens only.
+//! * Only the Calico vision path is built; the baselines' CLIP towers
+//!   (`multi_image_lisa`, `multi_image_glamm`) exist in the parameter/FLOP
+//!   counts only and the constructor refuses them.
+
+mod forward;
+mod generate;
+mod init;
+mod vision;
+
+use calico_nn::Linear;
+use candle_core::{Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+use crate::cam::Cams;
+use crate::cem::Cem;
+use crate::config::{CalicoConfig, VisionKind};
+use crate::dinov2::Dinov2Model;
+use crate::eva_vit::EvaVit;
+use crate::llama::{Llama, LoraSpec};
+use crate::prompt::{PromptFormat, SpecialIds};
+use crate::qformer::{load_query_tokens, QFormer};
+use crate::sam::image_encoder::ImageEncoderViT;
+use crate::sam::mask_decoder::MaskDecoder;
+use crate::sam::prompt_encoder::PromptEncoder;
+
+pub use forward::{ForwardOutput, TrainBatch};
+pub use generate::{Answer, SegMask};
+pub use init::{seeded_fill, FillMode, SeededBackend};
+pub use vision::{EncodedImage, ImageInput};
+
+/// Whether a tensor name belongs to the trainable set (see the module docs):
+/// LoRA adapters, CEM, CAM, f_image, `text_hidden_fcs`, the SAM mask decoder
+/// and rows added to the vocabulary.
+pub fn is_trainable_name(name: &str) -> bool {
+    const PREFIXES: [&str; 5] = [
+        "model.cem.",
+        "model.cam.",
+        "model.f_image.",
+        "model.text_hidden_fcs.",
+        "model.grounding_encoder.mask_decoder.",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+        || name.contains(".lora_A.")
+        || name.contains(".lora_B.")
+        || name.ends_with(".added_weight")
+}
+
+/// The Calico model.
+#[derive(Debug, Clone)]
+pub struct Calico {
+    cfg: CalicoConfig,
+    special: SpecialIds,
+    format: PromptFormat,
+    eva: EvaVit,
+    /// `(Q-Former, query_tokens)`; `None` without the Q-Former.
+    qformer: Option<(QFormer, Tensor)>,
+    /// `(DINOv2, CEM)`; `None` without DINO/CEM.
+    cem: Option<(Dinov2Model, Cem)>,
+    f_image: Linear,
+    llm: Llama,
+    cams: Option<Cams>,
+    text_fc1: Linear,
+    text_fc2: Linear,
+    sam_encoder: ImageEncoderViT,
+    prompt_encoder: PromptEncoder,
+    mask_decoder: MaskDecoder,
+}
+
+impl Calico {
+    /// Builds the model: frozen blocks from `frozen`, trainable ones (LoRA,
+    /// CEM, CAM, f_image, `text_hidden_fcs`, SAM mask decoder) from
+    /// `trainable` (see the module docs for the names). `special` holds the
+    /// ids of the added tokens (from `CalicoTokenizer::add_special_tokens`).
+    pub fn new(
+        cfg: &CalicoConfig,
+        frozen: VarBuilder,
+        trainable: VarBuilder,
+        special: SpecialIds,
+    ) -> Result<Self> {
+        if cfg.vision != VisionKind::Calico {
+            candle_core::bail!(
+                "the {} vision path (a CLIP tower) is not built yet: only its parameters and FLOPs are counted (count.rs); use vision = \"calico\"",
+                cfg.vision.label()
+            );
+        }
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(format!("invalid Calico config: {e}")))?;
+        let fm = frozen.pp("model");
+        let tm = trainable.pp("model");
+        let d = cfg.d_llm();
+        let eva = EvaVit::new(&cfg.eva_vit, fm.pp("vision_tower"))?;
+        let qformer = if cfg.ablation.use_qformer {
+            let q = QFormer::new(&cfg.qformer, fm.pp("qformer"))?;
+            let tokens = load_query_tokens(&cfg.qformer, &fm)?;
+            Some((q, tokens))
+        } else {
+            None
+        };
+        let cem = if cfg.has_cem() {
+            let dino = Dinov2Model::new(&cfg.dinov2, fm.pp("dinov2"))?;
+            let cem = Cem::new(
+                &cfg.cem,
+                cfg.eva_vit.hidden_size,
+                cfg.dinov2.hidden_size,
+                tm.pp("cem"),
+            )?;
+            Some((dino, cem))
+        } else {
+            None
+        };
+        let d_in = if cfg.ablation.use_qformer {
+            cfg.qformer.hidden_size
+        } else {
+            cfg.eva_vit.hidden_size
+        };
+        let f_image = Linear::new(d_in, d, true, tm.pp("f_image"))?;
+        let lora = LoraSpec {
+            r: cfg.lora.r,
+            lora_alpha: cfg.lora.alpha,
+            lora_dropout: cfg.lora.dropout,
+            target_modules: cfg.lora.target_modules.clone(),
+        };
+        let llm = Llama::with_lora(&cfg.llm, &lora, frozen.clone(), trainable.clone())?;
+        let cams = if cfg.has_cam() {
+            Some(Cams::new(&cfg.cam, d, cfg.qformer.hidden_size, tm.clone())?)
+        } else {
+            None
+        };
+        let fcs = tm.pp("text_hidden_fcs").pp("0");
+        let text_fc1 = Linear::new(d, d, true, fcs.pp("0"))?;
+        let text_fc2 = Linear::new(d, cfg.text_hidden_fcs_out, true, fcs.pp("2"))?;
+        let ge = fm.pp("grounding_encoder");
+        let sam_encoder = ImageEncoderViT::new(&cfg.sam_encoder, ge.pp("image_encoder"))?;
+        let prompt_encoder = PromptEncoder::new(&cfg.sam_prompt_encoder, ge.pp("prompt_encoder"))?;
+        let mask_decoder = MaskDecoder::new(
+            &cfg.sam_mask_decoder,
+            tm.pp("grounding_encoder").pp("mask_decoder"),
+        )?;
+        Ok(Self {
+            cfg: cfg.clone(),
+            special,
+            format: PromptFormat::vicuna_v1(cfg.image_tokens()),
+            eva,
+            qformer,
+            cem,
+            f_image,
+            llm,
+            cams,
+            text_fc1,
+            text_fc2,
+            sam_encoder,
+            prompt_encoder,
+            mask_decoder,
+        })
+    }
+
+    /// A randomly initialised model for tests and smoke runs (any preset;
+    /// meant for `tiny`). Trainable tensors are created in `trainable`,
+    /// frozen ones are plain tensors (not variables; returned by name).
+    ///
+    /// Candle's CPU generator cannot be seeded, so frozen tensors come from a
+    /// [`SeededBackend`] and the trainable variables are overwritten after
+    /// the build ([`seeded_fill`] with [`FillMode::KeepConstants`]); both
+    /// draw from a ChaCha generator seeded by `seed` and the tensor's name:
+    /// tensors
+    /// created constant (LayerNorm weights 1, biases 0, the zero-initialised
+    /// CAM/CEM output projections and LoRA `B`) keep their value; the others
+    /// get N(0, 1/fan_in). The same seed gives the same weights for every
+    /// tensor name, whatever else the config builds.
+    pub fn random(
+        cfg: &CalicoConfig,
+        special: SpecialIds,
+        trainable: &VarMap,
+        seed: u64,
+        device: &Device,
+    ) -> Result<(Self, std::collections::HashMap<String, Tensor>)> {
+        let dtype = candle_core::DType::F32;
+        let backend = SeededBackend::new(seed);
+        // SAM reads its relative-position tables without a shape.
+        let enc = &cfg.sam_encoder;
+        if enc.use_rel_pos {
+            let head_dim = enc.embed_dim / enc.num_heads.max(1);
+            for i in 0..enc.depth {
+                let side = if enc.global_attn_indexes.contains(&i) {
+                    enc.grid_size()
+                } else {
+                    enc.window_size
+                };
+                for axis in ["h", "w"] {
+                    backend.insert(
+                        &format!(
+                            "model.grounding_encoder.image_encoder.blocks.{i}.attn.rel_pos_{axis}"
+                        ),
+                        &[2 * side - 1, head_dim],
+                        device,
+                    )?;
+                }
+            }
+        }
+        let model = Self::new(
+            cfg,
+            VarBuilder::from_backend(Box::new(backend.clone()), dtype, device.clone()),
+            VarBuilder::from_varmap(trainable, dtype, device),
+            special,
+        )?;
+        seeded_fill(trainable, seed, FillMode::KeepConstants)?;
+        let frozen = backend.tensors()?;
+        Ok((model, frozen))
+    }
+
+    pub fn config(&self) -> &CalicoConfig {
+        &self.cfg
+    }
+
+    pub fn special_ids(&self) -> &SpecialIds {
+        &self.special
+    }
+
+    /// The prompt layout used by [`Calico::generate`] (default: Vicuna v1
+    /// with `<im_start>`/`<im_end>` and `cfg.image_tokens()` slots).
+    pub fn prompt_format(&self) -> &PromptFormat {
+        &self.format
+    }
+
+    /// Replaces the prompt layout (the slot count must stay
+    /// `cfg.image_tokens()`).
+    pub fn set_prompt_format(&mut self, format: PromptFormat) -> Result<()> {
+        if format.tokens_per_image != self.cfg.image_tokens() {
+            candle_core::bail!(
+                "prompt format has {} slots per image, the model makes {} visual tokens",
+                format.tokens_per_image,
+                self.cfg.image_tokens()
+            );
+        }
+        self.format = format;
+        Ok(())
+    }
+
+    pub fn llm(&self) -> &Llama {
+        &self.llm
+    }
+
+    /// Grows the LLM vocabulary for the added special tokens; with
+    /// `trainable` the new rows are variables in that map
+    /// (`model.embed_tokens.added_weight`, `lm_head.added_weight`).
+    pub fn resize_token_embeddings(
+        &mut self,
+        new_vocab_size: usize,
+        trainable: Option<&VarMap>,
+    ) -> Result<()> {
+        self.llm.resize_token_embeddings(new_vocab_size, trainable)
+    }
+
+    /// f_segmentation: `(n, D)` `[SEG]` hidden states → `(n, 256)` prompts.
+    pub fn text_hidden_fcs(&self, h: &Tensor) -> Result<Tensor> {
+        self.text_fc2.forward(&self.text_fc1.forward(h)?.relu()?)
+    }
+}

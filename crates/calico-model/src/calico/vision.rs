@@ -1,0 +1,122 @@
+//! The vision module: EVA → (CEM) → Q-Former → f_image, and the SAM image
+//! encoder, for a set of images encoded together.
+
+use candle_core::{Result, Tensor};
+
+use super::Calico;
+use crate::preprocess::Preprocessed;
+
+/// One input image in the three views the encoders take.
+#[derive(Debug, Clone)]
+pub struct ImageInput {
+    /// EVA-CLIP view, `(3, S, S)` with S = `eva_vit.image_size`.
+    pub clip: Tensor,
+    /// DINOv2 view, `(3, h, w)` (multiples of the DINOv2 patch).
+    pub dino: Tensor,
+    /// SAM view, `(3, S, S)` with S = `sam_encoder.img_size` (padded).
+    pub sam: Tensor,
+    /// Size `(h, w)` of the image inside the SAM view before padding.
+    pub sam_resized: (usize, usize),
+    /// Size `(h, w)` of the original image (masks are returned at it).
+    pub original: (usize, usize),
+}
+
+impl ImageInput {
+    /// From the three preprocessed views of one image.
+    pub fn from_views(clip: &Preprocessed, dino: &Preprocessed, sam: &Preprocessed) -> Self {
+        Self {
+            clip: clip.pixels.clone(),
+            dino: dino.pixels.clone(),
+            sam: sam.pixels.clone(),
+            sam_resized: sam.resized,
+            original: sam.original,
+        }
+    }
+}
+
+/// One encoded image.
+#[derive(Debug, Clone)]
+pub struct EncodedImage {
+    /// The image's LLM input tokens I⁰_i (after f_image), `(S_I, D)`.
+    pub visual_tokens: Tensor,
+    /// X′_global,i, the (CEM-fused) EVA tokens the CAMs read, `(1, 1 + N, D_g)`.
+    pub x_global_prime: Tensor,
+    /// X_ground,i, SAM image embeddings `(1, C, g, g)`.
+    pub sam_embeddings: Tensor,
+}
+
+fn stack_view(images: &[&ImageInput], pick: fn(&ImageInput) -> &Tensor) -> Result<Tensor> {
+    let views: Vec<Tensor> = images.iter().map(|i| pick(i).clone()).collect();
+    Tensor::stack(&views, 0)
+}
+
+impl Calico {
+    /// Encodes images (all in one batch per encoder).
+    pub fn encode_images(&self, images: &[&ImageInput]) -> Result<Vec<EncodedImage>> {
+        if images.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dev = self.llm.device();
+        let se = self.cfg.eva_vit.image_size;
+        let ss = self.cfg.sam_encoder.img_size;
+        for (i, im) in images.iter().enumerate() {
+            if im.clip.dims() != [3, se, se] {
+                candle_core::bail!(
+                    "image {i}: the EVA view must be (3, {se}, {se}), got {:?}",
+                    im.clip.dims()
+                );
+            }
+            if im.sam.dims() != [3, ss, ss] {
+                candle_core::bail!(
+                    "image {i}: the SAM view must be (3, {ss}, {ss}), got {:?}",
+                    im.sam.dims()
+                );
+            }
+            if im.dino.rank() != 3 || im.dino.dim(0)? != 3 {
+                candle_core::bail!(
+                    "image {i}: the DINOv2 view must be (3, h, w), got {:?}",
+                    im.dino.dims()
+                );
+            }
+        }
+        let dtype = self.llm.dtype();
+        let clip = stack_view(images, |i| &i.clip)?
+            .to_device(dev)?
+            .to_dtype(dtype)?;
+        // X_global = ln_vision(𝒞(X)), (n, 1 + N, D_g).
+        let x_global = self.eva.forward(&clip)?.last_hidden_state;
+        // X′_global = X_global + 𝒜(X_global, X_semantic).
+        let x_prime = match &self.cem {
+            Some((dino, cem)) => {
+                let pix = stack_view(images, |i| &i.dino)?
+                    .to_device(dev)?
+                    .to_dtype(dtype)?;
+                let mut h = dino.forward_to_layer(&pix, self.cfg.dinov2_layer)?;
+                if self.cfg.dinov2_final_norm {
+                    h = dino.final_norm(&h)?;
+                }
+                let x_semantic = dino.patch_tokens(&h)?;
+                cem.forward(&x_global, &x_semantic)?
+            }
+            None => x_global.clone(),
+        };
+        let embeds = match &self.qformer {
+            Some((q, tokens)) => q.forward(tokens, &x_global, None)?,
+            None => x_prime.clone(),
+        };
+        let visual = self.f_image.forward(&embeds)?;
+        let sam = stack_view(images, |i| &i.sam)?
+            .to_device(dev)?
+            .to_dtype(dtype)?;
+        let ground = self.sam_encoder.forward(&sam)?;
+        (0..images.len())
+            .map(|i| {
+                Ok(EncodedImage {
+                    visual_tokens: visual.get(i)?,
+                    x_global_prime: x_prime.narrow(0, i, 1)?,
+                    sam_embeddings: ground.narrow(0, i, 1)?,
+                })
+            })
+            .collect()
+    }
+}

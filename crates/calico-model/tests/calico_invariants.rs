@@ -1,0 +1,440 @@
+//! Invariants of the whole Calico model on the `tiny` preset with seeded
+//! random weights (no checkpoints, no tokenizer file: a byte-level
+//! `TextEncoder` stands in for the tokenizer).
+
+use std::collections::HashMap;
+
+use calico_model::calico::{seeded_fill, Calico, FillMode, ImageInput, TrainBatch};
+use calico_model::config::{CalicoConfig, VisionKind};
+use calico_model::count::param_counts;
+use calico_model::llama::{GenerateOptions, Sampling};
+use calico_model::prompt::{build, PromptFormat, PromptLayout, SpecialIds, TextEncoder};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// One id per byte (offset 100), decoding back to the bytes.
+struct Bytes;
+
+impl TextEncoder for Bytes {
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        text.bytes().map(|b| 100 + b as u32).collect()
+    }
+    fn decode_plain(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .filter(|&&i| (100..356).contains(&i))
+            .map(|&i| (i - 100) as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+const IDS: SpecialIds = SpecialIds {
+    seg: 10,
+    p_open: 11,
+    p_close: 12,
+    image: 13,
+    im_start: 14,
+    im_end: 15,
+    eos: 2,
+    bos: Some(1),
+};
+
+fn tiny() -> CalicoConfig {
+    CalicoConfig::preset("tiny").unwrap()
+}
+
+fn format(cfg: &CalicoConfig) -> PromptFormat {
+    PromptFormat {
+        system: "SYS".into(),
+        tokens_per_image: cfg.image_tokens(),
+        im_start_end: true,
+    }
+}
+
+fn model(cfg: &CalicoConfig, seed: u64) -> (Calico, VarMap, HashMap<String, Tensor>) {
+    let map = VarMap::new();
+    let (mut m, frozen) = Calico::random(cfg, IDS, &map, seed, &Device::Cpu).unwrap();
+    m.set_prompt_format(format(cfg)).unwrap();
+    (m, map, frozen)
+}
+
+fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn image(seed: u64) -> ImageInput {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    ImageInput {
+        clip: randn(&[3, 56, 56], &mut rng),
+        dino: randn(&[3, 56, 56], &mut rng),
+        sam: randn(&[3, 64, 64], &mut rng),
+        sam_resized: (64, 48),
+        original: (100, 75),
+    }
+}
+
+fn question() -> String {
+    calico_text::templates::multi_image_prefix(2) + "Segment the common object."
+}
+
+fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
+    build(
+        &question(),
+        Some(answer),
+        2,
+        &Bytes,
+        &IDS,
+        &format(cfg),
+        cfg.llm.max_position_embeddings,
+    )
+    .unwrap()
+}
+
+fn batch(cfg: &CalicoConfig, answer: &str, images: Vec<ImageInput>) -> TrainBatch {
+    TrainBatch {
+        layouts: vec![layout(cfg, answer)],
+        images: vec![images],
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+const TWO_SEGS: &str =
+    "The chair: <p> a seat </p> [SEG] (IMAGE1) and <p> a seat </p> [SEG] (IMAGE2).";
+
+#[test]
+fn zero_initialised_cam_equals_no_cam() {
+    let cfg = tiny();
+    let mut no_cam = tiny();
+    no_cam.ablation.use_cam = false;
+    let (with, _, _) = model(&cfg, 7);
+    let (without, _, _) = model(&no_cam, 7);
+    let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
+    let a = with.forward(&b, &Bytes, None).unwrap();
+    let c = without.forward(&b, &Bytes, None).unwrap();
+    assert_eq!(max_diff(&a.logits, &c.logits), 0.0);
+    assert_eq!(a.mask_logits[0].len(), 2);
+    for (x, y) in a.mask_logits[0].iter().zip(&c.mask_logits[0]) {
+        assert_eq!(max_diff(x, y), 0.0);
+    }
+}
+
+#[test]
+fn swapping_images_permutes_the_per_image_masks() {
+    let cfg = tiny();
+    let (m, map, _) = model(&cfg, 3);
+    // Make f_segmentation ignore its input, so every [SEG] gets the same
+    // prompt and a mask depends only on the image it is routed to.
+    {
+        let data = map.data().lock().unwrap();
+        let w = &data["model.text_hidden_fcs.0.0.weight"];
+        w.set(&w.as_tensor().zeros_like().unwrap()).unwrap();
+    }
+    let (a, b) = (image(1), image(2));
+    let run = |imgs: Vec<ImageInput>, answer: &str| {
+        m.forward(&batch(&cfg, answer, imgs), &Bytes, None)
+            .unwrap()
+            .mask_logits
+            .remove(0)
+    };
+    let swapped_tags = TWO_SEGS
+        .replace("(IMAGE1)", "(IMAGEx)")
+        .replace("(IMAGE2)", "(IMAGE1)")
+        .replace("(IMAGEx)", "(IMAGE2)");
+    let ab = run(vec![a.clone(), b.clone()], TWO_SEGS); // [A, B]
+    let ba = run(vec![b.clone(), a.clone()], TWO_SEGS); // [B, A]
+    let ba_tags = run(vec![b, a], &swapped_tags); // [A, B]
+    assert!(
+        max_diff(&ab[0], &ab[1]) > 1e-3,
+        "the two images' masks differ"
+    );
+    assert!(max_diff(&ab[0], &ba[1]) < 1e-5 && max_diff(&ab[1], &ba[0]) < 1e-5);
+    assert!(max_diff(&ab[0], &ba_tags[0]) < 1e-5 && max_diff(&ab[1], &ba_tags[1]) < 1e-5);
+}
+
+#[test]
+fn a_seg_tagged_image2_reads_image2s_sam_features() {
+    let cfg = tiny();
+    let (m, _, _) = model(&cfg, 5);
+    let (a, b) = (image(1), image(2));
+    let mut b2 = b.clone();
+    b2.sam = image(9).sam; // same LLM input, other SAM features
+    let mut a2 = a.clone();
+    a2.sam = image(8).sam;
+    let one = "Here: <p> it </p> [SEG] (IMAGE2).";
+    let run = |imgs: Vec<ImageInput>, answer: &str| {
+        m.forward(&batch(&cfg, answer, imgs), &Bytes, None).unwrap()
+    };
+    let base = run(vec![a.clone(), b.clone()], one);
+    assert_eq!(base.seg_routes[0].len(), 1);
+    assert_eq!(base.seg_routes[0][0].image, 1);
+    let other2 = run(vec![a.clone(), b2.clone()], one);
+    let other1 = run(vec![a2, b.clone()], one);
+    assert_eq!(max_diff(&base.logits, &other2.logits), 0.0);
+    assert!(max_diff(&base.mask_logits[0][0], &other2.mask_logits[0][0]) > 1e-4);
+    assert_eq!(
+        max_diff(&base.mask_logits[0][0], &other1.mask_logits[0][0]),
+        0.0
+    );
+    // With two [SEG]s, changing image 2's SAM view changes only the second.
+    let two = run(vec![a.clone(), b], TWO_SEGS);
+    let two2 = run(vec![a, b2], TWO_SEGS);
+    assert_eq!(
+        max_diff(&two.mask_logits[0][0], &two2.mask_logits[0][0]),
+        0.0
+    );
+    assert!(max_diff(&two.mask_logits[0][1], &two2.mask_logits[0][1]) > 1e-4);
+}
+
+#[test]
+fn one_mask_per_routed_seg_and_padding_is_invisible() {
+    let cfg = tiny();
+    let (m, _, _) = model(&cfg, 11);
+    let long = "<p> legs </p> [SEG] (IMAGE1), <p> a seat </p> [SEG] (IMAGE2) and <p> a back </p> [SEG] (IMAGE1).";
+    let short = "<p> it </p> [SEG] (IMAGE2).";
+    let imgs = || vec![image(1), image(2)];
+    let both = TrainBatch {
+        layouts: vec![layout(&cfg, long), layout(&cfg, short)],
+        images: vec![imgs(), imgs()],
+    };
+    let out = m.forward(&both, &Bytes, None).unwrap();
+    let t0 = both.layouts[0].input_ids.len();
+    let t1 = both.layouts[1].input_ids.len();
+    assert!(t0 > t1);
+    assert_eq!(out.logits.dims(), &[2, t0, cfg.llm.vocab_size]);
+    assert_eq!(out.mask_logits[0].len(), 3);
+    assert_eq!(out.mask_logits[1].len(), 1);
+    let images: Vec<usize> = out.seg_routes[0].iter().map(|r| r.image).collect();
+    assert_eq!(images, vec![0, 1, 0]);
+    let g = 4 * cfg.sam_encoder.grid_size();
+    for m in out.mask_logits.iter().flatten() {
+        assert_eq!(m.dims(), &[1, g, g]);
+    }
+    // The padded row equals the row run alone.
+    let alone = m
+        .forward(&batch(&cfg, short, imgs()), &Bytes, None)
+        .unwrap();
+    let padded_row = out.logits.get(1).unwrap().narrow(0, 0, t1).unwrap();
+    assert!(max_diff(&padded_row, &alone.logits.get(0).unwrap()) < 1e-4);
+    assert!(max_diff(&out.mask_logits[1][0], &alone.mask_logits[0][0]) < 1e-4);
+}
+
+#[test]
+fn gradients_reach_exactly_the_trainable_tensors() {
+    let cfg = tiny();
+    let (m, map, frozen) = model(&cfg, 13);
+    // Zero-initialised modules (CAM, CEM output, LoRA B) pass no gradient
+    // to the tensors before them; give them values.
+    seeded_fill(&map, 21, FillMode::All).unwrap();
+    let out = m
+        .forward(
+            &batch(&cfg, TWO_SEGS, vec![image(1), image(2)]),
+            &Bytes,
+            None,
+        )
+        .unwrap();
+    let mut loss = out.logits.sqr().unwrap().mean_all().unwrap();
+    for mask in out.mask_logits.iter().flatten() {
+        loss = (loss + mask.sqr().unwrap().mean_all().unwrap()).unwrap();
+    }
+    let grads = loss.backward().unwrap();
+    let data = map.data().lock().unwrap();
+    let mut trainable = 0usize;
+    for (name, var) in data.iter() {
+        assert!(
+            calico_model::calico::is_trainable_name(name),
+            "{name} is a variable"
+        );
+        trainable += var.elem_count();
+        // Unused by the single-mask text path (as in LISA/GLaMM): the other
+        // mask tokens' hypernetworks and the IoU head.
+        let unused = name.contains("iou_prediction_head")
+            || ["1", "2", "3"]
+                .iter()
+                .any(|k| name.contains(&format!("output_hypernetworks_mlps.{k}.")));
+        let g = grads.get(var.as_tensor());
+        let norm = g
+            .map(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .unwrap_or(0.0);
+        if unused {
+            assert_eq!(norm, 0.0, "{name} should get no gradient");
+        } else {
+            assert!(norm > 0.0, "{name} gets no gradient");
+        }
+    }
+    assert_eq!(trainable as u64, param_counts(&cfg).trainable());
+    assert!(!frozen.is_empty());
+    for (name, t) in &frozen {
+        assert!(!calico_model::calico::is_trainable_name(name), "{name}");
+        // Candle also computes gradients for plain operands of tracked ops
+        // (e.g. `query_tokens` in q + f_adaptation(t)); what keeps a tensor
+        // frozen is that it is no variable, so no optimiser can update it.
+        assert!(!t.is_variable(), "{name} is a variable");
+        assert!(!data.contains_key(name), "{name} is in the VarMap");
+    }
+}
+
+#[test]
+fn generate_runs_end_to_end() {
+    let cfg = tiny();
+    let (m, _, _) = model(&cfg, 17);
+    let imgs = vec![image(1), image(2)];
+    let q = question();
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        eos: vec![],
+        sampling: Sampling::Greedy,
+    };
+    let ans = m.generate(&q, &imgs, &Bytes, &opts, None).unwrap();
+    assert!(!ans.token_ids.is_empty() && ans.token_ids.len() <= 6);
+    let segs = ans.token_ids.iter().filter(|&&t| t == IDS.seg).count();
+    assert_eq!(ans.masks.len() + ans.unrouted.len(), segs);
+    let sampled = GenerateOptions {
+        sampling: Sampling::Sample {
+            temperature: 0.8,
+            top_p: 0.9,
+            top_k: None,
+        },
+        ..opts
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let s = m
+        .generate(&q, &imgs, &Bytes, &sampled, Some(&mut rng))
+        .unwrap();
+    assert!(!s.token_ids.is_empty());
+
+    // The mask half with a forced answer containing a routed [SEG].
+    let layout = m.prompt(&q, 2, &Bytes).unwrap();
+    let mut ids = vec![IDS.p_open];
+    ids.extend(Bytes.encode_plain(" a cat "));
+    ids.extend([IDS.p_close, IDS.seg]);
+    ids.extend(Bytes.encode_plain(" (IMAGE2) and "));
+    ids.push(IDS.seg);
+    ids.push(IDS.eos);
+    let refs: Vec<&ImageInput> = imgs.iter().collect();
+    let enc = m.encode_images(&refs).unwrap();
+    let ans = m
+        .answer_from_ids(&layout, &ids, &imgs, &enc, &Bytes)
+        .unwrap();
+    assert_eq!(ans.masks.len(), 1);
+    assert_eq!(ans.unrouted.len(), 1);
+    let mk = &ans.masks[0];
+    assert_eq!(mk.image, 1);
+    assert_eq!(mk.phrase.as_deref(), Some("a cat"));
+    assert_eq!(mk.mask.dims(), &[100, 75]);
+    assert_eq!(mk.mask.dtype(), DType::U8);
+    assert_eq!(ans.text, "<p> a cat </p>[SEG] (IMAGE2) and [SEG]");
+}
+
+#[test]
+fn prompts_longer_than_the_context_are_refused() {
+    let cfg = tiny();
+    let (m, _, _) = model(&cfg, 19);
+    let q = question() + &" very".repeat(200);
+    let opts = GenerateOptions {
+        max_new_tokens: 4,
+        eos: vec![],
+        sampling: Sampling::Greedy,
+    };
+    let e = m
+        .generate(&q, &[image(1), image(2)], &Bytes, &opts, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("context holds 512"), "{e}");
+}
+
+#[test]
+fn baseline_vision_paths_are_not_built() {
+    let cfg = tiny().with_vision(VisionKind::MultiImageLisa);
+    let e = Calico::random(&cfg, IDS, &VarMap::new(), 0, &Device::Cpu).unwrap_err();
+    assert!(e.to_string().contains("not built yet"), "{e}");
+}
+
+#[test]
+fn non_zero_cams_change_what_follows_the_images() {
+    // CAMs before layers 0 and 2 with non-zero weights change the logits.
+    let mut cfg = tiny();
+    cfg.cam.layers = vec![0, 2];
+    let (m, map, _) = model(&cfg, 23);
+    let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
+    let before = m.forward(&b, &Bytes, None).unwrap();
+    seeded_fill(&map, 5, FillMode::All).unwrap();
+    let after = m.forward(&b, &Bytes, None).unwrap();
+    // Tokens before the first image are unaffected (causal attention).
+    let first = b.layouts[0].image_spans[0].start;
+    let head = |o: &calico_model::calico::ForwardOutput| o.logits.narrow(1, 0, first).unwrap();
+    assert!(max_diff(&head(&before), &head(&after)) > 0.0); // LoRA moved too
+                                                            // Only the CAMs non-zero: the text before the first image is unchanged,
+                                                            // the rest changes.
+    let (m2, map2, _) = model(&cfg, 23);
+    {
+        let data = map2.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            if name.starts_with("model.cam.") {
+                let t = var.as_tensor();
+                let v = Tensor::full(0.01f32, t.dims(), &Device::Cpu).unwrap();
+                var.set(&v).unwrap();
+            }
+        }
+    }
+    let with_cam = m2.forward(&b, &Bytes, None).unwrap();
+    assert_eq!(max_diff(&head(&before), &head(&with_cam)), 0.0);
+    assert!(max_diff(&before.logits, &with_cam.logits) > 1e-4);
+}
+
+#[test]
+fn ablations_build_and_run() {
+    for edit in [
+        |c: &mut CalicoConfig| {
+            c.ablation.use_qformer = false;
+            c.ablation.use_cam = false;
+        },
+        |c: &mut CalicoConfig| {
+            c.ablation.use_dino = false;
+            c.ablation.use_cem = false;
+        },
+        |c: &mut CalicoConfig| c.ablation.use_cem = false,
+    ] {
+        let mut cfg = tiny();
+        edit(&mut cfg);
+        let (m, map, _) = model(&cfg, 29);
+        let out = m
+            .forward(
+                &batch(&cfg, TWO_SEGS, vec![image(1), image(2)]),
+                &Bytes,
+                None,
+            )
+            .unwrap();
+        assert_eq!(out.mask_logits[0].len(), 2);
+        let n: usize = map.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(
+            n as u64,
+            param_counts(&cfg).trainable(),
+            "{:?}",
+            cfg.ablation
+        );
+    }
+}
