@@ -8,6 +8,7 @@
 pub mod calico;
 pub mod cam;
 pub mod cem;
+pub mod clip_vision;
 pub mod config;
 pub mod count;
 pub mod dinov2;

@@ -188,6 +188,7 @@ pub fn run(
         "llama_lora" => crate::llama::parity_forward_lora(case, &ckpt, device)?,
         "cem" => crate::cem::parity_forward(case, &ckpt, device)?,
         "cam" => crate::cam::parity_forward(case, &ckpt, device)?,
+        "clip_vision" => crate::clip_vision::parity_forward(case, &ckpt, device)?,
         other => {
             return Err(meta_err(
                 &case.path,
@@ -214,6 +215,7 @@ pub const COMPONENTS: &[&str] = &[
     "llama_lora",
     "cem",
     "cam",
+    "clip_vision",
 ];
 
 /// Replays a case and measures every reference output. An output the
