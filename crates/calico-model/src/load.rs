@@ -1,21 +1,46 @@
 //! Checkpoint loading that knows what it loaded.
 //!
-//! A [`Checkpoint`] wraps a set of named tensors (safetensors files, a
-//! PyTorch `.pth`, or tensors in memory) and hands out a [`VarBuilder`] whose
-//! lookups are recorded. A model is built from the builder; afterwards
-//! [`Checkpoint::report`] lists the tensors it used and the checkpoint
-//! tensors nothing asked for. A missing tensor or one with the wrong shape is
-//! an error naming the tensor and both shapes.
+//! A [`Checkpoint`] wraps a set of named tensors and hands out a
+//! [`VarBuilder`] whose lookups are recorded. Sources:
+//!
+//! - a single file: [`Checkpoint::open`] (`.safetensors`, or a PyTorch pickle
+//!   `.pth`/`.pt`/`.bin`), [`Checkpoint::from_safetensors`] (shards),
+//!   [`Checkpoint::from_pth`];
+//! - a Hugging Face model directory: [`Checkpoint::from_dir`] reads
+//!   `model.safetensors`, sharded `model-0000i-of-0000N.safetensors` with
+//!   `model.safetensors.index.json`, or `pytorch_model.bin` (optionally
+//!   sharded with `pytorch_model.bin.index.json`), preferring safetensors.
+//!   Every shard an index lists must exist and hold the tensors the index
+//!   assigns to it. A PEFT adapter in the same directory
+//!   (`adapter_model.safetensors` / `.bin`) is loaded separately by
+//!   [`Checkpoint::adapter_from_dir`]. GGUF files have their own loader,
+//!   [`crate::gguf::load_llama_gguf`];
+//! - tensors in memory: [`Checkpoint::from_tensors`];
+//! - several of the above under one namespace: [`Checkpoint::merged`] puts
+//!   each part under its own prefix (e.g. an EVA-CLIP `.pth`, a Q-Former
+//!   `.pth`, a SAM `.pth` and an LLM directory) and rejects a name that two
+//!   parts would both provide.
+//!
+//! A model is built from the builder; afterwards [`Checkpoint::report`]
+//! returns a [`LoadReport`]: the tensors the model used, the checkpoint
+//! tensors nothing asked for (shown as a warning), the names the model asked
+//! for that were absent, counts grouped by top-level prefix, and for a merged
+//! checkpoint the same per part. With [`Checkpoint::var_builder`] a missing
+//! tensor or one with the wrong shape is an error naming the tensor and both
+//! shapes, so a build stops at the first problem;
+//! [`Checkpoint::var_builder_lenient`] is a dry run that substitutes zeros
+//! and records every problem, so one build lists them all.
 //!
 //! A [`NameMap`] translates the names a module asks for (HF transformers
 //! names) into the checkpoint's own scheme (LAVIS, torch-hub), so one module
 //! definition loads every layout.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use candle_core::pickle::PthTensors;
 use candle_core::{safetensors::MmapedSafetensors, DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder};
@@ -28,14 +53,44 @@ pub type NameMap = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 pub enum LoadError {
     #[error("cannot read checkpoint {path}: {message}")]
     Read { path: PathBuf, message: String },
+    #[error("tensor `{name}` is provided by both {first} and {second}")]
+    Duplicate {
+        name: String,
+        first: String,
+        second: String,
+    },
     #[error("{0}")]
     Model(#[from] candle_core::Error),
+}
+
+fn read_err(path: &Path, message: impl Into<String>) -> LoadError {
+    LoadError::Read {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// One part of a merged checkpoint.
+struct Part {
+    prefix: String,
+    ckpt: Checkpoint,
 }
 
 enum Store {
     Memory(HashMap<String, Tensor>),
     Safetensors(MmapedSafetensors),
-    Pth(candle_core::pickle::PthTensors),
+    Pth(PthTensors),
+    /// Sharded PyTorch pickles; `route` maps a tensor name to its shard.
+    PthShards {
+        shards: Vec<PthTensors>,
+        route: HashMap<String, usize>,
+    },
+    /// Several checkpoints under prefixes; `route` maps a full name to its
+    /// part and the name inside that part.
+    Merged {
+        parts: Vec<Part>,
+        route: HashMap<String, (usize, String)>,
+    },
 }
 
 impl Store {
@@ -44,6 +99,8 @@ impl Store {
             Store::Memory(m) => m.keys().cloned().collect(),
             Store::Safetensors(s) => s.tensors().into_iter().map(|(n, _)| n).collect(),
             Store::Pth(p) => p.tensor_infos().keys().cloned().collect(),
+            Store::PthShards { route, .. } => route.keys().cloned().collect(),
+            Store::Merged { route, .. } => route.keys().cloned().collect(),
         }
     }
 
@@ -52,19 +109,25 @@ impl Store {
             Store::Memory(m) => m.contains_key(name),
             Store::Safetensors(s) => s.get(name).is_ok(),
             Store::Pth(p) => p.tensor_infos().contains_key(name),
+            Store::PthShards { route, .. } => route.contains_key(name),
+            Store::Merged { route, .. } => route.contains_key(name),
         }
     }
 
     fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        let absent = || candle_core::Error::Msg(format!("no tensor {name}"));
         match self {
-            Store::Memory(m) => m
-                .get(name)
-                .cloned()
-                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}"))),
+            Store::Memory(m) => m.get(name).cloned().ok_or_else(absent),
             Store::Safetensors(s) => s.load(name, dev),
-            Store::Pth(p) => p
-                .get(name)?
-                .ok_or_else(|| candle_core::Error::Msg(format!("no tensor {name}"))),
+            Store::Pth(p) => p.get(name)?.ok_or_else(absent)?.to_device(dev),
+            Store::PthShards { shards, route } => {
+                let i = *route.get(name).ok_or_else(absent)?;
+                shards[i].get(name)?.ok_or_else(absent)?.to_device(dev)
+            }
+            Store::Merged { parts, route } => {
+                let (i, inner) = route.get(name).ok_or_else(absent)?;
+                parts[*i].ckpt.inner.load_and_mark(inner, dev)
+            }
         }
     }
 }
@@ -73,12 +136,48 @@ struct Inner {
     store: Store,
     origin: String,
     used: Mutex<BTreeSet<String>>,
+    missing: Mutex<BTreeSet<String>>,
+    misshaped: Mutex<BTreeMap<String, String>>,
+}
+
+impl Inner {
+    /// Loads a tensor and records it as used (in nested parts too).
+    fn load_and_mark(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.store.load(name, dev)?;
+        if let Ok(mut u) = self.used.lock() {
+            u.insert(name.to_string());
+        }
+        Ok(t)
+    }
 }
 
 /// Named tensors plus a record of which were used.
 #[derive(Clone)]
 pub struct Checkpoint {
     inner: Arc<Inner>,
+}
+
+/// How one part of a merged checkpoint was used (names are full names,
+/// prefix included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartReport {
+    /// The prefix the part's tensors were placed under (`""` for none).
+    pub prefix: String,
+    /// Where the part's tensors came from.
+    pub origin: String,
+    /// Tensors of this part the model read.
+    pub loaded: Vec<String>,
+    /// Tensors of this part nothing asked for.
+    pub unexpected: Vec<String>,
+}
+
+/// Counts for one top-level name prefix (see [`LoadReport::groups`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupSummary {
+    pub group: String,
+    pub loaded: usize,
+    pub unexpected: usize,
+    pub missing: usize,
 }
 
 /// What building a model from a [`Checkpoint`] consumed.
@@ -90,15 +189,137 @@ pub struct LoadReport {
     pub loaded: Vec<String>,
     /// Checkpoint tensors nothing asked for (sorted).
     pub unexpected: Vec<String>,
+    /// Names the model asked for that the checkpoint lacks (sorted; the
+    /// model's names, before any [`NameMap`]). A strict builder fails on the
+    /// first of these; a lenient one collects them all.
+    pub missing: Vec<String>,
+    /// Tensors present with the wrong shape, as `name: checkpoint [..], model
+    /// [..]` (only a lenient builder gets past the first one).
+    pub misshaped: Vec<String>,
+    /// Per-part attribution for a merged checkpoint (empty otherwise).
+    pub parts: Vec<PartReport>,
 }
+
+/// The group a tensor name is counted under: its first two dot-separated
+/// components, stopping before a layer index and never including the leaf
+/// (`model.layers.3.mlp.up_proj.weight` → `model.layers`,
+/// `lm_head.weight` → `lm_head`, `blocks.0.attn.qkv.weight` → `blocks`).
+pub fn group_of(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() == 1 {
+        return name.to_string();
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for p in &parts[..parts.len() - 1] {
+        if out.len() == 2 || p.chars().all(|c| c.is_ascii_digit()) {
+            break;
+        }
+        out.push(p);
+    }
+    if out.is_empty() {
+        parts[0].to_string()
+    } else {
+        out.join(".")
+    }
+}
+
+impl LoadReport {
+    /// Loaded / unused / missing counts per [`group_of`] prefix, sorted by
+    /// group name.
+    pub fn groups(&self) -> Vec<GroupSummary> {
+        fn bump<'a>(g: &'a mut BTreeMap<String, GroupSummary>, n: &str) -> &'a mut GroupSummary {
+            let k = group_of(n);
+            g.entry(k.clone()).or_insert_with(|| GroupSummary {
+                group: k,
+                ..Default::default()
+            })
+        }
+        let mut g = BTreeMap::new();
+        for n in &self.loaded {
+            bump(&mut g, n).loaded += 1;
+        }
+        for n in &self.unexpected {
+            bump(&mut g, n).unexpected += 1;
+        }
+        for n in &self.missing {
+            bump(&mut g, n).missing += 1;
+        }
+        g.into_values().collect()
+    }
+
+    /// True when nothing was missing, misshaped or unused.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.misshaped.is_empty() && self.unexpected.is_empty()
+    }
+}
+
+const MAX_GROUP_LINES: usize = 40;
 
 impl fmt::Display for LoadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: loaded {} tensors", self.origin, self.loaded.len())?;
+        if !self.missing.is_empty() {
+            write!(f, ", {} missing", self.missing.len())?;
+        }
+        if !self.misshaped.is_empty() {
+            write!(f, ", {} with the wrong shape", self.misshaped.len())?;
+        }
+        if !self.unexpected.is_empty() {
+            write!(f, ", {} unused", self.unexpected.len())?;
+        }
+        let groups = self.groups();
+        if groups.len() > 1 || !self.is_clean() {
+            for g in groups.iter().take(MAX_GROUP_LINES) {
+                write!(f, "\n  {}: {} loaded", g.group, g.loaded)?;
+                if g.missing > 0 {
+                    write!(f, ", {} missing", g.missing)?;
+                }
+                if g.unexpected > 0 {
+                    write!(f, ", {} unused", g.unexpected)?;
+                }
+            }
+            if groups.len() > MAX_GROUP_LINES {
+                write!(
+                    f,
+                    "\n  … and {} more groups",
+                    groups.len() - MAX_GROUP_LINES
+                )?;
+            }
+        }
+        for p in &self.parts {
+            let prefix = if p.prefix.is_empty() {
+                "(no prefix)".to_string()
+            } else {
+                format!("`{}`", p.prefix)
+            };
+            write!(
+                f,
+                "\n  part {prefix} from {}: {} loaded, {} unused",
+                p.origin,
+                p.loaded.len(),
+                p.unexpected.len()
+            )?;
+        }
+        if !self.missing.is_empty() {
+            write!(
+                f,
+                "\nerror: {} tensors the model asked for are not in the checkpoint: {}",
+                self.missing.len(),
+                abbreviate(&self.missing, 12)
+            )?;
+        }
+        if !self.misshaped.is_empty() {
+            write!(
+                f,
+                "\nerror: {} tensors have the wrong shape: {}",
+                self.misshaped.len(),
+                abbreviate(&self.misshaped, 12)
+            )?;
+        }
         if !self.unexpected.is_empty() {
             write!(
                 f,
-                "; warning: {} tensors in the checkpoint were not used: {}",
+                "\nwarning: {} tensors in the checkpoint were not used: {}",
                 self.unexpected.len(),
                 abbreviate(&self.unexpected, 12)
             )?;
@@ -120,6 +341,102 @@ fn abbreviate(names: &[String], max: usize) -> String {
     s
 }
 
+/// `prefix` + `name`, with a `.` between unless `prefix` is empty or already
+/// ends in one.
+fn join_prefix(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() || prefix.ends_with('.') {
+        format!("{prefix}{name}")
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// The files (and sub-directories, with a trailing `/`) in `dir`, sorted.
+fn dir_listing(dir: &Path) -> Result<Vec<String>, LoadError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| read_err(dir, e.to_string()))?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| read_err(dir, e.to_string()))?;
+        let mut n = e.file_name().to_string_lossy().into_owned();
+        if e.path().is_dir() {
+            n.push('/');
+        }
+        out.push(n);
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Reads a HF `*.index.json`: tensor name → shard file name.
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>, LoadError> {
+    let text = std::fs::read_to_string(index).map_err(|e| read_err(index, e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| read_err(index, format!("invalid JSON: {e}")))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| read_err(index, "no `weight_map` object"))?;
+    let mut out = BTreeMap::new();
+    for (name, shard) in map {
+        let shard = shard.as_str().ok_or_else(|| {
+            read_err(
+                index,
+                format!("`weight_map` entry for `{name}` is not a file name"),
+            )
+        })?;
+        out.insert(name.clone(), shard.to_string());
+    }
+    if out.is_empty() {
+        return Err(read_err(index, "`weight_map` is empty"));
+    }
+    Ok(out)
+}
+
+/// Shards of an index in a stable order, after checking each exists; an
+/// error names the index, the shard and a tensor the index puts there.
+fn index_shards(
+    dir: &Path,
+    index: &Path,
+    map: &BTreeMap<String, String>,
+) -> Result<Vec<String>, LoadError> {
+    let mut shards: Vec<String> = map.values().cloned().collect();
+    shards.sort();
+    shards.dedup();
+    for s in &shards {
+        if !dir.join(s).is_file() {
+            let tensor = map
+                .iter()
+                .find(|(_, v)| *v == s)
+                .map(|(k, _)| k.as_str())
+                .unwrap_or_default();
+            return Err(read_err(
+                index,
+                format!(
+                    "shard {s} (listed for tensor `{tensor}`) does not exist in {}",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(shards)
+}
+
+fn missing_in_shard(
+    index: &Path,
+    map: &BTreeMap<String, String>,
+    has: impl Fn(&str, &str) -> bool,
+) -> Result<(), LoadError> {
+    for (tensor, shard) in map {
+        if !has(shard, tensor) {
+            return Err(read_err(
+                index,
+                format!("tensor `{tensor}` is listed in shard {shard}, which does not contain it"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Checkpoint {
     fn from_store(store: Store, origin: String) -> Self {
         Self {
@@ -127,6 +444,8 @@ impl Checkpoint {
                 store,
                 origin,
                 used: Mutex::new(BTreeSet::new()),
+                missing: Mutex::new(BTreeSet::new()),
+                misshaped: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -145,28 +464,20 @@ impl Checkpoint {
             .join(", ");
         for p in paths {
             if !p.as_ref().is_file() {
-                return Err(LoadError::Read {
-                    path: p.as_ref().to_path_buf(),
-                    message: "no such file".into(),
-                });
+                return Err(read_err(p.as_ref(), "no such file"));
             }
         }
         // SAFETY: the files are opened read-only; like every mmap-based
         // loader we rely on them not being truncated while mapped.
-        let st = unsafe { MmapedSafetensors::multi(paths) }.map_err(|e| LoadError::Read {
-            path: PathBuf::from(&origin),
-            message: e.to_string(),
-        })?;
+        let st = unsafe { MmapedSafetensors::multi(paths) }
+            .map_err(|e| read_err(Path::new(&origin), e.to_string()))?;
         Ok(Self::from_store(Store::Safetensors(st), origin))
     }
 
     /// A PyTorch pickle checkpoint (`torch.save`), optionally the state dict
     /// under `key` (LAVIS files keep it under `"model"`).
     pub fn from_pth(path: &Path, key: Option<&str>) -> Result<Self, LoadError> {
-        let p = candle_core::pickle::PthTensors::new(path, key).map_err(|e| LoadError::Read {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let p = PthTensors::new(path, key).map_err(|e| read_err(path, e.to_string()))?;
         Ok(Self::from_store(Store::Pth(p), path.display().to_string()))
     }
 
@@ -181,11 +492,185 @@ impl Checkpoint {
                     _ => Self::from_pth(path, None),
                 }
             }
-            _ => Err(LoadError::Read {
-                path: path.to_path_buf(),
-                message: "expected a .safetensors, .pth, .pt or .bin file".into(),
-            }),
+            Some("gguf") => Err(read_err(
+                path,
+                "GGUF files are loaded by calico_model::gguf::load_llama_gguf",
+            )),
+            _ => Err(read_err(
+                path,
+                "expected a .safetensors, .pth, .pt or .bin file",
+            )),
         }
+    }
+
+    /// A Hugging Face model directory. Looks, in this order, for
+    /// `model.safetensors.index.json` (+ its shards), `model.safetensors`,
+    /// `pytorch_model.bin.index.json` (+ its shards), `pytorch_model.bin`.
+    /// An index must name shards that exist and hold the tensors it assigns
+    /// them; errors name the index file, the shard and the tensor. A
+    /// directory with none of these is an error listing what it contains
+    /// (and pointing to the GGUF loader or [`Self::adapter_from_dir`] when
+    /// that is what it holds).
+    pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self, LoadError> {
+        let dir = dir.as_ref();
+        if !dir.is_dir() {
+            return Err(read_err(dir, "not a directory"));
+        }
+        let st_index = dir.join("model.safetensors.index.json");
+        if st_index.is_file() {
+            return Self::from_safetensors_index(dir, &st_index);
+        }
+        let st = dir.join("model.safetensors");
+        if st.is_file() {
+            return Self::from_safetensors(&[st]);
+        }
+        let bin_index = dir.join("pytorch_model.bin.index.json");
+        if bin_index.is_file() {
+            return Self::from_bin_index(dir, &bin_index);
+        }
+        let bin = dir.join("pytorch_model.bin");
+        if bin.is_file() {
+            return Self::from_pth(&bin, None);
+        }
+        let listing = dir_listing(dir)?;
+        let contents = if listing.is_empty() {
+            "it is empty".to_string()
+        } else {
+            format!("it contains: {}", abbreviate(&listing, 30))
+        };
+        let hint = if listing.iter().any(|n| n.ends_with(".gguf")) {
+            "; GGUF files are loaded by calico_model::gguf::load_llama_gguf"
+        } else if listing
+            .iter()
+            .any(|n| n == "adapter_model.safetensors" || n == "adapter_model.bin")
+        {
+            "; this is a PEFT adapter: read it with Checkpoint::adapter_from_dir \
+             and load the base model from its own directory"
+        } else {
+            ""
+        };
+        Err(read_err(
+            dir,
+            format!(
+                "no model.safetensors, model.safetensors.index.json, pytorch_model.bin \
+                 or pytorch_model.bin.index.json; {contents}{hint}"
+            ),
+        ))
+    }
+
+    fn from_safetensors_index(dir: &Path, index: &Path) -> Result<Self, LoadError> {
+        let map = read_index(index)?;
+        let shards = index_shards(dir, index, &map)?;
+        let mut names: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for s in &shards {
+            let path = dir.join(s);
+            // SAFETY: read-only mapping, as in `from_safetensors`.
+            let one = unsafe { MmapedSafetensors::new(&path) }
+                .map_err(|e| read_err(&path, e.to_string()))?;
+            names.insert(
+                s.clone(),
+                one.tensors().into_iter().map(|(n, _)| n).collect(),
+            );
+        }
+        missing_in_shard(index, &map, |s, t| names[s].contains(t))?;
+        let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
+        let mut c = Self::from_safetensors(&paths)?;
+        Arc::get_mut(&mut c.inner).expect("fresh checkpoint").origin =
+            format!("{} ({} shards)", dir.display(), shards.len());
+        Ok(c)
+    }
+
+    fn from_bin_index(dir: &Path, index: &Path) -> Result<Self, LoadError> {
+        let map = read_index(index)?;
+        let shards = index_shards(dir, index, &map)?;
+        let mut pths = Vec::new();
+        for s in &shards {
+            let path = dir.join(s);
+            pths.push(PthTensors::new(&path, None).map_err(|e| read_err(&path, e.to_string()))?);
+        }
+        let pos: HashMap<&str, usize> = shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_str(), i))
+            .collect();
+        missing_in_shard(index, &map, |s, t| {
+            pths[pos[s]].tensor_infos().contains_key(t)
+        })?;
+        // Route every tensor of every shard (the index's assignment wins).
+        let mut route = HashMap::new();
+        for (i, p) in pths.iter().enumerate() {
+            for n in p.tensor_infos().keys() {
+                route.entry(n.clone()).or_insert(i);
+            }
+        }
+        for (t, s) in &map {
+            route.insert(t.clone(), pos[s.as_str()]);
+        }
+        Ok(Self::from_store(
+            Store::PthShards {
+                shards: pths,
+                route,
+            },
+            format!("{} ({} shards)", dir.display(), shards.len()),
+        ))
+    }
+
+    /// The PEFT adapter in a model directory (`adapter_model.safetensors`,
+    /// else `adapter_model.bin`), or `None` when there is none. Its tensor
+    /// names are PEFT's (`base_model.model.….lora_A.weight`).
+    pub fn adapter_from_dir(dir: impl AsRef<Path>) -> Result<Option<Self>, LoadError> {
+        let dir = dir.as_ref();
+        let st = dir.join("adapter_model.safetensors");
+        if st.is_file() {
+            return Self::from_safetensors(&[st]).map(Some);
+        }
+        let bin = dir.join("adapter_model.bin");
+        if bin.is_file() {
+            return Self::from_pth(&bin, None).map(Some);
+        }
+        Ok(None)
+    }
+
+    /// Several checkpoints in one namespace: each part's tensors are named
+    /// `prefix.name` (no dot is added when the prefix is empty or already
+    /// ends in `.`). A name two parts would both provide is an error naming
+    /// both origins. Tensors read through the merged checkpoint are also
+    /// marked used in their part, and [`Self::report`] attributes used and
+    /// unused tensors per part.
+    pub fn merged<S: Into<String>>(parts: Vec<(S, Checkpoint)>) -> Result<Self, LoadError> {
+        let mut route: HashMap<String, (usize, String)> = HashMap::new();
+        let mut ps = Vec::new();
+        let mut origins = Vec::new();
+        for (i, (prefix, ckpt)) in parts.into_iter().enumerate() {
+            let prefix: String = prefix.into();
+            for n in ckpt.names() {
+                let full = join_prefix(&prefix, &n);
+                if let Some((j, _)) = route.get(&full) {
+                    let part: &Part = &ps[*j];
+                    return Err(LoadError::Duplicate {
+                        name: full,
+                        first: part.ckpt.inner.origin.clone(),
+                        second: ckpt.inner.origin.clone(),
+                    });
+                }
+                route.insert(full, (i, n));
+            }
+            origins.push(if prefix.is_empty() {
+                ckpt.inner.origin.clone()
+            } else {
+                format!("{prefix}={}", ckpt.inner.origin)
+            });
+            ps.push(Part { prefix, ckpt });
+        }
+        Ok(Self::from_store(
+            Store::Merged { parts: ps, route },
+            format!("merged [{}]", origins.join(" + ")),
+        ))
+    }
+
+    /// Where the tensors come from (file, directory or merged parts).
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
     }
 
     /// Every tensor name in the checkpoint.
@@ -207,38 +692,118 @@ impl Checkpoint {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
+        self.builder(map, false, dtype, device)
+    }
+
+    /// A dry-run builder: a missing tensor, or one with the wrong shape, is
+    /// recorded in the report and replaced by zeros of the requested shape
+    /// instead of failing, so one build lists every problem
+    /// ([`LoadReport::missing`], [`LoadReport::misshaped`]). The model it
+    /// builds is only good for that report: its outputs are meaningless.
+    pub fn var_builder_lenient(
+        &self,
+        map: Option<NameMap>,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
+        self.builder(map, true, dtype, device)
+    }
+
+    fn builder(
+        &self,
+        map: Option<NameMap>,
+        lenient: bool,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
         let backend = Tracking {
             inner: self.inner.clone(),
             map,
+            lenient,
         };
         VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
     }
 
-    /// Tensors used so far and those nothing asked for.
-    pub fn report(&self) -> LoadReport {
-        let used = self
-            .inner
+    fn used(&self) -> BTreeSet<String> {
+        self.inner
             .used
             .lock()
             .map(|u| u.clone())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// Tensors used so far, those nothing asked for, and names asked for
+    /// that were missing.
+    pub fn report(&self) -> LoadReport {
+        let used = self.used();
         let unexpected = self
             .names()
             .into_iter()
             .filter(|n| !used.contains(n))
             .collect();
+        let missing = self
+            .inner
+            .missing
+            .lock()
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default();
+        let misshaped = self
+            .inner
+            .misshaped
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}: {v}")).collect())
+            .unwrap_or_default();
+        let parts = match &self.inner.store {
+            Store::Merged { parts, route } => {
+                let mut reps: Vec<PartReport> = parts
+                    .iter()
+                    .map(|p| PartReport {
+                        prefix: p.prefix.clone(),
+                        origin: p.ckpt.inner.origin.clone(),
+                        loaded: Vec::new(),
+                        unexpected: Vec::new(),
+                    })
+                    .collect();
+                let mut names: Vec<&String> = route.keys().collect();
+                names.sort();
+                for n in names {
+                    let r = &mut reps[route[n].0];
+                    if used.contains(n) {
+                        r.loaded.push(n.clone());
+                    } else {
+                        r.unexpected.push(n.clone());
+                    }
+                }
+                reps
+            }
+            _ => Vec::new(),
+        };
         LoadReport {
             origin: self.inner.origin.clone(),
             loaded: used.into_iter().collect(),
             unexpected,
+            missing,
+            misshaped,
+            parts,
         }
     }
 
-    /// Forgets which tensors were used (to build a second model from the same
-    /// checkpoint and report on it separately).
+    /// Forgets which tensors were used or missing (to build a second model
+    /// from the same checkpoint and report on it separately).
     pub fn reset_report(&self) {
         if let Ok(mut u) = self.inner.used.lock() {
             u.clear();
+        }
+        if let Ok(mut m) = self.inner.missing.lock() {
+            m.clear();
+        }
+        if let Ok(mut m) = self.inner.misshaped.lock() {
+            m.clear();
+        }
+        if let Store::Merged { parts, .. } = &self.inner.store {
+            for p in parts {
+                p.ckpt.reset_report();
+            }
         }
     }
 }
@@ -246,6 +811,7 @@ impl Checkpoint {
 struct Tracking {
     inner: Arc<Inner>,
     map: Option<NameMap>,
+    lenient: bool,
 }
 
 impl Tracking {
@@ -274,17 +840,23 @@ impl Tracking {
         }
     }
 
+    /// Resolves `name`, recording it as missing when that fails.
+    fn resolve_recorded(&self, name: &str) -> candle_core::Result<String> {
+        self.resolve(name).inspect_err(|_| {
+            if let Ok(mut m) = self.inner.missing.lock() {
+                m.insert(name.to_string());
+            }
+        })
+    }
+
     fn fetch(
         &self,
         name: &str,
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<(Tensor, String)> {
-        let stored = self.resolve(name)?;
-        let t = self.inner.store.load(&stored, dev)?.to_dtype(dtype)?;
-        if let Ok(mut u) = self.inner.used.lock() {
-            u.insert(stored.clone());
-        }
+        let stored = self.resolve_recorded(name)?;
+        let t = self.inner.load_and_mark(&stored, dev)?.to_dtype(dtype)?;
         Ok((t, stored))
     }
 }
@@ -298,8 +870,22 @@ impl SimpleBackend for Tracking {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let (t, stored) = self.fetch(name, dtype, dev)?;
+        let stored = match self.resolve_recorded(name) {
+            Ok(x) => x,
+            Err(_) if self.lenient => return Tensor::zeros(s, dtype, dev),
+            Err(e) => return Err(e),
+        };
+        let t = self.inner.load_and_mark(&stored, dev)?.to_dtype(dtype)?;
         if t.shape() != &s {
+            if self.lenient {
+                if let Ok(mut m) = self.inner.misshaped.lock() {
+                    m.insert(
+                        name.to_string(),
+                        format!("checkpoint {:?}, model {:?}", t.dims(), s.dims()),
+                    );
+                }
+                return Tensor::zeros(s, dtype, dev);
+            }
             let via = if stored == name {
                 String::new()
             } else {
