@@ -414,15 +414,15 @@ pub struct TaskShape {
 /// Typical shapes of the three tasks for one image pair. Assumptions:
 ///
 /// * prompt ≈ 80 text tokens: Vicuna v1 system prompt (~34), `USER:`,
-///   "The <image> (IMAGE1) and <image> (IMAGE2) provide an overview of the
-///   pictures." (~22 without the images), a question (~11–14),
+///   `The <image> (IMAGE1) and <image> (IMAGE2) provide an overview of the
+///   pictures.` (~22 without the images), a question (~11–14),
 ///   `ASSISTANT:`;
-/// * a grounded phrase "<p> the leg </p> [SEG] (IMAGE1)" is ~11 tokens
-///   ("(IMAGE1)" alone ~5), a second "[SEG] (IMAGE2)" ~6;
-/// * common object: "The common object is <p> the chair </p> [SEG]
-///   (IMAGE1) [SEG] (IMAGE2)." → ~24 tokens, 2 masks;
-/// * common parts: object identification (~26 tokens, 2 masks) + "The
-///   common parts … are" (~7) + 2 common parts × ~17 tokens (4 part
+/// * a grounded phrase `<p> the leg </p> [SEG] (IMAGE1)` is ~11 tokens
+///   (`(IMAGE1)` alone ~5), a second `[SEG] (IMAGE2)` ~6;
+/// * common object: `The common object is <p> the chair </p> [SEG]
+///   (IMAGE1) [SEG] (IMAGE2).` → ~24 tokens, 2 masks;
+/// * common parts: object identification (~26 tokens, 2 masks) + `The
+///   common parts … are` (~7) + 2 common parts × ~17 tokens (4 part
 ///   instances, the dataset's average, appendix A) → ~69 tokens, 6 masks;
 /// * unique parts: identification (~26, 2 masks) + ~7 + 5 unique parts ×
 ///   ~12 tokens (5.3 on average) → ~95 tokens, 7 masks.

@@ -23,4 +23,4 @@ pub mod qformer;
 pub mod sam;
 pub mod tokenizer;
 
-pub use load::{Checkpoint, LoadError, LoadReport, NameMap};
+pub use load::{Checkpoint, GroupSummary, LoadError, LoadReport, NameMap, PartReport};
