@@ -100,9 +100,11 @@ def random_counts(rng):
         if kind == 0:
             out.append(0)
         elif kind == 1:
-            # pycocotools writes at most 6 characters per value (larger deltas overflow
-            # its buffer), so keep every difference below 2**29.
-            out.append(int(rng.integers(2**27, 2**28)))
+            # rleToString allocates 6 characters per value plus nothing for the
+            # terminating NUL: a string whose every value needs 6 characters (|delta|
+            # ≥ 2**24) writes one byte past the buffer and corrupts the heap. Large
+            # values stay below 2**23 so each needs at most 5 characters.
+            out.append(int(rng.integers(2**22, 2**23)))
         else:
             out.append(int(rng.integers(1, 5000)))
     return out
