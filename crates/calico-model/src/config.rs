@@ -78,7 +78,10 @@ impl VisionKind {
 }
 
 /// A CLIP vision tower's shape (HF `CLIPVisionConfig` field names), for the
-/// baselines. Only counted, not built. Defaults: OpenAI CLIP ViT-L/14.
+/// baselines. Defaults: OpenAI CLIP ViT-L/14. The built tower
+/// ([`CalicoConfig::clip_tower`]) adds the fixed rest of OpenAI CLIP /
+/// LLaVA: QuickGELU, LayerNorm eps 1e-5, features = hidden state −2 with
+/// the class token dropped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ClipVisionConfig {
@@ -87,6 +90,11 @@ pub struct ClipVisionConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub patch_size: usize,
+    /// Input side in pixels; `None` (the default): the baseline's own
+    /// (224 for LISA, 336 for GLaMM, [`VisionKind::clip_image_size`]).
+    /// Set it for small test towers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<usize>,
 }
 
 impl Default for ClipVisionConfig {
@@ -97,6 +105,7 @@ impl Default for ClipVisionConfig {
             num_hidden_layers: 24,
             num_attention_heads: 16,
             patch_size: 14,
+            image_size: None,
         }
     }
 }
@@ -154,7 +163,10 @@ pub const LORA_TARGETS: [&str; 7] = [
 /// How each encoder sees an input image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Views {
-    /// EVA-CLIP (BLIP-2 eval processor: 224, CLIP mean/std).
+    /// The CLIP-like tower feeding the LLM: EVA-CLIP for Calico (BLIP-2
+    /// eval processor: 224, CLIP mean/std), the CLIP ViT for the baselines
+    /// (at [`CalicoConfig::clip_image_size`]). Its size must be that
+    /// tower's input size.
     pub clip: View,
     /// DINOv2.
     pub dino: View,
@@ -233,7 +245,10 @@ pub struct CalicoConfig {
     /// Q-Former 𝒬 and the number of queries S_I.
     #[serde(default)]
     pub qformer: QFormerConfig,
-    /// The baselines' CLIP tower (unused by Calico itself).
+    /// The baselines' CLIP tower (unused by Calico itself). The baselines
+    /// ignore `qformer`, `dinov2`, `cem`, `cam` and the `ablation`
+    /// switches other than the checks between them (no Q-Former, DINOv2,
+    /// CEM or CAM is built or counted for them).
     #[serde(default)]
     pub clip: ClipVisionConfig,
     /// DINOv2 ℰ.
@@ -319,12 +334,50 @@ impl CalicoConfig {
         Self::from_json_str(&text, &path.display().to_string())
     }
 
-    /// The same model with another vision path (for the baselines' shapes).
+    /// The same model with another vision path (for the baselines). A CLIP
+    /// view (`views.clip`) is resized to the new tower's input size (mean,
+    /// std and filter kept), so the result stays valid.
     pub fn with_vision(&self, vision: VisionKind) -> Self {
-        Self {
+        let mut c = Self {
             vision,
             ..self.clone()
+        };
+        let size = c.clip_view_size();
+        if let View::Clip(v) = &mut c.views.clip {
+            v.size = [size, size];
         }
+        c
+    }
+
+    /// Input side of the baselines' CLIP tower (`clip.image_size`, else the
+    /// baseline's 224 / 336); `None` for Calico.
+    pub fn clip_image_size(&self) -> Option<usize> {
+        self.vision
+            .clip_image_size()
+            .map(|s| self.clip.image_size.unwrap_or(s))
+    }
+
+    /// The side `views.clip` must give: the CLIP tower's input for the
+    /// baselines, `eva_vit.image_size` for Calico.
+    pub fn clip_view_size(&self) -> usize {
+        self.clip_image_size().unwrap_or(self.eva_vit.image_size)
+    }
+
+    /// The baselines' CLIP tower as [`crate::clip_vision::ClipVision`]
+    /// builds it (OpenAI CLIP: QuickGELU, eps 1e-5; LLaVA selection: layer
+    /// −2, patch tokens); `None` for Calico.
+    pub fn clip_tower(&self) -> Option<crate::clip_vision::ClipVisionConfig> {
+        let size = self.clip_image_size()?;
+        let c = &self.clip;
+        Some(crate::clip_vision::ClipVisionConfig {
+            hidden_size: c.hidden_size,
+            intermediate_size: c.intermediate_size,
+            num_hidden_layers: c.num_hidden_layers,
+            num_attention_heads: c.num_attention_heads,
+            image_size: size,
+            patch_size: c.patch_size,
+            ..crate::clip_vision::ClipVisionConfig::vit_l14_224()
+        })
     }
 
     /// LLM width D.
@@ -337,8 +390,8 @@ impl CalicoConfig {
         match self.vision {
             VisionKind::Calico if self.ablation.use_qformer => self.qformer.num_query_tokens,
             VisionKind::Calico => self.eva_vit.num_positions(),
-            kind => {
-                let g = kind.clip_image_size().unwrap_or(224) / self.clip.patch_size.max(1);
+            _ => {
+                let g = self.clip_view_size() / self.clip.patch_size.max(1);
                 g * g
             }
         }
@@ -504,13 +557,44 @@ impl CalicoConfig {
             ),
         )?;
         let (ch, cw) = view_size(&self.views.clip);
-        check(
-            ch == eva.image_size && cw == eva.image_size,
-            format!(
-                "views.clip gives {ch}x{cw} images, eva_vit.image_size is {}",
-                eva.image_size
-            ),
-        )?;
+        match self.clip_image_size() {
+            None => check(
+                ch == eva.image_size && cw == eva.image_size,
+                format!(
+                    "views.clip gives {ch}x{cw} images, eva_vit.image_size is {}",
+                    eva.image_size
+                ),
+            )?,
+            Some(s) => {
+                let c = &self.clip;
+                check(
+                    c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0,
+                    format!(
+                        "clip.hidden_size {} is not a multiple of clip.num_attention_heads {}",
+                        c.hidden_size, c.num_attention_heads
+                    ),
+                )?;
+                check(
+                    c.patch_size > 0 && s % c.patch_size == 0,
+                    format!(
+                        "the CLIP input side {s} is not a multiple of clip.patch_size {}",
+                        c.patch_size
+                    ),
+                )?;
+                check(
+                    c.num_hidden_layers > 0,
+                    "clip.num_hidden_layers must be positive (features are read after layer -2)"
+                        .to_string(),
+                )?;
+                check(
+                    ch == s && cw == s,
+                    format!(
+                        "views.clip gives {ch}x{cw} images, the {} CLIP tower takes {s}x{s}",
+                        self.vision.label()
+                    ),
+                )?;
+            }
+        }
         let (sh, sw) = view_size(&self.views.sam);
         check(
             sh == enc.img_size && sw == enc.img_size,

@@ -323,8 +323,9 @@ pub fn projector_params(cfg: &CalicoConfig) -> u64 {
 }
 
 /// Per-component parameters. Trainable: LoRA, CEM, CAM, the projector
-/// (f_image), `text_hidden_fcs` and the SAM mask decoder; everything else
-/// is frozen.
+/// f_image (Calico; the baselines' `mm_projector` is frozen, as in LISA
+/// and GLaMM training), `text_hidden_fcs` and the SAM mask decoder;
+/// everything else is frozen.
 pub fn param_counts(cfg: &CalicoConfig) -> ParamCounts {
     let mut c = Vec::new();
     let mut push = |name, params, trainable| {
@@ -361,10 +362,11 @@ pub fn param_counts(cfg: &CalicoConfig) -> ParamCounts {
             }
             push("f_image", projector_params(cfg), true);
         }
-        kind => {
-            let size = kind.clip_image_size().unwrap_or(224);
+        _ => {
+            let size = cfg.clip_view_size();
             push("clip_vit", clip_vit_params(&cfg.clip, size), false);
-            push("mm_projector", projector_params(cfg), true);
+            // Frozen in LISA and GLaMM training (anchors §2.1/§2.2).
+            push("mm_projector", projector_params(cfg), false);
         }
     }
     push("llm", llama_params(&cfg.llm), false);
@@ -700,7 +702,7 @@ pub fn forward_flops(cfg: &CalicoConfig, task: &TaskShape) -> FlopCounts {
             }
         }
         kind => {
-            let size = kind.clip_image_size().unwrap_or(224);
+            let size = cfg.clip_view_size();
             push("clip_vit", n_img * clip_vit_flops(&cfg.clip, size));
             let dc = cfg.clip.hidden_size;
             let proj = match kind {

@@ -53,10 +53,33 @@
 //!   is run, no CEM is built).
 //! * DINOv2 features: hidden state after `cfg.dinov2_layer` layers, with the
 //!   final LayerNorm when `cfg.dinov2_final_norm`, patch tokens only.
-//! * Only the Calico vision path is built; the baselines' CLIP towers
-//!   (`multi_image_lisa`, `multi_image_glamm`) exist in the parameter/FLOP
-//!   counts only and the constructor refuses them.
+//!
+//! # The baselines (`vision = multi_image_lisa | multi_image_glamm`)
+//! The same model with the vision module swapped for LLaVA's (see
+//! `baseline.rs`): a frozen CLIP ViT (HF `CLIPVisionModel` names under
+//! `model.vision_tower.vision_tower.vision_model.*`, as in LLaVA/GLaMM
+//! checkpoints; LISA's merged checkpoints drop the tower, so a loader maps
+//! `openai/clip-vit-large-patch14` onto these names), LLaVA's features
+//! (hidden state −2, patch tokens: 256 at 224 px, 576 at 336 px) and a
+//! frozen `model.mm_projector` (LISA: one Linear, `.{weight,bias}`; GLaMM:
+//! Linear, GELU, Linear, `.{0,2}.*`). The image goes in
+//! [`ImageInput::clip`] as the CLIP view at the tower's input size
+//! (`cfg.clip_view_size()`); [`ImageInput::dino`] is not read. That view
+//! (`preprocess::ClipView`) resizes the whole image to a square; LLaVA's
+//! `CLIPImageProcessor` resizes the shortest edge and centre-crops (a
+//! preprocessing difference, not a shape one).
+//! * No EVA, Q-Former, DINOv2, CEM or CAM is built; the config's
+//!   `qformer`/`dinov2`/`cem`/`cam` sections and `ablation` switches are
+//!   ignored (the rule `CalicoConfig::image_tokens`, `has_cem`, `has_cam`
+//!   and the counts already follow).
+//! * Trainable, as for Calico: LoRA, `text_hidden_fcs`, the SAM mask
+//!   decoder and the added vocabulary rows (LISA's set). GLaMM also trains
+//!   the whole `embed_tokens`/`lm_head` and a `region_encoder` (for `<bbox>`
+//!   inputs, unused here); neither is reproduced. The projector stays
+//!   frozen in both (anchors §2.1/§2.2), so `x_global_prime` of an
+//!   [`EncodedImage`] holds the CLIP features (read by nothing).
 
+mod baseline;
 mod forward;
 mod generate;
 mod init;
@@ -66,6 +89,7 @@ use calico_nn::Linear;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 
+use self::baseline::BaselineVision;
 use crate::cam::Cams;
 use crate::cem::Cem;
 use crate::config::{CalicoConfig, VisionKind};
@@ -106,12 +130,12 @@ pub struct Calico {
     cfg: CalicoConfig,
     special: SpecialIds,
     format: PromptFormat,
-    eva: EvaVit,
-    /// `(Q-Former, query_tokens)`; `None` without the Q-Former.
+    vision: VisionPath,
+    /// `(Q-Former, query_tokens)`; `None` without the Q-Former (and for
+    /// the baselines).
     qformer: Option<(QFormer, Tensor)>,
-    /// `(DINOv2, CEM)`; `None` without DINO/CEM.
+    /// `(DINOv2, CEM)`; `None` without DINO/CEM (and for the baselines).
     cem: Option<(Dinov2Model, Cem)>,
-    f_image: Linear,
     llm: Llama,
     cams: Option<Cams>,
     text_fc1: Linear,
@@ -121,10 +145,21 @@ pub struct Calico {
     mask_decoder: MaskDecoder,
 }
 
+/// The encoder + projector that make the LLM's image tokens.
+#[derive(Debug, Clone)]
+enum VisionPath {
+    /// EVA ViT and f_image (Q-Former and CEM are [`Calico`] fields: the
+    /// CAMs use them too).
+    Calico { eva: EvaVit, f_image: Linear },
+    /// Frozen CLIP ViT and `mm_projector`.
+    Clip(BaselineVision),
+}
+
 impl Calico {
     /// Builds the model: frozen blocks from `frozen`, trainable ones (LoRA,
     /// CEM, CAM, f_image, `text_hidden_fcs`, SAM mask decoder) from
-    /// `trainable` (see the module docs for the names). `special` holds the
+    /// `trainable` (see the module docs for the names; for the baselines'
+    /// vision kinds the CLIP tower and `mm_projector` come from `frozen`). `special` holds the
     /// ids of the added tokens (from `CalicoTokenizer::add_special_tokens`).
     pub fn new(
         cfg: &CalicoConfig,
@@ -132,19 +167,13 @@ impl Calico {
         trainable: VarBuilder,
         special: SpecialIds,
     ) -> Result<Self> {
-        if cfg.vision != VisionKind::Calico {
-            candle_core::bail!(
-                "the {} vision path (a CLIP tower) is not built yet: only its parameters and FLOPs are counted (count.rs); use vision = \"calico\"",
-                cfg.vision.label()
-            );
-        }
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("invalid Calico config: {e}")))?;
         let fm = frozen.pp("model");
         let tm = trainable.pp("model");
         let d = cfg.d_llm();
-        let eva = EvaVit::new(&cfg.eva_vit, fm.pp("vision_tower"))?;
-        let qformer = if cfg.ablation.use_qformer {
+        let calico = cfg.vision == VisionKind::Calico;
+        let qformer = if calico && cfg.ablation.use_qformer {
             let q = QFormer::new(&cfg.qformer, fm.pp("qformer"))?;
             let tokens = load_query_tokens(&cfg.qformer, &fm)?;
             Some((q, tokens))
@@ -163,12 +192,21 @@ impl Calico {
         } else {
             None
         };
-        let d_in = if cfg.ablation.use_qformer {
-            cfg.qformer.hidden_size
-        } else {
-            cfg.eva_vit.hidden_size
+        let vision = match cfg.clip_tower() {
+            None => {
+                let eva = EvaVit::new(&cfg.eva_vit, fm.pp("vision_tower"))?;
+                let d_in = if cfg.ablation.use_qformer {
+                    cfg.qformer.hidden_size
+                } else {
+                    cfg.eva_vit.hidden_size
+                };
+                let f_image = Linear::new(d_in, d, true, tm.pp("f_image"))?;
+                VisionPath::Calico { eva, f_image }
+            }
+            Some(tower) => {
+                VisionPath::Clip(BaselineVision::new(cfg.vision, &tower, d, fm.clone())?)
+            }
         };
-        let f_image = Linear::new(d_in, d, true, tm.pp("f_image"))?;
         let lora = LoraSpec {
             r: cfg.lora.r,
             lora_alpha: cfg.lora.alpha,
@@ -195,10 +233,9 @@ impl Calico {
             cfg: cfg.clone(),
             special,
             format: PromptFormat::vicuna_v1(cfg.image_tokens()),
-            eva,
+            vision,
             qformer,
             cem,
-            f_image,
             llm,
             cams,
             text_fc1,

@@ -1,17 +1,21 @@
-//! The vision module: EVA → (CEM) → Q-Former → f_image, and the SAM image
-//! encoder, for a set of images encoded together.
+//! The vision module: EVA → (CEM) → Q-Former → f_image (or, for the
+//! baselines, CLIP ViT → `mm_projector`), and the SAM image encoder, for a
+//! set of images encoded together.
 
 use candle_core::{Result, Tensor};
 
-use super::Calico;
+use super::{Calico, VisionPath};
 use crate::preprocess::Preprocessed;
 
 /// One input image in the three views the encoders take.
 #[derive(Debug, Clone)]
 pub struct ImageInput {
-    /// EVA-CLIP view, `(3, S, S)` with S = `eva_vit.image_size`.
+    /// EVA-CLIP view, `(3, S, S)` with S = `eva_vit.image_size`; for the
+    /// baselines the CLIP view at the CLIP tower's side
+    /// (`cfg.clip_view_size()`).
     pub clip: Tensor,
-    /// DINOv2 view, `(3, h, w)` (multiples of the DINOv2 patch).
+    /// DINOv2 view, `(3, h, w)` (multiples of the DINOv2 patch); read only
+    /// when the CEM exists (any tensor otherwise).
     pub dino: Tensor,
     /// SAM view, `(3, S, S)` with S = `sam_encoder.img_size` (padded).
     pub sam: Tensor,
@@ -39,7 +43,8 @@ impl ImageInput {
 pub struct EncodedImage {
     /// The image's LLM input tokens I⁰_i (after f_image), `(S_I, D)`.
     pub visual_tokens: Tensor,
-    /// X′_global,i, the (CEM-fused) EVA tokens the CAMs read, `(1, 1 + N, D_g)`.
+    /// X′_global,i, the (CEM-fused) EVA tokens the CAMs read, `(1, 1 + N, D_g)`;
+    /// for the baselines the selected CLIP features `(1, N, D_clip)`.
     pub x_global_prime: Tensor,
     /// X_ground,i, SAM image embeddings `(1, C, g, g)`.
     pub sam_embeddings: Tensor,
@@ -57,12 +62,16 @@ impl Calico {
             return Ok(Vec::new());
         }
         let dev = self.llm.device();
-        let se = self.cfg.eva_vit.image_size;
+        let se = self.cfg.clip_view_size();
+        let tower = match self.vision {
+            VisionPath::Calico { .. } => "EVA",
+            VisionPath::Clip(_) => "CLIP",
+        };
         let ss = self.cfg.sam_encoder.img_size;
         for (i, im) in images.iter().enumerate() {
             if im.clip.dims() != [3, se, se] {
                 candle_core::bail!(
-                    "image {i}: the EVA view must be (3, {se}, {se}), got {:?}",
+                    "image {i}: the {tower} view must be (3, {se}, {se}), got {:?}",
                     im.clip.dims()
                 );
             }
@@ -72,7 +81,7 @@ impl Calico {
                     im.sam.dims()
                 );
             }
-            if im.dino.rank() != 3 || im.dino.dim(0)? != 3 {
+            if self.cem.is_some() && (im.dino.rank() != 3 || im.dino.dim(0)? != 3) {
                 candle_core::bail!(
                     "image {i}: the DINOv2 view must be (3, h, w), got {:?}",
                     im.dino.dims()
@@ -83,8 +92,42 @@ impl Calico {
         let clip = stack_view(images, |i| &i.clip)?
             .to_device(dev)?
             .to_dtype(dtype)?;
+        let (visual, x_prime) = match &self.vision {
+            VisionPath::Calico { eva, f_image } => {
+                self.encode_calico(images, eva, f_image, &clip)?
+            }
+            VisionPath::Clip(b) => {
+                let (feats, tokens) = b.forward(&clip)?;
+                (tokens, feats)
+            }
+        };
+        let sam = stack_view(images, |i| &i.sam)?
+            .to_device(dev)?
+            .to_dtype(dtype)?;
+        let ground = self.sam_encoder.forward(&sam)?;
+        (0..images.len())
+            .map(|i| {
+                Ok(EncodedImage {
+                    visual_tokens: visual.get(i)?,
+                    x_global_prime: x_prime.narrow(0, i, 1)?,
+                    sam_embeddings: ground.narrow(0, i, 1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Calico's path on the stacked EVA view: `(visual tokens, X′_global)`.
+    fn encode_calico(
+        &self,
+        images: &[&ImageInput],
+        eva: &crate::eva_vit::EvaVit,
+        f_image: &calico_nn::Linear,
+        clip: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let dev = self.llm.device();
+        let dtype = self.llm.dtype();
         // X_global = ln_vision(𝒞(X)), (n, 1 + N, D_g).
-        let x_global = self.eva.forward(&clip)?.last_hidden_state;
+        let x_global = eva.forward(clip)?.last_hidden_state;
         // X′_global = X_global + 𝒜(X_global, X_semantic).
         let x_prime = match &self.cem {
             Some((dino, cem)) => {
@@ -104,19 +147,7 @@ impl Calico {
             Some((q, tokens)) => q.forward(tokens, &x_global, None)?,
             None => x_prime.clone(),
         };
-        let visual = self.f_image.forward(&embeds)?;
-        let sam = stack_view(images, |i| &i.sam)?
-            .to_device(dev)?
-            .to_dtype(dtype)?;
-        let ground = self.sam_encoder.forward(&sam)?;
-        (0..images.len())
-            .map(|i| {
-                Ok(EncodedImage {
-                    visual_tokens: visual.get(i)?,
-                    x_global_prime: x_prime.narrow(0, i, 1)?,
-                    sam_embeddings: ground.narrow(0, i, 1)?,
-                })
-            })
-            .collect()
+        let visual = f_image.forward(&embeds)?;
+        Ok((visual, x_prime))
     }
 }
