@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use calico_model::calico::{seeded_fill, Calico, FillMode, ImageInput, TrainBatch};
-use calico_model::config::{CalicoConfig, VisionKind};
+use calico_model::config::CalicoConfig;
 use calico_model::count::param_counts;
 use calico_model::llama::{GenerateOptions, Sampling};
 use calico_model::prompt::{build, PromptFormat, PromptLayout, SpecialIds, TextEncoder};
@@ -364,13 +364,6 @@ fn prompts_longer_than_the_context_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("context holds 512"), "{e}");
-}
-
-#[test]
-fn baseline_vision_paths_are_not_built() {
-    let cfg = tiny().with_vision(VisionKind::MultiImageLisa);
-    let e = Calico::random(&cfg, IDS, &VarMap::new(), 0, &Device::Cpu).unwrap_err();
-    assert!(e.to_string().contains("not built yet"), "{e}");
 }
 
 #[test]
