@@ -253,35 +253,13 @@ impl EvaVitAttention {
     }
 }
 
-/// `fc2(act(fc1(x)))`.
-#[derive(Debug, Clone)]
-pub struct EvaVitMlp {
-    fc1: Linear,
-    fc2: Linear,
-    act: Activation,
-}
-
-impl EvaVitMlp {
-    pub fn new(cfg: &EvaVitConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            fc1: Linear::new(cfg.hidden_size, cfg.intermediate_size, true, vb.pp("fc1"))?,
-            fc2: Linear::new(cfg.intermediate_size, cfg.hidden_size, true, vb.pp("fc2"))?,
-            act: cfg.hidden_act,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.apply(&self.fc1.forward(x)?)?)
-    }
-}
-
 /// One pre-norm transformer block.
 #[derive(Debug, Clone)]
 pub struct EvaVitLayer {
     layer_norm1: LayerNorm,
     self_attn: EvaVitAttention,
     layer_norm2: LayerNorm,
-    mlp: EvaVitMlp,
+    mlp: calico_nn::Mlp,
 }
 
 impl EvaVitLayer {
@@ -291,7 +269,12 @@ impl EvaVitLayer {
             layer_norm1: LayerNorm::new(cfg.hidden_size, eps, vb.pp("layer_norm1"))?,
             self_attn: EvaVitAttention::new(cfg, vb.pp("self_attn"))?,
             layer_norm2: LayerNorm::new(cfg.hidden_size, eps, vb.pp("layer_norm2"))?,
-            mlp: EvaVitMlp::new(cfg, vb.pp("mlp"))?,
+            mlp: calico_nn::Mlp::new(
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.hidden_act,
+                vb.pp("mlp"),
+            )?,
         })
     }
 

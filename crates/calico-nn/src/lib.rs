@@ -11,11 +11,13 @@
 pub mod attention;
 pub mod linear;
 pub mod loss;
+pub mod mlp;
 pub mod norm;
 pub mod ops;
 pub mod testing;
 
 pub use attention::scaled_dot_product_attention;
 pub use linear::{Linear, LoraConfig};
+pub use mlp::Mlp;
 pub use norm::{LayerNorm, RmsNorm};
 pub use ops::Activation;
