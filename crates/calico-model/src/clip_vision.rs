@@ -268,33 +268,20 @@ impl ClipAttention {
 }
 
 /// One pre-norm transformer block.
-#[derive(Debug, Clone)]
-pub struct ClipEncoderLayer {
-    layer_norm1: LayerNorm,
-    self_attn: ClipAttention,
-    layer_norm2: LayerNorm,
-    mlp: calico_nn::Mlp,
+pub type ClipEncoderLayer = crate::vit_block::PreNormBlock<ClipAttention>;
+
+impl candle_nn::Module for ClipAttention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        ClipAttention::forward(self, x)
+    }
 }
 
-impl ClipEncoderLayer {
-    pub fn new(cfg: &ClipVisionConfig, vb: VarBuilder) -> Result<Self> {
-        let eps = cfg.layer_norm_eps;
-        Ok(Self {
-            layer_norm1: LayerNorm::new(cfg.hidden_size, eps, vb.pp("layer_norm1"))?,
-            self_attn: ClipAttention::new(cfg, vb.pp("self_attn"))?,
-            layer_norm2: LayerNorm::new(cfg.hidden_size, eps, vb.pp("layer_norm2"))?,
-            mlp: calico_nn::Mlp::new(
-                cfg.hidden_size,
-                cfg.intermediate_size,
-                cfg.hidden_act,
-                vb.pp("mlp"),
-            )?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        &x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?
+fn block_dims(cfg: &ClipVisionConfig) -> crate::vit_block::BlockDims {
+    crate::vit_block::BlockDims {
+        hidden_size: cfg.hidden_size,
+        intermediate_size: cfg.intermediate_size,
+        layer_norm_eps: cfg.layer_norm_eps,
+        hidden_act: cfg.hidden_act,
     }
 }
 
@@ -335,7 +322,14 @@ impl ClipVision {
         let pre_layrnorm = LayerNorm::new(d, eps, vb.pp("pre_layrnorm"))?;
         let lv = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| ClipEncoderLayer::new(cfg, lv.pp(i)))
+            .map(|i| {
+                let vb = lv.pp(i);
+                ClipEncoderLayer::new(
+                    &block_dims(cfg),
+                    ClipAttention::new(cfg, vb.pp("self_attn"))?,
+                    vb,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let post_layernorm = LayerNorm::new(d, eps, vb.pp("post_layernorm"))?;
         Ok(Self {

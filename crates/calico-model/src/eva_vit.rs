@@ -254,33 +254,20 @@ impl EvaVitAttention {
 }
 
 /// One pre-norm transformer block.
-#[derive(Debug, Clone)]
-pub struct EvaVitLayer {
-    layer_norm1: LayerNorm,
-    self_attn: EvaVitAttention,
-    layer_norm2: LayerNorm,
-    mlp: calico_nn::Mlp,
+pub type EvaVitLayer = crate::vit_block::PreNormBlock<EvaVitAttention>;
+
+impl candle_nn::Module for EvaVitAttention {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        EvaVitAttention::forward(self, x)
+    }
 }
 
-impl EvaVitLayer {
-    pub fn new(cfg: &EvaVitConfig, vb: VarBuilder) -> Result<Self> {
-        let eps = cfg.layer_norm_eps;
-        Ok(Self {
-            layer_norm1: LayerNorm::new(cfg.hidden_size, eps, vb.pp("layer_norm1"))?,
-            self_attn: EvaVitAttention::new(cfg, vb.pp("self_attn"))?,
-            layer_norm2: LayerNorm::new(cfg.hidden_size, eps, vb.pp("layer_norm2"))?,
-            mlp: calico_nn::Mlp::new(
-                cfg.hidden_size,
-                cfg.intermediate_size,
-                cfg.hidden_act,
-                vb.pp("mlp"),
-            )?,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
-        &x + self.mlp.forward(&self.layer_norm2.forward(&x)?)?
+fn block_dims(cfg: &EvaVitConfig) -> crate::vit_block::BlockDims {
+    crate::vit_block::BlockDims {
+        hidden_size: cfg.hidden_size,
+        intermediate_size: cfg.intermediate_size,
+        layer_norm_eps: cfg.layer_norm_eps,
+        hidden_act: cfg.hidden_act,
     }
 }
 
@@ -316,7 +303,14 @@ impl EvaVit {
         let embeddings = EvaVitEmbeddings::new(cfg, vb.pp("embeddings"))?;
         let lv = vb.pp("encoder").pp("layers");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EvaVitLayer::new(cfg, lv.pp(i)))
+            .map(|i| {
+                let vb = lv.pp(i);
+                EvaVitLayer::new(
+                    &block_dims(cfg),
+                    EvaVitAttention::new(cfg, vb.pp("self_attn"))?,
+                    vb,
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let eps = cfg.post_layernorm_eps.unwrap_or(cfg.layer_norm_eps);
         let post_layernorm = LayerNorm::new(cfg.hidden_size, eps, vb.pp("post_layernorm"))?;

@@ -22,5 +22,6 @@ pub mod prompt;
 pub mod qformer;
 pub mod sam;
 pub mod tokenizer;
+pub mod vit_block;
 
 pub use load::{Checkpoint, GroupSummary, LoadError, LoadReport, NameMap, PartReport};
