@@ -126,3 +126,25 @@ fn config_files_override_the_paper_values_and_are_validated() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing.json"), "{}", stderr(&o));
 }
+
+#[test]
+fn init_writes_a_weights_directory_and_check_reports_on_it() {
+    let d = tmp("model-init").join("w");
+    let ds = d.to_str().unwrap();
+    let o = calico(&["model", "init", "--preset", "tiny", "--out", ds]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("calico.json")).unwrap()).unwrap();
+    assert_eq!(cfg["name"], "tiny");
+    // A second init does not overwrite it.
+    let o = calico(&["model", "init", "--preset", "tiny", "--out", ds]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("already exists"));
+    // No tokenizer and no GGUF: check names what is missing.
+    let o = calico(&["model", "check", ds]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no tokenizer"), "{}", stderr(&o));
+    let o = calico(&["model", "init", "--gguf", "/no/such.gguf", "--out", ds]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/no/such.gguf"));
+}

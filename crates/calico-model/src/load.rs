@@ -91,6 +91,12 @@ enum Store {
         parts: Vec<Part>,
         route: HashMap<String, (usize, String)>,
     },
+    /// Another checkpoint seen under new names; `to_stored` maps each new
+    /// name to the stored one.
+    Renamed {
+        ckpt: Checkpoint,
+        to_stored: HashMap<String, String>,
+    },
 }
 
 impl Store {
@@ -101,6 +107,7 @@ impl Store {
             Store::Pth(p) => p.tensor_infos().keys().cloned().collect(),
             Store::PthShards { route, .. } => route.keys().cloned().collect(),
             Store::Merged { route, .. } => route.keys().cloned().collect(),
+            Store::Renamed { to_stored, .. } => to_stored.keys().cloned().collect(),
         }
     }
 
@@ -111,6 +118,7 @@ impl Store {
             Store::Pth(p) => p.tensor_infos().contains_key(name),
             Store::PthShards { route, .. } => route.contains_key(name),
             Store::Merged { route, .. } => route.contains_key(name),
+            Store::Renamed { to_stored, .. } => to_stored.contains_key(name),
         }
     }
 
@@ -127,6 +135,10 @@ impl Store {
             Store::Merged { parts, route } => {
                 let (i, inner) = route.get(name).ok_or_else(absent)?;
                 parts[*i].ckpt.inner.load_and_mark(inner, dev)
+            }
+            Store::Renamed { ckpt, to_stored } => {
+                let stored = to_stored.get(name).ok_or_else(absent)?;
+                ckpt.inner.load_and_mark(stored, dev)
             }
         }
     }
@@ -198,6 +210,18 @@ pub struct LoadReport {
     pub misshaped: Vec<String>,
     /// Per-part attribution for a merged checkpoint (empty otherwise).
     pub parts: Vec<PartReport>,
+}
+
+/// A rename for [`Checkpoint::renamed`]: the first rule `(from, to)` whose
+/// `from` starts the name replaces that prefix by `to`; names no rule
+/// matches are kept.
+pub fn rename_prefixes(rules: &[(String, String)], name: &str) -> String {
+    for (from, to) in rules {
+        if let Some(rest) = name.strip_prefix(from.as_str()) {
+            return format!("{to}{rest}");
+        }
+    }
+    name.to_string()
 }
 
 /// The group a tensor name is counted under: its first two dot-separated
@@ -668,6 +692,42 @@ impl Checkpoint {
         ))
     }
 
+    /// The same tensors under new names: `rename(stored)` gives a tensor's
+    /// new name (return it unchanged to keep it). Two stored names renamed
+    /// to one name is an error naming both. Nothing is copied; tensors read
+    /// through the result are marked used in `self` too.
+    ///
+    /// For released files whose names differ from ours by prefix, e.g.
+    /// HF InstructBLIP's `vision_model.*` → `model.vision_tower.*`
+    /// ([`rename_prefixes`]).
+    pub fn renamed(self, rename: impl Fn(&str) -> String) -> Result<Self, LoadError> {
+        let mut to_stored: HashMap<String, String> = HashMap::new();
+        for stored in self.names() {
+            let new = rename(&stored);
+            if let Some(first) = to_stored.get(&new) {
+                return Err(LoadError::Duplicate {
+                    name: new.clone(),
+                    first: format!("{} (as `{first}`)", self.inner.origin),
+                    second: format!("{} (as `{stored}`)", self.inner.origin),
+                });
+            }
+            to_stored.insert(new, stored);
+        }
+        let origin = self.inner.origin.clone();
+        Ok(Self::from_store(
+            Store::Renamed {
+                ckpt: self,
+                to_stored,
+            },
+            origin,
+        ))
+    }
+
+    /// One tensor by its stored name, recorded as used.
+    pub fn get(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
+        self.inner.load_and_mark(name, device)
+    }
+
     /// Where the tensors come from (file, directory or merged parts).
     pub fn origin(&self) -> &str {
         &self.inner.origin
@@ -800,10 +860,14 @@ impl Checkpoint {
         if let Ok(mut m) = self.inner.misshaped.lock() {
             m.clear();
         }
-        if let Store::Merged { parts, .. } = &self.inner.store {
-            for p in parts {
-                p.ckpt.reset_report();
+        match &self.inner.store {
+            Store::Merged { parts, .. } => {
+                for p in parts {
+                    p.ckpt.reset_report();
+                }
             }
+            Store::Renamed { ckpt, .. } => ckpt.reset_report(),
+            _ => {}
         }
     }
 }

@@ -91,6 +91,17 @@ impl std::fmt::Debug for CalicoTokenizer {
     }
 }
 
+/// The word-level split: a run of word characters or one other
+/// non-space character, each with the whitespace before it.
+fn word_level_split() -> Split {
+    Split::new(
+        SplitPattern::Regex(r"\s*(?:\w+|[^\w\s])".into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .expect("the word-level pattern is a valid regex")
+}
+
 /// GPT-2's byte → printable-character table (the spelling byte-level
 /// vocabularies use).
 fn byte_chars() -> [char; 256] {
@@ -373,6 +384,106 @@ impl CalicoTokenizer {
             .collect()
     }
 
+    /// A word-level tokenizer for small models trained from scratch (the
+    /// `tiny` preset): each word or punctuation mark, with the spaces before
+    /// it, is one token; words not in `corpus` become `<unk>`. Ids: `<unk>`
+    /// 0, `<s>` 1, `</s>` 2, `" "` 3, `"\n"` 4, then the pieces of `corpus`
+    /// in first-seen order. Decoding concatenates the pieces, so text round-trips.
+    pub fn word_level<S: AsRef<str>>(corpus: &[S]) -> candle_core::Result<Self> {
+        let split = word_level_split();
+        let mut vocab = serde_json::Map::new();
+        // Lone whitespace is a piece wherever it precedes a special token.
+        for (i, t) in ["<unk>", "<s>", "</s>", " ", "\n"].iter().enumerate() {
+            vocab.insert(t.to_string(), i.into());
+        }
+        {
+            use tokenizers::PreTokenizer;
+            for text in corpus {
+                let mut pre = tokenizers::PreTokenizedString::from(text.as_ref());
+                split
+                    .pre_tokenize(&mut pre)
+                    .map_err(|e| msg(format!("splitting the corpus: {e}")))?;
+                for (piece, _, _) in pre.get_splits(
+                    tokenizers::OffsetReferential::Original,
+                    tokenizers::OffsetType::Char,
+                ) {
+                    if !vocab.contains_key(piece) {
+                        let id = vocab.len();
+                        vocab.insert(piece.to_string(), id.into());
+                    }
+                }
+            }
+        }
+        let json = serde_json::json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": [
+                {"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+                {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}
+            ],
+            "normalizer": null,
+            "pre_tokenizer": serde_json::to_value(&split).map_err(|e| msg(e.to_string()))?,
+            "post_processor": null,
+            "decoder": {"type": "Fuse"},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        let inner: Tokenizer = json
+            .to_string()
+            .parse()
+            .map_err(|e| msg(format!("building the word-level tokenizer: {e}")))?;
+        Ok(Self {
+            chat: None,
+            inner,
+            bos: Some(1),
+            eos: Some(2),
+            chat_template: None,
+        })
+    }
+
+    /// Adds Calico's tokens (`[SEG]`, `<p>`, `</p>`, `<image>`,
+    /// `<im_start>`, `<im_end>`) and returns their ids with the tokenizer's
+    /// bos/eos (`fallback_eos`, the model config's, when the tokenizer
+    /// names none).
+    pub fn add_calico_tokens(
+        &mut self,
+        fallback_eos: Option<u32>,
+    ) -> candle_core::Result<crate::prompt::SpecialIds> {
+        use calico_text::tokens::{IMAGE, IM_END, IM_START, P_CLOSE, P_OPEN, SEG};
+        let ids = self.add_special_tokens(&[SEG, P_OPEN, P_CLOSE, IMAGE, IM_START, IM_END])?;
+        let eos = self.eos.or(fallback_eos).ok_or_else(|| {
+            msg("the tokenizer names no end-of-sequence token and the model config has no eos_token_id")
+        })?;
+        Ok(crate::prompt::SpecialIds {
+            seg: ids[0],
+            p_open: ids[1],
+            p_close: ids[2],
+            image: ids[3],
+            im_start: ids[4],
+            im_end: ids[5],
+            eos,
+            bos: self.bos,
+        })
+    }
+
+    /// `tokenizer_config.json` content naming the bos/eos tokens and the
+    /// chat template, so [`Self::from_file`] restores them.
+    pub fn config_json(&self) -> serde_json::Value {
+        let token = |id: Option<u32>| id.and_then(|i| self.inner.id_to_token(i));
+        let mut m = serde_json::Map::new();
+        if let Some(b) = token(self.bos) {
+            m.insert("bos_token".into(), b.into());
+        }
+        if let Some(e) = token(self.eos) {
+            m.insert("eos_token".into(), e.into());
+        }
+        if let Some(t) = &self.chat_template {
+            m.insert("chat_template".into(), t.clone().into());
+        }
+        serde_json::Value::Object(m)
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -435,6 +546,19 @@ impl CalicoTokenizer {
 
 fn vocab_has(t: &Tokenizer, token: &str) -> bool {
     t.token_to_id(token).is_some()
+}
+
+impl crate::prompt::TextEncoder for CalicoTokenizer {
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn decode_plain(&self, ids: &[u32]) -> String {
+        self.inner.decode(ids, true).unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

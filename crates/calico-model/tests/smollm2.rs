@@ -466,3 +466,47 @@ fn logits_and_greedy_decoding_match_transformers() {
     println!("Q: What is the capital of France?\nA: {answer}");
     assert!(answer.contains("Paris"), "{answer:?}");
 }
+
+/// The `small` preset built from a weights directory whose LLM is the GGUF:
+/// every LLM tensor comes from the file, the vision side (no released
+/// weights at this size) is seeded random, the trainable set is fresh, and
+/// the LLM inside Calico still answers like SmolLM2 (LoRA `B` is zero).
+#[test]
+fn small_preset_loads_smollm2_from_gguf() {
+    use calico_model::calico::weights::{load_dir, MissingFrozen, CONFIG_FILE, SOURCES_FILE};
+    use calico_model::config::CalicoConfig;
+    let Some(gguf) = gguf_path() else { return };
+    let dir = std::env::temp_dir().join(format!("calico-small-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = CalicoConfig::preset("small").unwrap();
+    std::fs::write(
+        dir.join(CONFIG_FILE),
+        serde_json::to_string_pretty(&cfg).unwrap(),
+    )
+    .unwrap();
+    let sources = serde_json::json!({"sources": [{"path": gguf}]});
+    std::fs::write(dir.join(SOURCES_FILE), sources.to_string()).unwrap();
+    let l = load_dir(&dir, MissingFrozen::Random { seed: 0 }, &Device::Cpu).unwrap();
+    let r = &l.report;
+    println!("{r}");
+    assert!(r.is_complete() && r.checkpoint.unexpected.is_empty(), "{r}");
+    // 30 layers × 9 tensors + embeddings + final norm (tied head).
+    assert_eq!(r.checkpoint.loaded.len(), 30 * 9 + 2);
+    assert!(r.filled.iter().all(|n| !n.starts_with("model.layers.")));
+    assert!(r
+        .filled
+        .iter()
+        .any(|n| n.starts_with("model.vision_tower.")));
+    assert!(r.fresh.iter().any(|n| n.ends_with("lora_A.weight")));
+    assert_eq!(r.vocab, (49152, 49158));
+    assert!(r.tokenizer.contains("GGUF"));
+
+    let tok = &l.tokenizer;
+    let prompt = tok.chat_prompt("What is the capital of France?").unwrap();
+    let ids = tok.encode(&prompt, true).unwrap();
+    let new = generate_greedy(l.model.llm(), &ids, 24, tok.eos_id()).unwrap();
+    let answer = tok.decode(&new, true).unwrap();
+    println!("small preset, Q: What is the capital of France?\nA: {answer}");
+    assert!(answer.contains("Paris"), "{answer:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

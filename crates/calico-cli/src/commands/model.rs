@@ -16,6 +16,44 @@ pub enum ModelCommand {
     /// Parameters per component, trainable share, image tokens and analytic
     /// TFLOPs per image pair, next to the paper's Table 4.
     Info(InfoArgs),
+    /// Start a weights directory: calico.json from a preset or config file,
+    /// and sources.json naming the LLM's GGUF (docs/weights.md).
+    Init(InitArgs),
+    /// Build the model from a weights directory and report what was loaded,
+    /// what is missing and what no module read; exits 1 when something is
+    /// missing or mis-shaped.
+    Check(CheckArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// A named configuration: tiny, small or paper.
+    #[arg(long, default_value = "small", conflicts_with = "config")]
+    preset: String,
+    /// A model config JSON file instead of a preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The LLM as a llama.cpp GGUF file (its tokenizer is used too).
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// The directory to create (must not hold a calico.json yet).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// The weights directory.
+    dir: PathBuf,
+    /// What to do with frozen tensors no file has: `zeros` lists them all
+    /// (a dry run), `error` stops at the first, `random` fills them with
+    /// seeded values (as `calico train` does for presets without released
+    /// vision weights).
+    #[arg(long, default_value = "zeros", value_parser = ["zeros", "error", "random"])]
+    missing: String,
+    /// Seed for `--missing random` and for fresh trainable tensors.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
 }
 
 #[derive(Args)]
@@ -34,15 +72,83 @@ pub struct InfoArgs {
 pub fn run(cmd: ModelCommand) -> Result<()> {
     match cmd {
         ModelCommand::Info(a) => info(a),
+        ModelCommand::Init(a) => init(a),
+        ModelCommand::Check(a) => check(a),
     }
 }
 
 fn load(a: &InfoArgs) -> Result<CalicoConfig> {
-    let cfg = match &a.config {
+    config_of(&a.preset, a.config.as_deref())
+}
+
+fn config_of(preset: &str, config: Option<&std::path::Path>) -> Result<CalicoConfig> {
+    let cfg = match config {
         Some(path) => CalicoConfig::from_json_file(path),
-        None => CalicoConfig::preset(&a.preset),
+        None => CalicoConfig::preset(preset),
     };
     cfg.map_err(|e: ConfigError| bad_input(e.to_string()))
+}
+
+fn init(a: InitArgs) -> Result<()> {
+    use calico_model::calico::weights::{write_atomic, Source, Sources, CONFIG_FILE, SOURCES_FILE};
+    let cfg = config_of(&a.preset, a.config.as_deref())?;
+    if let Some(g) = &a.gguf {
+        if !g.is_file() {
+            return Err(bad_input(format!("--gguf {}: no such file", g.display())));
+        }
+    }
+    let cfg_path = a.out.join(CONFIG_FILE);
+    if cfg_path.exists() {
+        return Err(bad_input(format!(
+            "{} already exists; not overwriting it",
+            cfg_path.display()
+        )));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| bad_input(format!("{}: {e}", a.out.display())))?;
+    if let Some(g) = &a.gguf {
+        let path = std::fs::canonicalize(g)?;
+        let sources = Sources {
+            sources: vec![Source {
+                path,
+                rename: Vec::new(),
+            }],
+        };
+        let p = a.out.join(SOURCES_FILE);
+        write_atomic(&p, serde_json::to_string_pretty(&sources)?.as_bytes())?;
+    }
+    write_atomic(&cfg_path, serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+    println!(
+        "wrote {}{}; check it with `calico model check {}`",
+        cfg_path.display(),
+        if a.gguf.is_some() {
+            " and sources.json"
+        } else {
+            ""
+        },
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn check(a: CheckArgs) -> Result<()> {
+    use calico_model::calico::weights::{load_dir, MissingFrozen};
+    let missing = match a.missing.as_str() {
+        "error" => MissingFrozen::Error,
+        "random" => MissingFrozen::Random { seed: a.seed },
+        _ => MissingFrozen::Zeros,
+    };
+    let device = candle_core::Device::Cpu;
+    let loaded = load_dir(&a.dir, missing, &device).map_err(|e| bad_input(e.to_string()))?;
+    println!("{}", loaded.report);
+    if !loaded.report.is_complete() {
+        anyhow::bail!(
+            "{}: {} tensors missing and {} mis-shaped (listed above)",
+            a.dir.display(),
+            loaded.report.checkpoint.missing.len(),
+            loaded.report.checkpoint.misshaped.len()
+        );
+    }
+    Ok(())
 }
 
 #[derive(Serialize)]

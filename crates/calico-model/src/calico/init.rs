@@ -31,11 +31,21 @@ fn name_seed(seed: u64, name: &str) -> u64 {
 /// product of all dims but the first; 0.02 for 1-D tensors), drawn from a
 /// ChaCha8 generator seeded by `seed` and the tensor's name.
 pub fn seeded_fill(map: &VarMap, seed: u64, mode: FillMode) -> Result<()> {
+    seeded_fill_where(map, seed, mode, |_| true)
+}
+
+/// [`seeded_fill`] on the variables whose name passes `keep` only.
+pub fn seeded_fill_where(
+    map: &VarMap,
+    seed: u64,
+    mode: FillMode,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()> {
     let data = map
         .data()
         .lock()
         .map_err(|_| candle_core::Error::Msg("VarMap lock poisoned".into()))?;
-    let mut names: Vec<&String> = data.keys().collect();
+    let mut names: Vec<&String> = data.keys().filter(|n| keep(n)).collect();
     names.sort();
     for name in names {
         let var = &data[name];

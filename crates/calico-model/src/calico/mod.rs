@@ -84,6 +84,7 @@ mod forward;
 mod generate;
 mod init;
 mod vision;
+pub mod weights;
 
 use calico_nn::Linear;
 use candle_core::{Device, Result, Tensor};
@@ -104,7 +105,7 @@ use crate::sam::prompt_encoder::PromptEncoder;
 
 pub use forward::{ForwardOutput, TrainBatch};
 pub use generate::{Answer, SegMask};
-pub use init::{seeded_fill, FillMode, SeededBackend};
+pub use init::{seeded_fill, seeded_fill_where, FillMode, SeededBackend};
 pub use vision::{EncodedImage, ImageInput};
 
 /// Whether a tensor name belongs to the trainable set (see the module docs):
@@ -122,6 +123,35 @@ pub fn is_trainable_name(name: &str) -> bool {
         || name.contains(".lora_A.")
         || name.contains(".lora_B.")
         || name.ends_with(".added_weight")
+}
+
+/// Creates SAM's relative-position tables in `backend` up front (the
+/// encoder reads them without a shape).
+pub(crate) fn insert_sam_rel_pos(
+    backend: &SeededBackend,
+    cfg: &CalicoConfig,
+    device: &Device,
+) -> Result<()> {
+    let enc = &cfg.sam_encoder;
+    if !enc.use_rel_pos {
+        return Ok(());
+    }
+    let head_dim = enc.embed_dim / enc.num_heads.max(1);
+    for i in 0..enc.depth {
+        let side = if enc.global_attn_indexes.contains(&i) {
+            enc.grid_size()
+        } else {
+            enc.window_size
+        };
+        for axis in ["h", "w"] {
+            backend.insert(
+                &format!("model.grounding_encoder.image_encoder.blocks.{i}.attn.rel_pos_{axis}"),
+                &[2 * side - 1, head_dim],
+                device,
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// The Calico model.
@@ -268,27 +298,7 @@ impl Calico {
     ) -> Result<(Self, std::collections::HashMap<String, Tensor>)> {
         let dtype = candle_core::DType::F32;
         let backend = SeededBackend::new(seed);
-        // SAM reads its relative-position tables without a shape.
-        let enc = &cfg.sam_encoder;
-        if enc.use_rel_pos {
-            let head_dim = enc.embed_dim / enc.num_heads.max(1);
-            for i in 0..enc.depth {
-                let side = if enc.global_attn_indexes.contains(&i) {
-                    enc.grid_size()
-                } else {
-                    enc.window_size
-                };
-                for axis in ["h", "w"] {
-                    backend.insert(
-                        &format!(
-                            "model.grounding_encoder.image_encoder.blocks.{i}.attn.rel_pos_{axis}"
-                        ),
-                        &[2 * side - 1, head_dim],
-                        device,
-                    )?;
-                }
-            }
-        }
+        insert_sam_rel_pos(&backend, cfg, device)?;
         let model = Self::new(
             cfg,
             VarBuilder::from_backend(Box::new(backend.clone()), dtype, device.clone()),

@@ -1,0 +1,656 @@
+//! Calico weights directories: everything needed to build a [`Calico`] in
+//! one place, loaded with a report of what was read, missing and ignored.
+//!
+//! ```text
+//! DIR/
+//!   calico.json            the CalicoConfig (required)
+//!   model.safetensors      tensors under Calico's names (docs/weights.md); or
+//!                          model.safetensors.index.json + shards, or pytorch_model.bin
+//!   trainable.safetensors  trainable tensors (what `calico train` saves)
+//!   *.gguf                 at most one: the LLM (llama.cpp file, HF names after loading)
+//!   tokenizer.json         the tokenizer (else the GGUF's)
+//!   sources.json           other files, each renamed by prefix rules (below)
+//! ```
+//!
+//! Every file is optional but `calico.json`; a name two files provide is an
+//! error naming both. `sources.json` lists released files where they are:
+//!
+//! ```json
+//! {"sources": [
+//!   {"path": "/models/sam_vit_h_4b8939.pth",
+//!    "rename": [["", "model.grounding_encoder."]]},
+//!   {"path": "/models/instructblip-vicuna-7b",
+//!    "rename": [["vision_model.", "model.vision_tower."], ["qformer.", "model.qformer."],
+//!               ["query_tokens", "model.query_tokens"], ["language_projection.", "model.f_image."]]}
+//! ]}
+//! ```
+//!
+//! A `path` is a file (`.safetensors`, `.pth`/`.pt`/`.bin`, `.gguf`) or a
+//! HF model directory, relative to DIR unless absolute. `rename` rules
+//! `[from, to]` replace a name's prefix (first match wins, names no rule
+//! matches are kept); tensors nobody reads show up as unused in the report.
+//!
+//! Tensors the model needs but no file has:
+//! * trainable ones (LoRA, CEM, CAM, f_image, `text_hidden_fcs`, the SAM
+//!   mask decoder, added vocabulary rows) are initialised as for training
+//!   and listed as *fresh*;
+//! * frozen ones are an error ([`MissingFrozen::Error`]), zeros for a dry
+//!   run that lists them all ([`MissingFrozen::Zeros`], outputs
+//!   meaningless), or seeded random values ([`MissingFrozen::Random`], the
+//!   same values [`Calico::random`] makes for that seed: for presets like
+//!   `small` whose vision side has no released weights).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::{Init, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    insert_sam_rel_pos, is_trainable_name, seeded_fill_where, Calico, FillMode, SeededBackend,
+};
+use crate::config::CalicoConfig;
+use crate::gguf::load_llama_gguf;
+use crate::load::{rename_prefixes, Checkpoint, LoadReport};
+use crate::tokenizer::CalicoTokenizer;
+
+pub const CONFIG_FILE: &str = "calico.json";
+pub const SOURCES_FILE: &str = "sources.json";
+pub const FROZEN_FILE: &str = "model.safetensors";
+pub const TRAINABLE_FILE: &str = "trainable.safetensors";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// One entry of `sources.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A file or HF model directory (relative paths start at the weights
+    /// directory).
+    pub path: PathBuf,
+    /// Prefix rewrites `[from, to]`, first match wins.
+    #[serde(default)]
+    pub rename: Vec<[String; 2]>,
+}
+
+/// `sources.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sources {
+    pub sources: Vec<Source>,
+}
+
+/// What to do with frozen tensors that no file provides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissingFrozen {
+    /// Fail, naming the first one.
+    Error,
+    /// Zeros, each recorded (a dry run: outputs are meaningless).
+    Zeros,
+    /// Seeded random values, each recorded.
+    Random { seed: u64 },
+}
+
+/// A weights directory's error.
+#[derive(Debug)]
+pub struct WeightsError(pub String);
+
+impl fmt::Display for WeightsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WeightsError {}
+
+impl From<candle_core::Error> for WeightsError {
+    fn from(e: candle_core::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<crate::load::LoadError> for WeightsError {
+    fn from(e: crate::load::LoadError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, WeightsError>;
+
+fn fail<T>(msg: impl Into<String>) -> Result<T> {
+    Err(WeightsError(msg.into()))
+}
+
+/// What loading a weights directory did.
+#[derive(Debug, Clone)]
+pub struct WeightsReport {
+    pub dir: PathBuf,
+    /// The checkpoint's record: loaded, unused, missing (dry run) and
+    /// mis-shaped tensors, per file.
+    pub checkpoint: LoadReport,
+    /// Frozen tensors no file had, filled per [`MissingFrozen`].
+    pub filled: Vec<String>,
+    /// Trainable tensors no file had, initialised as for training.
+    pub fresh: Vec<String>,
+    /// Where the tokenizer came from.
+    pub tokenizer: String,
+    /// Vocabulary before and after Calico's tokens were added.
+    pub vocab: (usize, usize),
+}
+
+impl WeightsReport {
+    /// No missing or mis-shaped tensor (filled or fresh ones are allowed).
+    pub fn is_complete(&self) -> bool {
+        self.checkpoint.missing.is_empty() && self.checkpoint.misshaped.is_empty()
+    }
+}
+
+fn list(names: &[String], max: usize) -> String {
+    let mut s = names
+        .iter()
+        .take(max)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > max {
+        s.push_str(&format!(" and {} more", names.len() - max));
+    }
+    s
+}
+
+impl fmt::Display for WeightsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.checkpoint;
+        writeln!(f, "weights: {}", self.dir.display())?;
+        writeln!(f, "  files: {}", c.origin)?;
+        for p in &c.parts {
+            writeln!(
+                f,
+                "    {}: {} loaded, {} unused",
+                p.origin,
+                p.loaded.len(),
+                p.unexpected.len()
+            )?;
+        }
+        writeln!(f, "  loaded: {} tensors", c.loaded.len())?;
+        for g in c.groups() {
+            writeln!(
+                f,
+                "    {:<40} {:>6} loaded {:>6} unused {:>6} missing",
+                g.group, g.loaded, g.unexpected, g.missing
+            )?;
+        }
+        let lines = [
+            ("unused (in a file, read by nothing)", &c.unexpected),
+            ("MISSING", &c.missing),
+            ("MIS-SHAPED", &c.misshaped),
+            ("frozen, filled (no file had them)", &self.filled),
+            ("trainable, initialised fresh", &self.fresh),
+        ];
+        for (label, names) in lines {
+            if !names.is_empty() {
+                writeln!(f, "  {label}: {}: {}", names.len(), list(names, 8))?;
+            }
+        }
+        write!(
+            f,
+            "  tokenizer: {} (vocabulary {} + {} Calico tokens)",
+            self.tokenizer,
+            self.vocab.0,
+            self.vocab.1 - self.vocab.0
+        )
+    }
+}
+
+/// A model built from a weights directory.
+pub struct LoadedCalico {
+    pub model: Calico,
+    pub tokenizer: CalicoTokenizer,
+    /// The trainable variables (read from the files or fresh), ready for
+    /// an optimizer.
+    pub trainable: VarMap,
+    pub report: WeightsReport,
+}
+
+/// The files of a weights directory, opened.
+struct Opened {
+    cfg: CalicoConfig,
+    ckpt: Checkpoint,
+    gguf: Option<PathBuf>,
+}
+
+fn resolve(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        dir.join(p)
+    }
+}
+
+fn has_hf_weights(dir: &Path) -> bool {
+    [
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "pytorch_model.bin",
+        "pytorch_model.bin.index.json",
+    ]
+    .iter()
+    .any(|f| dir.join(f).is_file())
+}
+
+/// Reads `sources.json` (absent → no sources).
+pub fn read_sources(dir: &Path) -> Result<Vec<Source>> {
+    let path = dir.join(SOURCES_FILE);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| WeightsError(format!("{}: {e}", path.display())))?;
+    let s: Sources = serde_json::from_str(&text).map_err(|e| {
+        WeightsError(format!(
+            "{}: {e} (expected {{\"sources\": [{{\"path\": \"…\", \"rename\": [[\"from\", \"to\"]]}}]}})",
+            path.display()
+        ))
+    })?;
+    Ok(s.sources)
+}
+
+/// The LLM config in a GGUF must be the one `calico.json` describes.
+fn check_llm(cfg: &CalicoConfig, gguf: &crate::llama::LlamaConfig, path: &Path) -> Result<()> {
+    let a = &cfg.llm;
+    let kv = |c: &crate::llama::LlamaConfig| c.num_key_value_heads.unwrap_or(c.num_attention_heads);
+    let fields = [
+        ("vocab_size", a.vocab_size, gguf.vocab_size),
+        ("hidden_size", a.hidden_size, gguf.hidden_size),
+        (
+            "intermediate_size",
+            a.intermediate_size,
+            gguf.intermediate_size,
+        ),
+        (
+            "num_hidden_layers",
+            a.num_hidden_layers,
+            gguf.num_hidden_layers,
+        ),
+        (
+            "num_attention_heads",
+            a.num_attention_heads,
+            gguf.num_attention_heads,
+        ),
+        ("num_key_value_heads", kv(a), kv(gguf)),
+    ];
+    let bad: Vec<String> = fields
+        .iter()
+        .filter(|(_, ours, theirs)| ours != theirs)
+        .map(|(n, ours, theirs)| format!("{n}: calico.json {ours}, GGUF {theirs}"))
+        .collect();
+    if !bad.is_empty() {
+        return fail(format!(
+            "{}: the LLM does not match the `llm` section of {CONFIG_FILE}: {}",
+            path.display(),
+            bad.join("; ")
+        ));
+    }
+    Ok(())
+}
+
+type GgufLlm = (PathBuf, crate::llama::LlamaConfig);
+
+fn open_source(path: &Path, device: &Device) -> Result<(Checkpoint, Option<GgufLlm>)> {
+    if path.is_dir() {
+        return Ok((Checkpoint::from_dir(path)?, None));
+    }
+    if !path.exists() {
+        return fail(format!("{}: no such file or directory", path.display()));
+    }
+    if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+        let (cfg, ckpt) = load_llama_gguf(path, device)?;
+        return Ok((ckpt, Some((path.to_path_buf(), cfg))));
+    }
+    Ok((Checkpoint::open(path)?, None))
+}
+
+fn open(dir: &Path, device: &Device) -> Result<Opened> {
+    if !dir.is_dir() {
+        return fail(format!("{}: not a directory", dir.display()));
+    }
+    let cfg_path = dir.join(CONFIG_FILE);
+    if !cfg_path.is_file() {
+        return fail(format!(
+            "{}: no {CONFIG_FILE} (a Calico config; `calico model info --preset NAME --json` \
+             prints one to start from)",
+            dir.display()
+        ));
+    }
+    let cfg = CalicoConfig::from_json_file(&cfg_path)
+        .map_err(|e| WeightsError(format!("{}: {e}", cfg_path.display())))?;
+    let mut parts: Vec<(String, Checkpoint)> = Vec::new();
+    let mut gguf: Option<PathBuf> = None;
+    if has_hf_weights(dir) {
+        parts.push((String::new(), Checkpoint::from_dir(dir)?));
+    }
+    let trainable = dir.join(TRAINABLE_FILE);
+    if trainable.is_file() {
+        parts.push((String::new(), Checkpoint::open(&trainable)?));
+    }
+    let ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| WeightsError(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("gguf"))
+        .collect();
+    if ggufs.len() > 1 {
+        return fail(format!(
+            "{}: {} GGUF files; a weights directory holds at most one (the LLM)",
+            dir.display(),
+            ggufs.len()
+        ));
+    }
+    let mut sources: Vec<Source> = ggufs
+        .into_iter()
+        .map(|path| Source {
+            path,
+            rename: Vec::new(),
+        })
+        .collect();
+    sources.extend(read_sources(dir)?);
+    for src in sources {
+        let path = resolve(dir, &src.path);
+        let (ckpt, g) = open_source(&path, device)?;
+        if let Some((g, llm)) = g {
+            if let Some(first) = &gguf {
+                return fail(format!(
+                    "two GGUF files ({} and {}); only one LLM can be loaded",
+                    first.display(),
+                    g.display()
+                ));
+            }
+            check_llm(&cfg, &llm, &g)?;
+            gguf = Some(g);
+        }
+        let ckpt = if src.rename.is_empty() {
+            ckpt
+        } else {
+            let rules: Vec<(String, String)> = src
+                .rename
+                .iter()
+                .map(|[a, b]| (a.clone(), b.clone()))
+                .collect();
+            ckpt.renamed(|n| rename_prefixes(&rules, n))?
+        };
+        parts.push((String::new(), ckpt));
+    }
+    let ckpt = Checkpoint::merged(parts)?;
+    Ok(Opened { cfg, ckpt, gguf })
+}
+
+fn tokenizer(dir: &Path, gguf: Option<&Path>) -> Result<(CalicoTokenizer, String)> {
+    let file = dir.join(TOKENIZER_FILE);
+    if file.is_file() {
+        return Ok((
+            CalicoTokenizer::from_file(&file)?,
+            file.display().to_string(),
+        ));
+    }
+    if let Some(g) = gguf {
+        return Ok((
+            CalicoTokenizer::from_gguf(g)?,
+            format!("{} (GGUF)", g.display()),
+        ));
+    }
+    fail(format!(
+        "{}: no tokenizer: put a {TOKENIZER_FILE} there, or the LLM as a .gguf file \
+         (its tokenizer is used)",
+        dir.display()
+    ))
+}
+
+/// Frozen tensors: the checkpoint first; then, for a dry run, zeros
+/// recorded as missing by the checkpoint's lenient builder, or seeded values
+/// recorded as filled. Tensors read without a shape (SAM's relative-position
+/// tables) come from `fallback` in both cases.
+struct FrozenBackend {
+    ckpt: VarBuilder<'static>,
+    dry_run: bool,
+    fallback: SeededBackend,
+    filled: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl FrozenBackend {
+    fn record(&self, name: &str) {
+        if let Ok(mut f) = self.filled.lock() {
+            f.insert(name.to_string());
+        }
+    }
+}
+
+impl SimpleBackend for FrozenBackend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if self.ckpt.contains_tensor(name) || self.dry_run {
+            return self.ckpt.get_with_hints_dtype(s, name, h, dtype);
+        }
+        self.record(name);
+        self.fallback.get(s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if self.ckpt.contains_tensor(name) {
+            return self.ckpt.get_unchecked_dtype(name, dtype);
+        }
+        if self.dry_run {
+            // Records the name as missing; the value comes from the fallback.
+            let _ = self.ckpt.get_unchecked_dtype(name, dtype);
+        } else {
+            self.record(name);
+        }
+        self.fallback.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.ckpt.contains_tensor(name) || self.fallback.contains_tensor(name)
+    }
+}
+
+/// The trainable variables found in `ckpt` (all names the trainable set
+/// covers), recorded as used.
+fn trainable_from(ckpt: &Checkpoint, device: &Device) -> Result<VarMap> {
+    let map = VarMap::new();
+    {
+        let mut data = map
+            .data()
+            .lock()
+            .map_err(|_| WeightsError("VarMap lock poisoned".into()))?;
+        for name in ckpt.names().into_iter().filter(|n| is_trainable_name(n)) {
+            let t = ckpt.get(&name, device)?.to_dtype(DType::F32)?;
+            data.insert(name, candle_core::Var::from_tensor(&t)?);
+        }
+    }
+    Ok(map)
+}
+
+fn var_names(map: &VarMap) -> BTreeSet<String> {
+    map.data()
+        .lock()
+        .map(|d| d.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Builds a Calico from a weights directory (see the module docs).
+pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<LoadedCalico> {
+    let Opened { cfg, ckpt, gguf } = open(dir, device)?;
+    let (mut tok, tok_origin) = tokenizer(dir, gguf.as_deref())?;
+    let before = tok.vocab_size();
+    let special = tok.add_calico_tokens(cfg.llm.eos_token_id)?;
+    let after = tok.vocab_size();
+
+    let trainable = trainable_from(&ckpt, device)?;
+    let found = var_names(&trainable);
+    let dtype = DType::F32;
+    let filled = Arc::new(Mutex::new(BTreeSet::new()));
+    let frozen = match missing {
+        MissingFrozen::Error => ckpt.var_builder(dtype, device),
+        MissingFrozen::Zeros | MissingFrozen::Random { .. } => {
+            let (seed, dry_run) = match missing {
+                MissingFrozen::Random { seed } => (seed, false),
+                _ => (0, true),
+            };
+            let fallback = SeededBackend::new(seed);
+            insert_sam_rel_pos(&fallback, &cfg, device)?;
+            let ckpt_vb = if dry_run {
+                ckpt.var_builder_lenient(None, dtype, device)
+            } else {
+                ckpt.var_builder(dtype, device)
+            };
+            let backend = FrozenBackend {
+                ckpt: ckpt_vb,
+                dry_run,
+                fallback,
+                filled: filled.clone(),
+            };
+            VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
+        }
+    };
+    let tvb = VarBuilder::from_varmap(&trainable, dtype, device);
+    let mut model = Calico::new(&cfg, frozen, tvb, special).map_err(|e| {
+        WeightsError(format!(
+            "{}: building the model: {e} (run `calico model check {}` for the full list)",
+            dir.display(),
+            dir.display()
+        ))
+    })?;
+    if after > cfg.llm.vocab_size {
+        model.resize_token_embeddings(after, Some(&trainable))?;
+    }
+    let fresh: Vec<String> = var_names(&trainable)
+        .into_iter()
+        .filter(|n| !found.contains(n))
+        .collect();
+    if !fresh.is_empty() {
+        // candle's initialisers cannot be seeded; redraw the fresh ones.
+        let seed = match missing {
+            MissingFrozen::Random { seed } => seed,
+            _ => 0,
+        };
+        let set: BTreeSet<&str> = fresh.iter().map(String::as_str).collect();
+        seeded_fill_where(&trainable, seed, FillMode::KeepConstants, |n| {
+            set.contains(n)
+        })?;
+    }
+    let filled: Vec<String> = filled
+        .lock()
+        .map(|f| f.iter().cloned().collect())
+        .unwrap_or_default();
+    let report = WeightsReport {
+        dir: dir.to_path_buf(),
+        checkpoint: ckpt.report(),
+        filled,
+        fresh,
+        tokenizer: tok_origin,
+        vocab: (before, after),
+    };
+    Ok(LoadedCalico {
+        model,
+        tokenizer: tok,
+        trainable,
+        report,
+    })
+}
+
+/// Writes `bytes` to `path` through a temporary sibling, fsync and rename:
+/// `path` is its old content or the new one, never a partial file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            // The rename itself is durable once the directory is synced.
+            if let Ok(d) = std::fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Serialises named tensors as safetensors bytes (sorted by name).
+pub fn safetensors_bytes(tensors: &HashMap<String, Tensor>) -> Result<Vec<u8>> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut contiguous = Vec::with_capacity(names.len());
+    for n in names {
+        contiguous.push((n.clone(), tensors[n].contiguous()?));
+    }
+    safetensors::serialize(contiguous.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| WeightsError(format!("serialising tensors: {e}")))
+}
+
+/// The variables of a VarMap by name.
+pub fn varmap_tensors(map: &VarMap) -> HashMap<String, Tensor> {
+    map.data()
+        .lock()
+        .map(|d| {
+            d.iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes a weights directory: `calico.json`, `model.safetensors` (the
+/// frozen tensors, when any), `trainable.safetensors` and `tokenizer.json`
+/// (when given). Each file is written atomically.
+pub fn save_dir(
+    dir: &Path,
+    cfg: &CalicoConfig,
+    frozen: &HashMap<String, Tensor>,
+    trainable: &VarMap,
+    tokenizer: Option<&CalicoTokenizer>,
+) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| WeightsError(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let cfg_json = serde_json::to_string_pretty(cfg)
+        .map_err(|e| WeightsError(format!("serialising the config: {e}")))?;
+    let p = dir.join(CONFIG_FILE);
+    write_atomic(&p, cfg_json.as_bytes()).map_err(|e| io(&p, e))?;
+    if !frozen.is_empty() {
+        let p = dir.join(FROZEN_FILE);
+        write_atomic(&p, &safetensors_bytes(frozen)?).map_err(|e| io(&p, e))?;
+    }
+    let p = dir.join(TRAINABLE_FILE);
+    write_atomic(&p, &safetensors_bytes(&varmap_tensors(trainable))?).map_err(|e| io(&p, e))?;
+    if let Some(tok) = tokenizer {
+        let p = dir.join(TOKENIZER_FILE);
+        let json = tok
+            .inner()
+            .to_string(true)
+            .map_err(|e| WeightsError(format!("serialising the tokenizer: {e}")))?;
+        write_atomic(&p, json.as_bytes()).map_err(|e| io(&p, e))?;
+        let p = dir.join("tokenizer_config.json");
+        let json = serde_json::to_string_pretty(&tok.config_json())
+            .map_err(|e| WeightsError(format!("serialising the tokenizer config: {e}")))?;
+        write_atomic(&p, json.as_bytes()).map_err(|e| io(&p, e))?;
+    }
+    Ok(())
+}
