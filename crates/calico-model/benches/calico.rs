@@ -99,10 +99,10 @@ fn parse_args() -> Args {
             "--new-tokens" => a.new_tokens = positive(args.next(), "--new-tokens"),
             "--full-sam" => a.full_sam = true,
             "--gguf" => {
-                a.gguf = Some(PathBuf::from(
-                    args.next()
-                        .unwrap_or_else(|| fail(&format!("--gguf needs a path\n{USAGE}"))),
-                ))
+                a.gguf =
+                    Some(PathBuf::from(args.next().unwrap_or_else(|| {
+                        fail(&format!("--gguf needs a path\n{USAGE}"))
+                    })))
             }
             "--prompt" => {
                 a.prompt = Some(
@@ -280,7 +280,8 @@ fn time_sam_encoder(cfg: &SamEncoderConfig, images: &[&ImageInput]) -> Result<f6
 }
 
 fn bench_preset(args: &Args, preset: &str) -> Result<()> {
-    let mut cfg = CalicoConfig::preset(preset).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut cfg =
+        CalicoConfig::preset(preset).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let real_sam = cfg.sam_encoder.clone();
     let stand_in = preset == "small" && !args.full_sam;
     if stand_in {
