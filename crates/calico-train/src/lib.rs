@@ -1,3 +1,23 @@
 //! Training Calico (§3.5, appendix C.1): the samples → batch pipeline, the
 //! text + focal + Dice objective, AdamW with warm-up/decay and gradient
 //! clipping, atomic resumable checkpoints, metrics and the training loop.
+
+pub mod data;
+pub mod model;
+pub mod objective;
+
+/// A training error; the message names the file, sample, step or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Data(String),
+    #[error("{0}")]
+    Model(#[from] candle_core::Error),
+    #[error("{path}: {error}")]
+    Io {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{0}")]
+    Config(String),
+}

@@ -26,6 +26,15 @@ pub struct ImageInput {
 }
 
 impl ImageInput {
+    /// An 8-bit RGB image in the three views `cfg.views` describes.
+    pub fn from_image(cfg: &crate::config::CalicoConfig, img: &crate::preprocess::RgbImage) -> Result<Self> {
+        Ok(Self::from_views(
+            &cfg.views.clip.apply(img)?,
+            &cfg.views.dino.apply(img)?,
+            &cfg.views.sam.apply(img)?,
+        ))
+    }
+
     /// From the three preprocessed views of one image.
     pub fn from_views(clip: &Preprocessed, dino: &Preprocessed, sam: &Preprocessed) -> Self {
         Self {

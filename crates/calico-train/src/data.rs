@@ -1,0 +1,324 @@
+//! samples.jsonl → training examples: the images in the model's three views,
+//! the tokenised conversation with labels on the answer only, and one
+//! ground-truth mask per `[SEG]` at the mask decoder's resolution.
+//!
+//! * **Prompt.** The question gets the multi-image prefix
+//!   (`calico_text::templates::multi_image_prefix`) and the model's prompt
+//!   format (Vicuna v1); labels are `IGNORE_INDEX` up to the answer.
+//! * **Mask targets.** SAM's low-resolution logits cover the padded SAM view
+//!   (`4 × grid` pixels a side). Each target pixel takes the ground-truth
+//!   value at the centre of its cell mapped back to the original image
+//!   (0 in the padding), so targets and logits line up exactly as SAM's
+//!   post-processing maps one onto the other.
+//! * **Image swap** (the reference's augmentation): with probability ½ the
+//!   images are reversed, the answer's `(IMAGEk)` tags renumbered and every
+//!   mask's image index remapped; the `[SEG]` order, and so the mask order,
+//!   is unchanged.
+//! * **Caches.** Views of each image file and decoded targets are kept in
+//!   memory (the `tiny`/`small` views are a few hundred KiB per image), so
+//!   epochs after the first read nothing from disk.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use calico_data::samples::{read_samples, Sample};
+use calico_model::calico::ImageInput;
+use calico_model::config::CalicoConfig;
+use calico_model::preprocess::{load_rgb, View};
+use calico_model::prompt::{build, PromptFormat, PromptLayout, SpecialIds, TextEncoder};
+use candle_core::{Device, Tensor};
+
+use crate::TrainError;
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+/// One training example, ready for [`calico_model::calico::Calico::forward`].
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub id: String,
+    pub task: String,
+    pub layout: PromptLayout,
+    pub images: Vec<ImageInput>,
+    /// Per `[SEG]` in order: `(lh, lw)` 0/1 f32 target.
+    pub targets: Vec<Tensor>,
+}
+
+/// The samples of one file and everything needed to turn them into
+/// [`Example`]s.
+pub struct Dataset {
+    pub samples: Vec<Sample>,
+    base: PathBuf,
+    path: PathBuf,
+    cfg: CalicoConfig,
+    images: Mutex<HashMap<PathBuf, Arc<ImageInput>>>,
+}
+
+/// Reads a samples file (`calico data build`'s format); errors name the
+/// file and line. An empty file is an error.
+pub fn open(path: &Path, cfg: &CalicoConfig) -> Result<Dataset> {
+    let samples = read_samples(path).map_err(|e| TrainError::Data(e.to_string()))?;
+    if samples.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{}: no samples (expected one JSON sample per line, see docs/formats.md)",
+            path.display()
+        )));
+    }
+    for s in &samples {
+        if s.images.is_empty() {
+            return Err(TrainError::Data(format!(
+                "{}: sample {} has no images",
+                path.display(),
+                s.id
+            )));
+        }
+    }
+    Ok(Dataset {
+        samples,
+        base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        path: path.to_path_buf(),
+        cfg: cfg.clone(),
+        images: Mutex::new(HashMap::new()),
+    })
+}
+
+/// The texts a word-level tokenizer for these samples must cover: the
+/// system prompt, every question with its prefix and every answer, cut at
+/// Calico's special tokens (they are added tokens, and the prompt builder
+/// encodes the text between them piece by piece).
+pub fn corpus(samples: &[Sample], format: &PromptFormat) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut push = |t: &str| {
+        let mut pieces = vec![t.to_string()];
+        for s in calico_text::tokens::ALL_SPECIAL {
+            pieces = pieces
+                .iter()
+                .flat_map(|p| p.split(s).map(str::to_string).collect::<Vec<_>>())
+                .collect();
+        }
+        out.extend(pieces.into_iter().filter(|p| !p.is_empty()));
+    };
+    push(&format!("{} USER: ASSISTANT:", format.system));
+    let mut counts = std::collections::BTreeSet::new();
+    for s in samples {
+        counts.insert(s.images.len());
+        push(&format!(
+            "{} USER: {}{} ASSISTANT: {}",
+            format.system,
+            calico_text::templates::multi_image_prefix(s.images.len()),
+            s.question,
+            s.answer
+        ));
+    }
+    out
+}
+
+/// Renumbers `(IMAGEk)` tags of `answer` for reversed images (k → n + 1 − k).
+pub fn reverse_image_tags(answer: &str, n: usize) -> String {
+    let prefix = calico_text::tokens::IMAGE_TAG_PREFIX;
+    let mut out = String::with_capacity(answer.len());
+    let mut rest = answer;
+    while let Some(at) = rest.find(prefix) {
+        out.push_str(&rest[..at + prefix.len()]);
+        rest = &rest[at + prefix.len()..];
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        match digits.parse::<usize>() {
+            Ok(k) if (1..=n).contains(&k) && rest[digits.len()..].starts_with(')') => {
+                out.push_str(&(n + 1 - k).to_string());
+                rest = &rest[digits.len()..];
+            }
+            _ => {}
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Dataset {
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn image(&self, file: &str) -> Result<Arc<ImageInput>> {
+        let path = if Path::new(file).is_absolute() {
+            PathBuf::from(file)
+        } else {
+            self.base.join(file)
+        };
+        if let Some(i) = self.images.lock().ok().and_then(|m| m.get(&path).cloned()) {
+            return Ok(i);
+        }
+        let rgb = load_rgb(&path).map_err(|e| TrainError::Data(e.to_string()))?;
+        let input = Arc::new(
+            ImageInput::from_image(&self.cfg, &rgb)
+                .map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?,
+        );
+        if let Ok(mut m) = self.images.lock() {
+            m.insert(path, input.clone());
+        }
+        Ok(input)
+    }
+
+    /// The low-resolution mask side and the SAM view's side.
+    fn mask_geometry(&self) -> Result<((usize, usize), usize)> {
+        let [gh, gw] = self.cfg.sam_prompt_encoder.image_embedding_size;
+        let target = match &self.cfg.views.sam {
+            View::Sam(v) => v.target,
+            _ => {
+                return Err(TrainError::Data(
+                    "views.sam must be a SAM view (ResizeLongestSide + pad)".into(),
+                ))
+            }
+        };
+        Ok(((4 * gh, 4 * gw), target))
+    }
+
+    /// Example `index`, with its images reversed when `swap`.
+    pub fn example(
+        &self,
+        index: usize,
+        swap: bool,
+        tok: &dyn TextEncoder,
+        special: &SpecialIds,
+        format: &PromptFormat,
+    ) -> Result<Example> {
+        let s = &self.samples[index];
+        let n = s.images.len();
+        let at = |what: String| TrainError::Data(format!("{}: sample {}: {what}", self.path.display(), s.id));
+        let mut images = Vec::with_capacity(n);
+        for img in &s.images {
+            images.push((*self.image(&img.file)?).clone());
+        }
+        let mut answer = s.answer.clone();
+        let remap = |k: usize| if swap { n - 1 - k } else { k };
+        if swap {
+            images.reverse();
+            answer = reverse_image_tags(&answer, n);
+        }
+        let question = calico_text::templates::multi_image_prefix(n) + &s.question;
+        let layout = build(
+            &question,
+            Some(&answer),
+            n,
+            tok,
+            special,
+            format,
+            self.cfg.llm.max_position_embeddings,
+        )
+        .map_err(|e| at(e.to_string()))?;
+        let segs = layout
+            .input_ids
+            .iter()
+            .filter(|&&t| t == special.seg)
+            .count();
+        if segs != s.masks.len() {
+            return Err(at(format!(
+                "the answer has {segs} [SEG] but the sample has {} masks",
+                s.masks.len()
+            )));
+        }
+        let ((lh, lw), target) = self.mask_geometry()?;
+        let mut targets = Vec::with_capacity(s.masks.len());
+        for (k, m) in s.masks.iter().enumerate() {
+            if m.image >= n {
+                return Err(at(format!("mask {k} is on image {} of {n}", m.image)));
+            }
+            let image = &images[remap(m.image)];
+            let decoded = m
+                .rle
+                .to_rle()
+                .and_then(|r| r.decode())
+                .map_err(|e| at(format!("mask {k}: {e}")))?;
+            let (oh, ow) = image.original;
+            if (decoded.height() as usize, decoded.width() as usize) != (oh, ow) {
+                return Err(at(format!(
+                    "mask {k} is {}x{} but its image is {oh}x{ow}",
+                    decoded.height(),
+                    decoded.width()
+                )));
+            }
+            targets.push(low_res_target(
+                &decoded,
+                image.sam_resized,
+                target,
+                (lh, lw),
+            )?);
+        }
+        Ok(Example {
+            id: s.id.clone(),
+            task: s.task.clone(),
+            layout,
+            images,
+            targets,
+        })
+    }
+}
+
+/// The `(lh, lw)` target of a mask for SAM's low-resolution logits (see the
+/// module docs).
+pub fn low_res_target(
+    mask: &calico_masks::Mask,
+    resized: (usize, usize),
+    view: usize,
+    (lh, lw): (usize, usize),
+) -> Result<Tensor> {
+    let (oh, ow) = (mask.height() as usize, mask.width() as usize);
+    let mut v = vec![0f32; lh * lw];
+    for y in 0..lh {
+        let vy = (y as f64 + 0.5) * view as f64 / lh as f64;
+        if vy >= resized.0 as f64 {
+            continue;
+        }
+        let oy = ((vy * oh as f64 / resized.0 as f64) as usize).min(oh - 1);
+        for x in 0..lw {
+            let vx = (x as f64 + 0.5) * view as f64 / lw as f64;
+            if vx >= resized.1 as f64 {
+                continue;
+            }
+            let ox = ((vx * ow as f64 / resized.1 as f64) as usize).min(ow - 1);
+            if mask.get(oy as u32, ox as u32) {
+                v[y * lw + x] = 1.0;
+            }
+        }
+    }
+    Ok(Tensor::from_vec(v, (lh, lw), &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags_reverse() {
+        let a = "The images show <p> a chair </p> [SEG] (IMAGE1) and <p> a stool </p> [SEG] (IMAGE2).";
+        let r = reverse_image_tags(a, 2);
+        assert_eq!(
+            r,
+            "The images show <p> a chair </p> [SEG] (IMAGE2) and <p> a stool </p> [SEG] (IMAGE1)."
+        );
+        assert_eq!(reverse_image_tags(&r, 2), a);
+        assert_eq!(reverse_image_tags("(IMAGE1) (IMAGE3)", 3), "(IMAGE3) (IMAGE1)");
+        assert_eq!(reverse_image_tags("(IMAGE9) (IMAGEx", 2), "(IMAGE9) (IMAGEx");
+    }
+
+    #[test]
+    fn targets_follow_the_sam_view() {
+        // A 4x8 mask whose right half is set, in a view of side 8 where the
+        // image is resized to 4x8 (bottom half padding).
+        let m = calico_masks::Mask::from_fn(4, 8, |_, x| x >= 4);
+        let t = low_res_target(&m, (4, 8), 8, (4, 4)).unwrap();
+        let v: Vec<Vec<f32>> = t.to_vec2().unwrap();
+        assert_eq!(v[0], [0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(v[1], [0.0, 0.0, 1.0, 1.0]);
+        assert_eq!(v[2], [0.0; 4], "padding rows are background");
+        assert_eq!(v[3], [0.0; 4]);
+    }
+}
