@@ -2,9 +2,12 @@
 //! text + focal + Dice objective, AdamW with warm-up/decay and gradient
 //! clipping, atomic resumable checkpoints, metrics and the training loop.
 
+pub mod checkpoint;
 pub mod data;
 pub mod model;
 pub mod objective;
+pub mod optim;
+pub mod schedule;
 
 /// A training error; the message names the file, sample, step or tensor.
 #[derive(Debug, thiserror::Error)]
