@@ -4,9 +4,11 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod metrics;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod plot;
 pub mod schedule;
 
 /// A training error; the message names the file, sample, step or tensor.
