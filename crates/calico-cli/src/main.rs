@@ -33,6 +33,8 @@ enum Command {
     /// Model configurations: parameters, image tokens and FLOPs per preset.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
+    /// Train Calico on a samples file (the paper's recipe; `tiny` from scratch), resumable.
+    Train(commands::train::TrainArgs),
 }
 
 fn main() {
@@ -43,6 +45,7 @@ fn main() {
         Command::Data(c) => commands::data::run(c),
         Command::Eval(a) => commands::eval::run(a),
         Command::Model(c) => commands::model::run(c),
+        Command::Train(a) => commands::train::run(a),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

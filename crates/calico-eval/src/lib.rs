@@ -43,3 +43,15 @@ pub trait Similarity: Sync {
     /// The similarity of `a` and `b`.
     fn similarity(&self, a: &str, b: &str) -> f64;
 }
+
+/// Exact-match similarity: 1 for equal labels after lower-casing and
+/// dropping a leading article, else 0 (the documented fallback for machines
+/// without the sentence model; not the paper's metric).
+pub struct ExactMatch;
+
+impl Similarity for ExactMatch {
+    fn similarity(&self, a: &str, b: &str) -> f64 {
+        let norm = |s: &str| calico_text::english::strip_article(s.trim()).to_lowercase();
+        (norm(a) == norm(b)) as u8 as f64
+    }
+}

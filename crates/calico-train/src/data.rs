@@ -167,6 +167,15 @@ impl Dataset {
         Ok(input)
     }
 
+    /// The images of sample `index` in the model's views, in order.
+    pub fn images_of(&self, index: usize) -> Result<Vec<ImageInput>> {
+        self.samples[index]
+            .images
+            .iter()
+            .map(|i| self.image(&i.file).map(|a| (*a).clone()))
+            .collect()
+    }
+
     /// The low-resolution mask side and the SAM view's side.
     fn mask_geometry(&self) -> Result<((usize, usize), usize)> {
         let [gh, gw] = self.cfg.sam_prompt_encoder.image_embedding_size;
@@ -192,11 +201,10 @@ impl Dataset {
     ) -> Result<Example> {
         let s = &self.samples[index];
         let n = s.images.len();
-        let at = |what: String| TrainError::Data(format!("{}: sample {}: {what}", self.path.display(), s.id));
-        let mut images = Vec::with_capacity(n);
-        for img in &s.images {
-            images.push((*self.image(&img.file)?).clone());
-        }
+        let at = |what: String| {
+            TrainError::Data(format!("{}: sample {}: {what}", self.path.display(), s.id))
+        };
+        let mut images = self.images_of(index)?;
         let mut answer = s.answer.clone();
         let remap = |k: usize| if swap { n - 1 - k } else { k };
         if swap {
@@ -298,15 +306,22 @@ mod tests {
 
     #[test]
     fn image_tags_reverse() {
-        let a = "The images show <p> a chair </p> [SEG] (IMAGE1) and <p> a stool </p> [SEG] (IMAGE2).";
+        let a =
+            "The images show <p> a chair </p> [SEG] (IMAGE1) and <p> a stool </p> [SEG] (IMAGE2).";
         let r = reverse_image_tags(a, 2);
         assert_eq!(
             r,
             "The images show <p> a chair </p> [SEG] (IMAGE2) and <p> a stool </p> [SEG] (IMAGE1)."
         );
         assert_eq!(reverse_image_tags(&r, 2), a);
-        assert_eq!(reverse_image_tags("(IMAGE1) (IMAGE3)", 3), "(IMAGE3) (IMAGE1)");
-        assert_eq!(reverse_image_tags("(IMAGE9) (IMAGEx", 2), "(IMAGE9) (IMAGEx");
+        assert_eq!(
+            reverse_image_tags("(IMAGE1) (IMAGE3)", 3),
+            "(IMAGE3) (IMAGE1)"
+        );
+        assert_eq!(
+            reverse_image_tags("(IMAGE9) (IMAGEx", 2),
+            "(IMAGE9) (IMAGEx"
+        );
     }
 
     #[test]

@@ -3,13 +3,16 @@
 //! clipping, atomic resumable checkpoints, metrics and the training loop.
 
 pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod model;
 pub mod objective;
 pub mod optim;
 pub mod plot;
+pub mod predict;
 pub mod schedule;
+pub mod trainer;
 
 /// A training error; the message names the file, sample, step or tensor.
 #[derive(Debug, thiserror::Error)]
@@ -25,4 +28,8 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Config(String),
+    #[error("training stopped at step {step}: the {what} is {value}; the last checkpoint is kept")]
+    NonFinite { step: u64, what: String, value: f64 },
+    #[error("{0}")]
+    Checkpoint(#[from] checkpoint::CheckpointError),
 }

@@ -6,7 +6,7 @@ use calico_data::samples::read_samples;
 use calico_eval::embed::{EmbeddingCache, SentenceEmbedder};
 use calico_eval::evaluate::{prepare, score, EvalOptions, Report};
 use calico_eval::predictions::read_predictions;
-use calico_eval::Similarity;
+use calico_eval::ExactMatch;
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 
@@ -43,16 +43,6 @@ pub struct EvalArgs {
     /// Skip and list predictions that do not fit the ground truth instead of failing.
     #[arg(long)]
     lenient: bool,
-}
-
-/// Exact-match similarity (documented fallback).
-struct ExactMatch;
-
-impl Similarity for ExactMatch {
-    fn similarity(&self, a: &str, b: &str) -> f64 {
-        let norm = |s: &str| calico_text::english::strip_article(s.trim()).to_lowercase();
-        (norm(a) == norm(b)) as u8 as f64
-    }
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {

@@ -5,3 +5,4 @@ pub mod data;
 pub mod eval;
 pub mod masks;
 pub mod model;
+pub mod train;

@@ -27,7 +27,10 @@ pub struct ImageInput {
 
 impl ImageInput {
     /// An 8-bit RGB image in the three views `cfg.views` describes.
-    pub fn from_image(cfg: &crate::config::CalicoConfig, img: &crate::preprocess::RgbImage) -> Result<Self> {
+    pub fn from_image(
+        cfg: &crate::config::CalicoConfig,
+        img: &crate::preprocess::RgbImage,
+    ) -> Result<Self> {
         Ok(Self::from_views(
             &cfg.views.clip.apply(img)?,
             &cfg.views.dino.apply(img)?,

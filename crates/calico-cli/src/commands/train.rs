@@ -1,0 +1,235 @@
+//! `calico train`: fine-tune (or, for `tiny`, train from scratch) on a
+//! samples file, with checkpoints, validation and `--resume`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use calico_eval::embed::{EmbeddingCache, SentenceEmbedder};
+use calico_eval::evaluate::TaskTable;
+use calico_eval::{ExactMatch, Similarity};
+use calico_model::config::{Ablation, CalicoConfig};
+use calico_train::config::TrainConfig;
+use calico_train::trainer::{train, Observer, Progress, RunSpec};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::exit::bad_input;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model preset: tiny, small or paper (ignored with --resume: the run's own config is used).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// A model config JSON file instead of a preset.
+    #[arg(long, conflicts_with = "preset")]
+    model_config: Option<PathBuf>,
+    /// Training samples (calico data build's train.jsonl).
+    #[arg(long)]
+    data: PathBuf,
+    /// Validation samples, scored with the evaluator during training.
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// Run directory (checkpoints, metrics.jsonl, curve.svg, model/).
+    #[arg(long)]
+    out: PathBuf,
+    /// Training settings JSON (fields left out take the preset's defaults).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Start from a weights directory (calico model init) instead of random weights.
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Turn modules off (Table 2): no-cem, no-cam, no-cem-no-cam, no-qformer, no-dino.
+    #[arg(long, value_parser = ["no-cem", "no-cam", "no-cem-no-cam", "no-qformer", "no-dino"])]
+    ablation: Option<String>,
+    /// Override the seed of the training config.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop after this many steps of this invocation (a checkpoint is written; --resume continues).
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Text similarity for validation: minilm (the paper's metric; needs
+    /// the model from tools/reference/fetch_models.sh) or exact.
+    #[arg(long, default_value = "minilm", value_parser = ["minilm", "exact"])]
+    similarity: String,
+}
+
+fn apply_ablation(a: &mut Ablation, name: &str) {
+    match name {
+        "no-cem" => a.use_cem = false,
+        "no-cam" => a.use_cam = false,
+        "no-cem-no-cam" => {
+            a.use_cem = false;
+            a.use_cam = false;
+        }
+        "no-qformer" => a.use_qformer = false,
+        "no-dino" => a.use_dino = false,
+        _ => {}
+    }
+}
+
+/// Similarity by embedding on demand (labels are short; the cache fills
+/// as validation meets new phrases).
+struct MiniLm {
+    model: SentenceEmbedder,
+    cache: std::sync::Mutex<EmbeddingCache>,
+}
+
+impl Similarity for MiniLm {
+    fn similarity(&self, a: &str, b: &str) -> f64 {
+        let Ok(mut c) = self.cache.lock() else {
+            return 0.0;
+        };
+        let missing: Vec<&str> = [a, b].into_iter().filter(|t| !c.contains(t)).collect();
+        if !missing.is_empty() && c.embed_all(&self.model, &missing).is_err() {
+            return 0.0;
+        }
+        c.try_similarity(a, b).unwrap_or(0.0)
+    }
+}
+
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Observer for Bar {
+    fn step(&mut self, p: &Progress) {
+        let r = &p.record;
+        self.bar.set_length(p.total);
+        self.bar.set_position(p.step);
+        self.bar.set_message(format!(
+            "loss {:.3} (text {:.3} focal {:.4} dice {:.3}) lr {:.1e} {:.2} steps/s eta {:.0}s",
+            r.loss, r.text, r.focal, r.dice, r.lr, r.steps_per_s, p.eta_s
+        ));
+    }
+
+    fn validation(&mut self, step: u64, t: &TaskTable) {
+        let a = &t.average;
+        self.bar.println(format!(
+            "step {step}: validation average mIoU {:.1} Recall {:.1} SS {:.1} S-IoU {:.1} AP50 {}",
+            a.miou,
+            a.recall,
+            a.ss,
+            a.s_iou,
+            a.ap50
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+
+    fn message(&mut self, text: &str) {
+        self.bar.println(text);
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let mut model = match &a.model_config {
+        Some(p) => CalicoConfig::from_json_file(p),
+        None => CalicoConfig::preset(&a.preset),
+    }
+    .map_err(|e| bad_input(e.to_string()))?;
+    if let Some(ab) = &a.ablation {
+        apply_ablation(&mut model.ablation, ab);
+    }
+    let mut config = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
+            // Fields left out take the preset's defaults.
+            let mut base = serde_json::to_value(TrainConfig::for_preset(&model.name))?;
+            let over: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
+            merge(&mut base, over);
+            serde_json::from_value(base).map_err(|e| bad_input(format!("{}: {e}", p.display())))?
+        }
+        None => TrainConfig::for_preset(&model.name),
+    };
+    if let Some(s) = a.seed {
+        config.seed = s;
+    }
+    config
+        .validate()
+        .map_err(|e| bad_input(format!("training config: {e}")))?;
+    for p in std::iter::once(&a.data).chain(a.val.iter()) {
+        if !p.is_file() {
+            return Err(bad_input(format!("{}: no such samples file", p.display())));
+        }
+    }
+    let sim: Box<dyn Similarity> = match a.similarity.as_str() {
+        "exact" => Box::new(ExactMatch),
+        _ if a.val.is_none() => Box::new(ExactMatch),
+        _ => {
+            let dir = calico_eval::embed::default_dir();
+            let m = SentenceEmbedder::load(&dir, &candle_core::Device::Cpu).map_err(|e| {
+                bad_input(format!(
+                    "loading the sentence embedder from {} for validation: {e} \
+                     (run `bash tools/reference/fetch_models.sh` or pass --similarity exact)",
+                    dir.display()
+                ))
+            })?;
+            Box::new(MiniLm {
+                model: m,
+                cache: std::sync::Mutex::new(EmbeddingCache::new()),
+            })
+        }
+    };
+    let spec = RunSpec {
+        run_dir: a.out.clone(),
+        train: a.data.clone(),
+        val: a.val.clone(),
+        model,
+        weights: a.weights.clone(),
+        config,
+        resume: a.resume,
+        stop_after: a.stop_after,
+    };
+    let bar = ProgressBar::new(spec.config.total_steps());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix("train");
+    let mut obs = Bar { bar };
+    let summary = train(&spec, sim.as_ref(), &mut obs).map_err(|e| match e {
+        calico_train::TrainError::Data(_) | calico_train::TrainError::Config(_) => {
+            bad_input(e.to_string())
+        }
+        other => anyhow::Error::new(other),
+    })?;
+    obs.bar.finish();
+    if let Some(r) = &summary.last {
+        println!(
+            "trained to step {} in {:.0} s; last loss {:.4} (text {:.4}, focal {:.4}, dice {:.4})",
+            summary.steps, summary.elapsed_s, r.loss, r.text, r.focal, r.dice
+        );
+    }
+    if let Some(dir) = &summary.model_dir {
+        println!(
+            "weights: {} (use with --weights); metrics: {}; curve: {}",
+            dir.display(),
+            a.out.join("metrics.jsonl").display(),
+            a.out.join("curve.svg").display()
+        );
+    }
+    Ok(())
+}
+
+/// Overlays `over`'s fields onto `base` (objects merge, anything else replaces).
+fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}

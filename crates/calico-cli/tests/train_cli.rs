@@ -1,0 +1,149 @@
+//! `calico train`: a run killed with SIGKILL and resumed gives the losses
+//! of an uninterrupted run; bad inputs are refused before anything is
+//! written.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{build, calico, stderr, synth, tmp};
+
+/// Six steps of two micro-batches of two samples, a checkpoint every step.
+const CONFIG: &str = r#"{"epochs": 1, "steps_per_epoch": 6, "batch_size": 2,
+  "grad_accumulation": 2, "warmup_steps": 2, "checkpoint_every": 1, "keep_last": 2,
+  "validate_every": 0}"#;
+
+fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| {
+            let f = |k: &str| v[k].as_f64().unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                f("loss"),
+                f("text"),
+                f("focal"),
+                f("dice"),
+            )
+        })
+        .collect()
+}
+
+fn train_args<'a>(data: &'a str, cfg: &'a str, out: &'a str) -> Vec<&'a str> {
+    vec![
+        "train", "--preset", "tiny", "--data", data, "--config", cfg, "--out", out,
+    ]
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_losses() {
+    let d = tmp("train-resume");
+    let s = synth(&d, 12);
+    let mp = d.join("mp");
+    let o = build(&s, &mp, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let data = mp.join("train.jsonl");
+    let cfg = d.join("train.json");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+
+    // Uninterrupted.
+    let a = d.join("a");
+    let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = losses(&a);
+    assert_eq!(want.len(), 6);
+    assert!(a.join("model/calico.json").is_file() && a.join("curve.svg").is_file());
+
+    // Killed with SIGKILL once a few steps are checkpointed, then resumed.
+    let b = d.join("b");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calico"))
+        .args(train_args(data, cfg, b.to_str().unwrap()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let latest = std::fs::read_to_string(b.join("checkpoints/latest")).unwrap_or_default();
+        if latest.trim() >= "step-00000003" || t.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(killed, "the run finished before it could be killed");
+    let mut args = train_args(data, cfg, b.to_str().unwrap());
+    args.push("--resume");
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = losses(&b);
+    assert_eq!(got.len(), want.len(), "{got:?}");
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0);
+        for (x, y) in [(g.1, w.1), (g.2, w.2), (g.3, w.3), (g.4, w.4)] {
+            assert!((x - y).abs() <= 1e-6, "step {}: {x} vs {y}", g.0);
+        }
+    }
+    // A finished run refuses a fresh start in the same directory.
+    let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_training_inputs_are_refused() {
+    let d = tmp("train-bad");
+    let out = d.join("run");
+    let o = calico(&[
+        "train",
+        "--data",
+        "/no/such.jsonl",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("/no/such.jsonl"));
+    let cfg = d.join("bad.json");
+    std::fs::write(&cfg, r#"{"epochs": 0}"#).unwrap();
+    let data = d.join("empty.jsonl");
+    std::fs::write(&data, "").unwrap();
+    let o = calico(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("epochs"), "{}", stderr(&o));
+    let o = calico(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("no samples"), "{}", stderr(&o));
+    let o = calico(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--resume",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -1,0 +1,171 @@
+//! The training configuration (`calico train --config FILE`): every field
+//! has a default, the paper's recipe (appendix C.1) unless a preset needs
+//! otherwise ([`TrainConfig::for_preset`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::TrainableSet;
+use crate::objective::LossConfig;
+use crate::optim::AdamWConfig;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Which tensors are trained.
+    pub trainable: TrainableSet,
+    /// λ_text, λ_focal, λ_Dice and the focal settings.
+    pub loss: LossConfig,
+    /// AdamW: lr 4e-4, betas (0.9, 0.95), weight decay 0.
+    pub optimizer: AdamWConfig,
+    /// Linear warm-up steps, then linear decay to 0 at the last step.
+    pub warmup_steps: u64,
+    /// Epochs × steps per epoch = optimizer steps (the paper: 10 × 500).
+    pub epochs: u64,
+    pub steps_per_epoch: u64,
+    /// Samples per micro-batch, and micro-batches per optimizer step.
+    pub batch_size: usize,
+    pub grad_accumulation: usize,
+    /// Global gradient-norm clip.
+    pub max_grad_norm: f64,
+    /// Seed of the initial weights (when not loaded), the data order, the
+    /// image swaps and LoRA dropout.
+    pub seed: u64,
+    /// Reverse a sample's images with probability ½ (the reference's
+    /// augmentation).
+    pub image_swap: bool,
+    /// Save a checkpoint every this many optimizer steps (and at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept.
+    pub keep_last: usize,
+    /// Validate every this many steps (0: only at the end); needs `--val`.
+    pub validate_every: u64,
+    /// Validation samples (spread evenly over the validation file).
+    pub val_samples: usize,
+    /// Longest generated answer during validation.
+    pub max_new_tokens: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            trainable: TrainableSet::Paper,
+            loss: LossConfig::default(),
+            optimizer: AdamWConfig::default(),
+            warmup_steps: 100,
+            epochs: 10,
+            steps_per_epoch: 500,
+            batch_size: 4,
+            grad_accumulation: 4,
+            max_grad_norm: 1.0,
+            seed: 0,
+            image_swap: true,
+            checkpoint_every: 500,
+            keep_last: 3,
+            validate_every: 500,
+            val_samples: 100,
+            max_new_tokens: 320,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// The defaults for a preset. `paper` and `small` use the paper's recipe.
+    /// `tiny` has no pretrained encoders or LLM, so it trains everything
+    /// from scratch, with a larger learning rate, a short warm-up, plain
+    /// sigmoid cross-entropy for the masks and a schedule that fits about
+    /// 15 minutes on two CPU cores (docs/training.md).
+    pub fn for_preset(preset: &str) -> Self {
+        match preset {
+            "tiny" => Self {
+                trainable: TrainableSet::All,
+                loss: LossConfig {
+                    focal_gamma: 0.0,
+                    focal_alpha: None,
+                    ..LossConfig::default()
+                },
+                optimizer: AdamWConfig {
+                    lr: 3e-3,
+                    ..AdamWConfig::default()
+                },
+                warmup_steps: 30,
+                epochs: 4,
+                steps_per_epoch: 150,
+                batch_size: 8,
+                grad_accumulation: 1,
+                checkpoint_every: 100,
+                validate_every: 300,
+                val_samples: 60,
+                ..Self::default()
+            },
+            _ => Self::default(),
+        }
+    }
+
+    /// Optimizer steps of the whole run.
+    pub fn total_steps(&self) -> u64 {
+        self.epochs * self.steps_per_epoch
+    }
+
+    /// Checks the values make a run.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut bad = Vec::new();
+        if self.total_steps() == 0 {
+            bad.push("epochs × steps_per_epoch must be at least 1".to_string());
+        }
+        if self.batch_size == 0 || self.grad_accumulation == 0 {
+            bad.push("batch_size and grad_accumulation must be at least 1".into());
+        }
+        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
+            bad.push(format!(
+                "optimizer.lr must be positive, got {}",
+                self.optimizer.lr
+            ));
+        }
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
+            bad.push(format!(
+                "max_grad_norm must be positive, got {}",
+                self.max_grad_norm
+            ));
+        }
+        if self.checkpoint_every == 0 {
+            bad.push("checkpoint_every must be at least 1".into());
+        }
+        if self.keep_last == 0 {
+            bad.push("keep_last must be at least 1".into());
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_papers_recipe() {
+        let c = TrainConfig::default();
+        assert_eq!((c.loss.text, c.loss.focal, c.loss.dice), (1.0, 2.0, 0.5));
+        assert_eq!(c.optimizer.lr, 4e-4);
+        assert_eq!((c.optimizer.beta1, c.optimizer.beta2), (0.9, 0.95));
+        assert_eq!(
+            (c.warmup_steps, c.epochs, c.steps_per_epoch),
+            (100, 10, 500)
+        );
+        assert_eq!((c.batch_size, c.grad_accumulation), (4, 4));
+        assert_eq!(c.max_grad_norm, 1.0);
+        assert!(c.validate().is_ok());
+        assert!(TrainConfig::for_preset("tiny").validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_rejected() {
+        assert!(serde_json::from_str::<TrainConfig>(r#"{"epoch": 3}"#).is_err());
+        let c: TrainConfig = serde_json::from_str(r#"{"epochs": 0, "keep_last": 0}"#).unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.contains("epochs") && e.contains("keep_last"), "{e}");
+    }
+}

@@ -1,0 +1,624 @@
+//! The training loop: deterministic data order, gradient accumulation,
+//! clipping, AdamW with warm-up/decay, validation with the evaluator,
+//! atomic checkpoints and bit-for-bit resumption.
+//!
+//! # Determinism
+//! Everything random is a function of the seed and a position, never of
+//! how the run got there:
+//! * sample `k` of the stream is entry `k mod n` of epoch `⌊k/n⌋`'s
+//!   permutation (ChaCha8 seeded by `(seed, epoch)`), and whether its
+//!   images are swapped is drawn from `(seed, k)`;
+//! * LoRA dropout in micro-batch `m` of step `s` draws from `(seed, s, m)`.
+//!
+//! So a checkpoint needs only the variables, the optimizer moments and the
+//! step, and `--resume` continues with the losses an uninterrupted run
+//! would have had.
+//!
+//! # Run directory
+//! ```text
+//! RUN/train_config.json  RUN/calico.json  RUN/tokenizer.json   the run's settings (read back by --resume)
+//! RUN/frozen.safetensors                   frozen tensors made at random (presets without weights)
+//! RUN/metrics.jsonl  RUN/curve.svg         per-step losses, validation scores, the plot
+//! RUN/checkpoints/step-00000100/…          trainable tensors, optimizer moments, state.json
+//! RUN/val_predictions.jsonl                the last validation's predictions
+//! RUN/model/                               the final weights directory (`--weights RUN/model`)
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use calico_eval::evaluate::{prepare, score, EvalOptions, TaskTable};
+use calico_eval::Similarity;
+use calico_model::calico::weights::{load_dir, save_dir, write_atomic, MissingFrozen};
+use calico_model::calico::Calico;
+use calico_model::config::CalicoConfig;
+use calico_model::prompt::PromptFormat;
+use calico_model::tokenizer::CalicoTokenizer;
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+use crate::config::TrainConfig;
+use crate::data::{self, Dataset, Example};
+use crate::metrics::{MetricsLog, Record, TrainRecord, ValRecord};
+use crate::model::{build_over, build_random, into_vars, TrainableSet};
+use crate::objective::batch_loss;
+use crate::optim::{clip_grad_norm, AdamW, GradAccumulator};
+use crate::predict::{greedy, predict_sample};
+use crate::schedule::LrSchedule;
+use crate::{plot, TrainError};
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+pub const TRAIN_CONFIG_FILE: &str = "train_config.json";
+pub const MODEL_CONFIG_FILE: &str = "calico.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const FROZEN_FILE: &str = "frozen.safetensors";
+pub const VAL_PREDICTIONS_FILE: &str = "val_predictions.jsonl";
+pub const MODEL_DIR: &str = "model";
+
+/// What to train on and where to write.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub run_dir: PathBuf,
+    pub train: PathBuf,
+    pub val: Option<PathBuf>,
+    /// The model config (preset, with ablations applied).
+    pub model: CalicoConfig,
+    /// A weights directory to start from (`calico model init`); `None`
+    /// starts from seeded random weights with a word-level tokenizer built
+    /// from the training answers.
+    pub weights: Option<PathBuf>,
+    pub config: TrainConfig,
+    /// Continue the run in `run_dir` from its latest checkpoint.
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this many optimizer steps of this
+    /// invocation, e.g. to test resumption.
+    pub stop_after: Option<u64>,
+}
+
+/// One optimizer step's numbers.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub step: u64,
+    pub total: u64,
+    pub record: TrainRecord,
+    pub eta_s: f64,
+}
+
+/// Receives the run's events (the CLI draws a progress bar).
+pub trait Observer {
+    fn step(&mut self, _p: &Progress) {}
+    fn validation(&mut self, _step: u64, _table: &TaskTable) {}
+    fn message(&mut self, _text: &str) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub steps: u64,
+    pub elapsed_s: f64,
+    pub last: Option<TrainRecord>,
+    pub validation: Option<TaskTable>,
+    pub model_dir: Option<PathBuf>,
+}
+
+fn io(path: &Path, error: std::io::Error) -> TrainError {
+    TrainError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+    write_atomic(path, text.as_bytes()).map_err(|e| io(path, e))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
+fn mix(parts: &[u64]) -> u64 {
+    // SplitMix64 over the parts.
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for &p in parts {
+        h ^= p.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
+    }
+    h
+}
+
+/// The deterministic sample stream (see the module docs).
+struct Order {
+    seed: u64,
+    n: usize,
+    perms: HashMap<u64, Vec<usize>>,
+}
+
+impl Order {
+    fn new(seed: u64, n: usize) -> Self {
+        Self {
+            seed,
+            n,
+            perms: HashMap::new(),
+        }
+    }
+
+    /// `(sample index, swap)` of stream position `k`.
+    fn at(&mut self, k: u64) -> (usize, bool) {
+        let epoch = k / self.n as u64;
+        let (seed, n) = (self.seed, self.n);
+        let perm = self.perms.entry(epoch).or_insert_with(|| {
+            let mut p: Vec<usize> = (0..n).collect();
+            p.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 1, epoch])));
+            p
+        });
+        let index = perm[(k % n as u64) as usize];
+        let swap = ChaCha8Rng::seed_from_u64(mix(&[seed, 2, k])).random::<bool>();
+        if self.perms.len() > 2 {
+            self.perms.retain(|&e, _| e + 1 >= epoch);
+        }
+        (index, swap)
+    }
+}
+
+/// The model, its variables and tokenizer for a run.
+struct Setup {
+    model: Calico,
+    vars: VarMap,
+    frozen: HashMap<String, Tensor>,
+    tok: CalicoTokenizer,
+}
+
+fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -> Result<Setup> {
+    let tc = &spec.config;
+    let format = PromptFormat::vicuna_v1(cfg.image_tokens());
+    if let Some(w) = &spec.weights {
+        if tc.trainable == TrainableSet::All {
+            return Err(TrainError::Config(
+                "trainable = \"all\" trains from seeded random weights; it cannot start from --weights".into(),
+            ));
+        }
+        let l = load_dir(w, MissingFrozen::Random { seed: tc.seed }, device)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        return Ok(Setup {
+            model: l.model,
+            vars: l.trainable,
+            frozen: HashMap::new(),
+            tok: l.tokenizer,
+        });
+    }
+    let mut tok = CalicoTokenizer::word_level(&data::corpus(&train.samples, &format))?;
+    let special = tok.add_calico_tokens(None)?;
+    if tok.vocab_size() > cfg.llm.vocab_size {
+        return Err(TrainError::Config(format!(
+            "the word-level vocabulary of {} has {} tokens but the model's LLM has {}; \
+             raise llm.vocab_size in the model config or start from --weights with a tokenizer",
+            train.path().display(),
+            tok.vocab_size(),
+            cfg.llm.vocab_size
+        )));
+    }
+    let b = build_random(cfg, special, tc.trainable, tc.seed, device)?;
+    Ok(Setup {
+        model: b.model,
+        vars: b.vars,
+        frozen: b.frozen,
+        tok,
+    })
+}
+
+fn named_vars(map: &VarMap) -> Vec<(String, Var)> {
+    let data = map.data().lock().map(|d| d.clone()).unwrap_or_default();
+    let mut v: Vec<(String, Var)> = data.into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn var_tensors(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
+    vars.iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Evenly spaced validation indices (all tasks appear when the file mixes them).
+fn val_indices(n: usize, k: usize) -> Vec<usize> {
+    let k = k.min(n);
+    (0..k).map(|i| i * n / k.max(1)).collect()
+}
+
+fn validate(
+    model: &Calico,
+    tok: &CalicoTokenizer,
+    val: &Dataset,
+    cfg: &TrainConfig,
+    sim: &dyn Similarity,
+    run: &Path,
+) -> Result<TaskTable> {
+    let idx = val_indices(val.len(), cfg.val_samples);
+    let opts = greedy(cfg.max_new_tokens);
+    let mut preds = Vec::with_capacity(idx.len());
+    for &i in &idx {
+        preds.push(predict_sample(model, tok, val, i, &opts)?.0);
+    }
+    let gt: Vec<_> = idx.iter().map(|&i| val.samples[i].clone()).collect();
+    let path = run.join(VAL_PREDICTIONS_FILE);
+    let mut text = String::new();
+    for p in &preds {
+        text.push_str(&serde_json::to_string(p).map_err(|e| TrainError::Data(e.to_string()))?);
+        text.push('\n');
+    }
+    write_atomic(&path, text.as_bytes()).map_err(|e| io(&path, e))?;
+    let prepared = prepare(
+        val.path(),
+        &gt,
+        &path,
+        &preds,
+        &EvalOptions { lenient: true },
+    )
+    .map_err(|e| TrainError::Data(e.to_string()))?;
+    Ok(score(&prepared, sim).0)
+}
+
+fn finite_or_stop(step: u64, what: &str, v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::NonFinite {
+            step,
+            what: what.to_string(),
+            value: v,
+        })
+    }
+}
+
+/// Trains (or resumes) a run; see the module docs.
+pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Result<Summary> {
+    let device = Device::Cpu;
+    let run = &spec.run_dir;
+    let (tc, cfg) = if spec.resume {
+        if !run.join(TRAIN_CONFIG_FILE).is_file() {
+            return Err(TrainError::Config(format!(
+                "{}: no run to resume (no {TRAIN_CONFIG_FILE}); start without --resume",
+                run.display()
+            )));
+        }
+        let tc: TrainConfig = read_json(&run.join(TRAIN_CONFIG_FILE))?;
+        let cfg = CalicoConfig::from_json_file(&run.join(MODEL_CONFIG_FILE))
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        (tc, cfg)
+    } else {
+        (spec.config.clone(), spec.model.clone())
+    };
+    tc.validate()
+        .map_err(|e| TrainError::Config(format!("training config: {e}")))?;
+    let resume_from = if spec.resume {
+        Some(latest_checkpoint(run)?.ok_or_else(|| {
+            TrainError::Config(format!(
+                "{}: no checkpoint to resume from (start without --resume)",
+                run.display()
+            ))
+        })?)
+    } else {
+        if latest_checkpoint(run)?.is_some() {
+            return Err(TrainError::Config(format!(
+                "{} already holds a run; pass --resume to continue it or choose another --out",
+                run.display()
+            )));
+        }
+        None
+    };
+    std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
+    let train_ds = data::open(&spec.train, &cfg)?;
+    let val_ds = match &spec.val {
+        Some(v) => Some(data::open(v, &cfg)?),
+        None => None,
+    };
+    let spec_eff = RunSpec {
+        config: tc.clone(),
+        ..spec.clone()
+    };
+    let Setup {
+        model,
+        vars,
+        frozen,
+        tok,
+    } = if spec.resume && spec.weights.is_none() {
+        // The tokenizer of the run, not one rebuilt from the data.
+        let mut tok = CalicoTokenizer::from_file(run.join(TOKENIZER_FILE))?;
+        let special = tok.add_calico_tokens(None)?;
+        let b = build_random(&cfg, special, tc.trainable, tc.seed, &device)?;
+        Setup {
+            model: b.model,
+            vars: b.vars,
+            frozen: b.frozen,
+            tok,
+        }
+    } else {
+        setup(&spec_eff, &cfg, &train_ds, &device)?
+    };
+    let format = model.prompt_format().clone();
+    let special = *model.special_ids();
+    if !spec.resume {
+        write_json(&run.join(TRAIN_CONFIG_FILE), &tc)?;
+        write_json(&run.join(MODEL_CONFIG_FILE), &cfg)?;
+        let p = run.join(TOKENIZER_FILE);
+        let json = tok
+            .inner()
+            .to_string(true)
+            .map_err(|e| TrainError::Data(format!("serialising the tokenizer: {e}")))?;
+        write_atomic(&p, json.as_bytes()).map_err(|e| io(&p, e))?;
+        let p = run.join("tokenizer_config.json");
+        write_json(&p, &tok.config_json())?;
+        if !frozen.is_empty() {
+            let p = run.join(FROZEN_FILE);
+            let bytes = calico_model::calico::weights::safetensors_bytes(&frozen)
+                .map_err(|e| TrainError::Data(e.to_string()))?;
+            write_atomic(&p, &bytes).map_err(|e| io(&p, e))?;
+        }
+    }
+    let named = named_vars(&vars);
+    let mut opt = AdamW::new(named.clone(), tc.optimizer)?;
+    let mut start = 0u64;
+    if let Some(dir) = &resume_from {
+        let ck = load_checkpoint(dir)?;
+        for (name, var) in &named {
+            let t = ck.trainable.get(name).ok_or_else(|| {
+                TrainError::Data(format!("{}: no tensor `{name}`", dir.display()))
+            })?;
+            if t.dims() != var.dims() {
+                return Err(TrainError::Data(format!(
+                    "{}: `{name}` is {:?}, the model has {:?}",
+                    dir.display(),
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(t)?;
+        }
+        opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
+        start = ck.state.step;
+        obs.message(&format!("resuming {} at step {start}", run.display()));
+    }
+    let total = tc.total_steps();
+    let schedule = LrSchedule {
+        base_lr: tc.optimizer.lr,
+        warmup_steps: tc.warmup_steps,
+        total_steps: total,
+    };
+    let mut log = MetricsLog::open(run, resume_from.as_ref().map(|_| start))
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut order = Order::new(tc.seed, train_ds.len());
+    let per_step = (tc.batch_size * tc.grad_accumulation) as u64;
+    let t0 = Instant::now();
+    let elapsed_before = log
+        .records()
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Train(t) => Some(t.elapsed_s),
+            _ => None,
+        })
+        .unwrap_or(0.0);
+    let mut last = None;
+    let mut validation = None;
+    let stop_at = spec
+        .stop_after
+        .map(|n| (start + n).min(total))
+        .unwrap_or(total);
+    let mut step = start;
+    while step < stop_at {
+        let mut acc = GradAccumulator::new();
+        let (mut text, mut focal, mut dice, mut loss) = (0.0, 0.0, 0.0, 0.0);
+        for micro in 0..tc.grad_accumulation {
+            let first = (step * tc.grad_accumulation as u64 + micro as u64) * tc.batch_size as u64;
+            let mut examples: Vec<Example> = Vec::with_capacity(tc.batch_size);
+            for k in first..first + tc.batch_size as u64 {
+                let (i, swap) = order.at(k);
+                examples.push(train_ds.example(
+                    i,
+                    tc.image_swap && swap,
+                    &tok,
+                    &special,
+                    &format,
+                )?);
+            }
+            let mut rng = ChaCha8Rng::seed_from_u64(mix(&[tc.seed, 3, step, micro as u64]));
+            let l = batch_loss(&model, &examples, &tok, &tc.loss, Some(&mut rng))?;
+            let total_v = l
+                .total
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            for (what, v) in [
+                ("text", l.text),
+                ("focal", l.focal),
+                ("dice", l.dice),
+                ("total", total_v),
+            ] {
+                finite_or_stop(step + 1, &format!("{what} loss"), v)?;
+            }
+            let grads = l.total.backward()?;
+            acc.add(&named, &grads)?;
+            let m = tc.grad_accumulation as f64;
+            text += l.text / m;
+            focal += l.focal / m;
+            dice += l.dice / m;
+            loss += total_v / m;
+        }
+        let mut grads = acc.mean()?;
+        let norm = clip_grad_norm(&mut grads, tc.max_grad_norm)?;
+        finite_or_stop(step + 1, "gradient norm", norm)?;
+        // Update k (0-based) uses the schedule's value after k + 1 steps, so
+        // the first update already has a non-zero learning rate.
+        let lr = schedule.lr_at(step + 1);
+        opt.step(&grads, lr)?;
+        step += 1;
+        let done = step - start;
+        let secs = t0.elapsed().as_secs_f64();
+        let rate = done as f64 / secs.max(1e-9);
+        let record = TrainRecord {
+            step,
+            epoch: (step - 1) / tc.steps_per_epoch,
+            loss,
+            text,
+            focal,
+            dice,
+            lr,
+            grad_norm: norm,
+            steps_per_s: rate,
+            elapsed_s: elapsed_before + secs,
+        };
+        log.append(&Record::Train(record.clone()))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        obs.step(&Progress {
+            step,
+            total,
+            record: record.clone(),
+            eta_s: (stop_at - step) as f64 / rate.max(1e-9),
+        });
+        last = Some(record);
+        let val_due = tc.validate_every > 0 && step % tc.validate_every == 0 || step == total;
+        if let (true, Some(v)) = (val_due, &val_ds) {
+            obs.message(&format!("validating on {} samples", cfg_val(&tc, v)));
+            let table = validate(&model, &tok, v, &tc, sim, run)?;
+            obs.validation(step, &table);
+            log.append(&Record::Val(ValRecord::from_table(
+                step,
+                elapsed_before + t0.elapsed().as_secs_f64(),
+                &table,
+            )))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+            validation = Some(table);
+        }
+        if step % tc.checkpoint_every == 0 || step == stop_at {
+            log.sync().map_err(|e| TrainError::Data(e.to_string()))?;
+            let state = TrainState {
+                step,
+                epoch: (step - 1) / tc.steps_per_epoch,
+                samples_seen: step * per_step,
+                seed: tc.seed,
+                optimizer_steps: opt.steps(),
+                config: serde_json::to_value(&tc).unwrap_or_default(),
+                extra: serde_json::json!({
+                    "rng": "ChaCha8 streams derived from (seed, step, micro-batch); nothing to save",
+                    "trainable": tc.trainable,
+                }),
+            };
+            save_checkpoint(
+                run,
+                &var_tensors(&named),
+                &opt.state_tensors(),
+                &state,
+                tc.keep_last,
+            )?;
+            plot::write_curve(run, log.records()).map_err(|e| TrainError::Data(e.to_string()))?;
+        }
+    }
+    let mut model_dir = None;
+    if step == total {
+        let dir = run.join(MODEL_DIR);
+        export(&dir, &cfg, &frozen, &vars, &tok, spec.weights.as_deref())?;
+        model_dir = Some(dir);
+    }
+    Ok(Summary {
+        steps: step,
+        elapsed_s: elapsed_before + t0.elapsed().as_secs_f64(),
+        last,
+        validation,
+        model_dir,
+    })
+}
+
+fn cfg_val(tc: &TrainConfig, v: &Dataset) -> usize {
+    tc.val_samples.min(v.len())
+}
+
+/// Writes the final weights directory: the model config, the frozen
+/// tensors made at random (if any), every trained tensor and the tokenizer;
+/// a run that started from `--weights` lists that directory's files in
+/// `sources.json` instead of copying them.
+fn export(
+    dir: &Path,
+    cfg: &CalicoConfig,
+    frozen: &HashMap<String, Tensor>,
+    vars: &VarMap,
+    tok: &CalicoTokenizer,
+    weights: Option<&Path>,
+) -> Result<()> {
+    save_dir(dir, cfg, frozen, vars, Some(tok)).map_err(|e| TrainError::Data(e.to_string()))?;
+    if let Some(w) = weights {
+        use calico_model::calico::weights::{read_sources, Source, Sources, SOURCES_FILE};
+        let w = std::fs::canonicalize(w).map_err(|e| io(w, e))?;
+        let mut sources: Vec<Source> = read_sources(&w)
+            .map_err(|e| TrainError::Config(e.to_string()))?
+            .into_iter()
+            .map(|mut s| {
+                if s.path.is_relative() {
+                    s.path = w.join(&s.path);
+                }
+                s
+            })
+            .collect();
+        let entries = std::fs::read_dir(&w).map_err(|e| io(&w, e))?;
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".gguf") || name == "model.safetensors" {
+                sources.push(Source {
+                    path: p,
+                    rename: Vec::new(),
+                });
+            }
+        }
+        write_json(&dir.join(SOURCES_FILE), &Sources { sources })?;
+    }
+    Ok(())
+}
+
+/// Rebuilds a run's model from its directory and a checkpoint (for tests
+/// and tools): the run's config and tokenizer, the seeded frozen tensors,
+/// the checkpoint's trained ones.
+pub fn load_run_checkpoint(run: &Path, checkpoint: &Path) -> Result<(Calico, CalicoTokenizer)> {
+    let cfg = CalicoConfig::from_json_file(&run.join(MODEL_CONFIG_FILE))
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut tok = CalicoTokenizer::from_file(run.join(TOKENIZER_FILE))?;
+    let special = tok.add_calico_tokens(None)?;
+    let ck = load_checkpoint(checkpoint)?;
+    let map = VarMap::new();
+    let mut all: HashMap<String, Tensor> = ck.trainable;
+    let frozen = run.join(FROZEN_FILE);
+    if frozen.is_file() {
+        let t = candle_core::safetensors::load(&frozen, &Device::Cpu)?;
+        all.extend(t);
+    }
+    into_vars(&map, &all)?;
+    let model = build_over(&cfg, special, &map, &Device::Cpu)?;
+    Ok((model, tok))
+}
+
+/// Mean of the last `n` training records' total losses (for summaries).
+pub fn recent_loss(records: &[Record], n: usize) -> Option<f64> {
+    let v: Vec<f64> = records
+        .iter()
+        .rev()
+        .filter_map(|r| match r {
+            Record::Train(t) => Some(t.loss),
+            _ => None,
+        })
+        .take(n)
+        .collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
