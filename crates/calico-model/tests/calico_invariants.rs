@@ -431,3 +431,36 @@ fn ablations_build_and_run() {
         );
     }
 }
+
+#[test]
+fn cached_frozen_features_give_the_same_outputs() {
+    use calico_model::calico::cache::FeatureCache;
+    use std::sync::Arc;
+    let cfg = tiny();
+    let (plain, _, _) = model(&cfg, 7);
+    let mut cached = plain.clone();
+    let dir = std::env::temp_dir().join(format!("calico-feature-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cache = Arc::new(FeatureCache::on_disk(&dir).unwrap());
+    cached.set_feature_cache(Some(cache.clone()));
+    let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
+    let want = plain.forward(&b, &Bytes, None).unwrap();
+    for round in 0..2 {
+        let got = cached.forward(&b, &Bytes, None).unwrap();
+        assert!(max_diff(&want.logits, &got.logits) < 1e-6, "round {round}");
+        for (x, y) in want.mask_logits[0].iter().zip(&got.mask_logits[0]) {
+            assert!(max_diff(x, y) < 1e-6);
+        }
+    }
+    assert_eq!(cache.stats(), (2, 2), "two misses, then two hits");
+    // A fresh cache over the same directory reads the files.
+    let again = Arc::new(FeatureCache::on_disk(&dir).unwrap());
+    cached.set_feature_cache(Some(again.clone()));
+    let got = cached.forward(&b, &Bytes, None).unwrap();
+    assert!(max_diff(&want.logits, &got.logits) < 1e-6);
+    assert_eq!(again.stats(), (2, 0));
+    // Another image is another key.
+    let other = batch(&cfg, TWO_SEGS, vec![image(3), image(2)]);
+    cached.forward(&other, &Bytes, None).unwrap();
+    assert_eq!(again.stats(), (3, 1));
+}

@@ -21,6 +21,7 @@
 //! RUN/metrics.jsonl  RUN/curve.svg         per-step losses, validation scores, the plot
 //! RUN/checkpoints/step-00000100/…          trainable tensors, optimizer moments, state.json
 //! RUN/val_predictions.jsonl                the last validation's predictions
+//! RUN/feature_cache/<hash>.safetensors     frozen encoders' outputs per image (paper trainable set)
 //! RUN/model/                               the final weights directory (`--weights RUN/model`)
 //! ```
 
@@ -30,6 +31,7 @@ use std::time::Instant;
 
 use calico_eval::evaluate::{prepare, score, EvalOptions, TaskTable};
 use calico_eval::Similarity;
+use calico_model::calico::cache::FeatureCache;
 use calico_model::calico::weights::{load_dir, save_dir, write_atomic, MissingFrozen};
 use calico_model::calico::Calico;
 use calico_model::config::CalicoConfig;
@@ -79,6 +81,9 @@ pub struct RunSpec {
     /// Stop (with a checkpoint) after this many optimizer steps of this
     /// invocation, e.g. to test resumption.
     pub stop_after: Option<u64>,
+    /// Where the frozen encoders' features are cached (paper trainable set
+    /// only; default `RUN/feature_cache`).
+    pub feature_cache: Option<PathBuf>,
 }
 
 /// One optimizer step's numbers.
@@ -332,7 +337,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         ..spec.clone()
     };
     let Setup {
-        model,
+        mut model,
         vars,
         frozen,
         tok,
@@ -350,6 +355,14 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     } else {
         setup(&spec_eff, &cfg, &train_ds, &device)?
     };
+    if tc.trainable == TrainableSet::Paper {
+        let dir = spec
+            .feature_cache
+            .clone()
+            .unwrap_or_else(|| run.join("feature_cache"));
+        let cache = FeatureCache::on_disk(&dir).map_err(|e| io(&dir, e))?;
+        model.set_feature_cache(Some(std::sync::Arc::new(cache)));
+    }
     let format = model.prompt_format().clone();
     let special = *model.special_ids();
     if !spec.resume {

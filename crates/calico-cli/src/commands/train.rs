@@ -50,6 +50,9 @@ pub struct TrainArgs {
     /// Stop after this many steps of this invocation (a checkpoint is written; --resume continues).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Cache of the frozen encoders' features (paper trainable set); default OUT/feature_cache.
+    #[arg(long)]
+    feature_cache: Option<PathBuf>,
     /// Text similarity for validation: minilm (the paper's metric; needs
     /// the model from tools/reference/fetch_models.sh) or exact.
     #[arg(long, default_value = "minilm", value_parser = ["minilm", "exact"])]
@@ -184,6 +187,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         config,
         resume: a.resume,
         stop_after: a.stop_after,
+        feature_cache: a.feature_cache.clone(),
     };
     let bar = ProgressBar::new(spec.config.total_steps());
     bar.set_style(

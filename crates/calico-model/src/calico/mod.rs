@@ -80,6 +80,7 @@
 //!   [`EncodedImage`] holds the CLIP features (read by nothing).
 
 mod baseline;
+pub mod cache;
 mod forward;
 mod generate;
 mod init;
@@ -173,6 +174,11 @@ pub struct Calico {
     sam_encoder: ImageEncoderViT,
     prompt_encoder: PromptEncoder,
     mask_decoder: MaskDecoder,
+    /// Frozen encoder outputs by content (see `cache.rs`); `None` computes
+    /// them every time.
+    feature_cache: Option<std::sync::Arc<cache::FeatureCache>>,
+    /// The config as JSON, part of every cache key.
+    fingerprint: String,
 }
 
 /// The encoder + projector that make the LLM's image tokens.
@@ -273,7 +279,15 @@ impl Calico {
             sam_encoder,
             prompt_encoder,
             mask_decoder,
+            feature_cache: None,
+            fingerprint: serde_json::to_string(cfg).unwrap_or_default(),
         })
+    }
+
+    /// Uses `cache` for the frozen encoders' outputs (only while EVA,
+    /// DINOv2, the Q-Former and the SAM image encoder are frozen).
+    pub fn set_feature_cache(&mut self, cache: Option<std::sync::Arc<cache::FeatureCache>>) {
+        self.feature_cache = cache;
     }
 
     /// A randomly initialised model for tests and smoke runs (any preset;

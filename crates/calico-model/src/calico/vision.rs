@@ -4,6 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
+use super::cache::{FeatureCache, FrozenFeatures};
 use super::{Calico, VisionPath};
 use crate::preprocess::Preprocessed;
 
@@ -101,22 +102,45 @@ impl Calico {
             }
         }
         let dtype = self.llm.dtype();
-        let clip = stack_view(images, |i| &i.clip)?
-            .to_device(dev)?
-            .to_dtype(dtype)?;
-        let (visual, x_prime) = match &self.vision {
+        let stacked = |pick: fn(&ImageInput) -> &Tensor, of: &[&ImageInput]| -> Result<Tensor> {
+            stack_view(of, pick)?.to_device(dev)?.to_dtype(dtype)
+        };
+        let (visual, x_prime, ground) = match &self.vision {
             VisionPath::Calico { eva, f_image } => {
-                self.encode_calico(images, eva, f_image, &clip)?
+                let frozen = match &self.feature_cache {
+                    None => self.frozen_batch(images, eva)?,
+                    Some(cache) => {
+                        let keys: Vec<String> = images
+                            .iter()
+                            .map(|im| FeatureCache::key(&self.fingerprint, im))
+                            .collect::<Result<_>>()?;
+                        let mut found: Vec<Option<FrozenFeatures>> =
+                            keys.iter().map(|k| cache.get(k, dev)).collect();
+                        let missing: Vec<usize> =
+                            (0..images.len()).filter(|&i| found[i].is_none()).collect();
+                        if !missing.is_empty() {
+                            let sub: Vec<&ImageInput> =
+                                missing.iter().map(|&i| images[i]).collect();
+                            let f = self.frozen_batch(&sub, eva)?;
+                            for (j, &i) in missing.iter().enumerate() {
+                                let one = f.row(j)?;
+                                cache.put(&keys[i], &one);
+                                found[i] = Some(one);
+                            }
+                        }
+                        let rows: Vec<FrozenFeatures> = found.into_iter().flatten().collect();
+                        FrozenFeatures::stack(&rows)?
+                    }
+                };
+                let (visual, x_prime) = self.encode_calico(&frozen, f_image)?;
+                (visual, x_prime, frozen.sam)
             }
             VisionPath::Clip(b) => {
-                let (feats, tokens) = b.forward(&clip)?;
-                (tokens, feats)
+                let (feats, tokens) = b.forward(&stacked(|i| &i.clip, images)?)?;
+                let ground = self.sam_encoder.forward(&stacked(|i| &i.sam, images)?)?;
+                (tokens, feats, ground)
             }
         };
-        let sam = stack_view(images, |i| &i.sam)?
-            .to_device(dev)?
-            .to_dtype(dtype)?;
-        let ground = self.sam_encoder.forward(&sam)?;
         (0..images.len())
             .map(|i| {
                 Ok(EncodedImage {
@@ -128,35 +152,67 @@ impl Calico {
             .collect()
     }
 
-    /// Calico's path on the stacked EVA view: `(visual tokens, X′_global)`.
-    fn encode_calico(
+    /// The frozen encoders on a batch of images (EVA + `ln_vision`,
+    /// DINOv2 when the CEM runs, the first Q-Former pass, the SAM image
+    /// encoder); batch dimension first.
+    pub fn frozen_features(&self, images: &[&ImageInput]) -> Result<FrozenFeatures> {
+        match &self.vision {
+            VisionPath::Calico { eva, .. } => self.frozen_batch(images, eva),
+            VisionPath::Clip(_) => {
+                candle_core::bail!("the baselines' CLIP path has no cached features")
+            }
+        }
+    }
+
+    fn frozen_batch(
         &self,
         images: &[&ImageInput],
         eva: &crate::eva_vit::EvaVit,
-        f_image: &calico_nn::Linear,
-        clip: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<FrozenFeatures> {
         let dev = self.llm.device();
         let dtype = self.llm.dtype();
+        let stacked = |pick: fn(&ImageInput) -> &Tensor| -> Result<Tensor> {
+            stack_view(images, pick)?.to_device(dev)?.to_dtype(dtype)
+        };
         // X_global = ln_vision(𝒞(X)), (n, 1 + N, D_g).
-        let x_global = eva.forward(clip)?.last_hidden_state;
-        // X′_global = X_global + 𝒜(X_global, X_semantic).
-        let x_prime = match &self.cem {
-            Some((dino, cem)) => {
-                let pix = stack_view(images, |i| &i.dino)?
-                    .to_device(dev)?
-                    .to_dtype(dtype)?;
-                let mut h = dino.forward_to_layer(&pix, self.cfg.dinov2_layer)?;
+        let x_global = eva.forward(&stacked(|i| &i.clip)?)?.last_hidden_state;
+        let x_semantic = match &self.cem {
+            Some((dino, _)) => {
+                let mut h = dino.forward_to_layer(&stacked(|i| &i.dino)?, self.cfg.dinov2_layer)?;
                 if self.cfg.dinov2_final_norm {
                     h = dino.final_norm(&h)?;
                 }
-                let x_semantic = dino.patch_tokens(&h)?;
-                cem.forward(&x_global, &x_semantic)?
+                Some(dino.patch_tokens(&h)?)
             }
-            None => x_global.clone(),
+            None => None,
         };
-        let embeds = match &self.qformer {
-            Some((q, tokens)) => q.forward(tokens, &x_global, None)?,
+        let qformer = match &self.qformer {
+            Some((q, tokens)) => Some(q.forward(tokens, &x_global, None)?),
+            None => None,
+        };
+        let sam = self.sam_encoder.forward(&stacked(|i| &i.sam)?)?;
+        Ok(FrozenFeatures {
+            x_global,
+            x_semantic,
+            qformer,
+            sam,
+        })
+    }
+
+    /// Calico's trainable path on frozen features: `(visual tokens, X′_global)`.
+    fn encode_calico(
+        &self,
+        frozen: &FrozenFeatures,
+        f_image: &calico_nn::Linear,
+    ) -> Result<(Tensor, Tensor)> {
+        let x_global = &frozen.x_global;
+        // X′_global = X_global + 𝒜(X_global, X_semantic).
+        let x_prime = match (&self.cem, &frozen.x_semantic) {
+            (Some((_, cem)), Some(x_semantic)) => cem.forward(x_global, x_semantic)?,
+            _ => x_global.clone(),
+        };
+        let embeds = match &frozen.qformer {
+            Some(q) => q.clone(),
             None => x_prime.clone(),
         };
         let visual = f_image.forward(&embeds)?;
