@@ -235,3 +235,97 @@ pub fn parse_hex(s: &str) -> [u8; 3] {
     };
     [c(0), c(2), c(4)]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::{ColourMap, OverlayStyle};
+    use crate::segment::{render_overlays, NamedImage, SegmentedMask};
+    use calico_masks::{CocoRle, Mask, Rle};
+    use image::RgbImage;
+
+    /// Two images, a common part on both and a unique part on one.
+    pub(crate) fn synthetic() -> SegmentResult {
+        let images: Vec<NamedImage> = [(96u32, 64u32), (80, 72)]
+            .iter()
+            .enumerate()
+            .map(|(i, (w, h))| NamedImage {
+                name: format!("img{i}.png"),
+                image: RgbImage::from_fn(*w, *h, |x, y| {
+                    image::Rgb([(x * 2) as u8, (y * 3) as u8, 120])
+                }),
+            })
+            .collect();
+        let colours = ColourMap::from_labels(["the lid", "the handle"]);
+        let mk = |image: usize, label: &str, x0: u32, x1: u32| {
+            let (w, h) = images[image].image.dimensions();
+            let mask = Mask::from_fn(h, w, |y, x| {
+                (x0..x1).contains(&x) && (8..h / 2).contains(&y)
+            });
+            SegmentedMask {
+                image,
+                label: label.into(),
+                colour: crate::overlay::hex(colours.colour(label)),
+                area: mask.area(),
+                rle: CocoRle::from_rle(&Rle::encode(&mask)),
+                mask,
+            }
+        };
+        let masks = vec![
+            mk(0, "the lid", 10, 40),
+            mk(1, "the lid", 30, 70),
+            mk(0, "the handle", 50, 90),
+        ];
+        let overlays =
+            render_overlays(&images, &masks, &colours, &OverlayStyle::default()).unwrap();
+        SegmentResult {
+            question: "Can you segment the common parts?".into(),
+            answer: "Both have <p> the lid </p> [SEG] (IMAGE1) [SEG] (IMAGE2), and <p> the handle </p> [SEG] (IMAGE1).".into(),
+            images: images.iter().map(|i| i.name.clone()).collect(),
+            sizes: images.iter().map(|i| [i.image.height(), i.image.width()]).collect(),
+            masks,
+            legend: colours.legend(),
+            unrouted: 0,
+            overlays,
+        }
+    }
+
+    #[test]
+    fn segment_dir_round_trips_into_a_gallery_item() {
+        let dir = std::env::temp_dir().join(format!("calico-app-out-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let r = synthetic();
+        let s = summary(&r, "common-parts", "test model", false);
+        let written = write_segment_dir(&dir, &r, "x/1", &s).unwrap();
+        assert_eq!(written.len(), 3 + 2 + 2);
+        for f in [
+            "mask_0_img0.png",
+            "mask_1_img1.png",
+            "mask_2_img0.png",
+            "overlay_img1.png",
+        ] {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        let m = calico_masks::png_io::read_mask_png(&dir.join("mask_1_img1.png")).unwrap();
+        assert_eq!(m, r.masks[1].mask);
+        let rec: calico_eval::predictions::Prediction =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(MASKS_JSON)).unwrap()).unwrap();
+        assert_eq!(rec.id, "x/1");
+        assert_eq!(rec.masks.len(), 3);
+        assert_eq!(
+            rec.masks[1].rle.to_rle().unwrap().decode().unwrap(),
+            r.masks[1].mask
+        );
+        let g = read_segment_dir(&dir).unwrap();
+        assert_eq!(g.overlays.len(), 2);
+        assert_eq!(g.legend.len(), 2);
+        assert_eq!(g.legend[0].rgb, crate::overlay::PALETTE[0]);
+        assert_eq!(g.answer, r.answer);
+        // The common part has one colour in both masks' records.
+        assert_eq!(s.masks[0].colour, s.masks[1].colour);
+        assert_ne!(s.masks[0].colour, s.masks[2].colour);
+        if std::env::var_os("CALICO_APP_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
