@@ -226,8 +226,8 @@ pub fn render(
                     continue;
                 }
                 let p = out.get_pixel_mut(x, y);
-                for k in 0..3 {
-                    p.0[k] = (f32::from(p.0[k]) * (1.0 - a) + f32::from(c[k]) * a).round() as u8;
+                for (v, &ck) in p.0.iter_mut().zip(&c) {
+                    *v = (f32::from(*v) * (1.0 - a) + f32::from(ck) * a).round() as u8;
                 }
             }
         }
