@@ -64,8 +64,8 @@ h1{font-size:1.7em;margin:.2em 0}h2{font-size:1.25em;margin:1.6em 0 .6em;border-
 .note{color:#666;margin:.2em 0}.card{background:#fff;border:1px solid #e2e4e8;border-radius:8px;padding:16px;margin:12px 0}\
 table{border-collapse:collapse;margin:.6em 0;font-variant-numeric:tabular-nums}td,th{border:1px solid #dde;padding:4px 10px;text-align:right}\
 th{background:#f0f2f5}th:first-child,td:first-child{text-align:left}tr.avg{font-weight:600;background:#f7f7fa}caption{text-align:left;font-weight:600;padding:4px 0}\
-.curve img{max-width:100%;height:auto}.overlays{display:flex;flex-wrap:wrap;gap:12px}.overlays figure{margin:0}\
-.overlays img{max-width:100%;border:1px solid #ccc;border-radius:4px;image-rendering:pixelated}figcaption{font-size:.85em;color:#555}\
+.curve img{max-width:100%;height:auto}.overlays{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px}.overlays figure{margin:0}\
+.overlays img{width:100%;height:auto;border:1px solid #ccc;border-radius:4px;image-rendering:pixelated}figcaption{font-size:.85em;color:#555}\
 .answer{font-family:ui-monospace,Menlo,Consolas,monospace;background:#f4f5f7;border-radius:4px;padding:8px;white-space:pre-wrap;word-break:break-word}\
 .label{border-radius:3px;padding:0 4px;font-weight:600}.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:6px 16px}\
 .swatch{display:inline-block;width:.9em;height:.9em;border:1px solid #333;vertical-align:-.1em;margin-right:.35em}\
