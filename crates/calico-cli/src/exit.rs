@@ -19,6 +19,15 @@ pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(BadInput(msg.into()))
 }
 
+/// An app-layer error as an `anyhow` error (input errors exit 2).
+pub fn app(e: calico_app::AppError) -> anyhow::Error {
+    if e.is_input() {
+        bad_input(e.to_string())
+    } else {
+        anyhow::Error::new(e)
+    }
+}
+
 /// Prints the error chain and returns the exit code.
 pub fn report(err: &anyhow::Error) -> i32 {
     eprintln!("error: {err:#}");

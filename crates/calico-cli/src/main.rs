@@ -35,6 +35,12 @@ enum Command {
     Model(commands::model::ModelCommand),
     /// Train Calico on a samples file (the paper's recipe; `tiny` from scratch), resumable.
     Train(commands::train::TrainArgs),
+    /// Co-segment 2+ images: answer, per-mask PNGs, COCO-RLE JSON and overlays with a legend.
+    Segment(commands::segment::SegmentArgs),
+    /// Answer every sample of a samples file: predictions.jsonl for `calico eval`.
+    Predict(commands::predict::PredictArgs),
+    /// A self-contained HTML report: training curve, Table 5 metrics, overlay gallery.
+    Report(commands::report::ReportArgs),
 }
 
 fn main() {
@@ -46,6 +52,9 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::Model(c) => commands::model::run(c),
         Command::Train(a) => commands::train::run(a),
+        Command::Segment(a) => commands::segment::run(a),
+        Command::Predict(a) => commands::predict::run(a),
+        Command::Report(a) => commands::report::run(a),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

@@ -5,4 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod masks;
 pub mod model;
+pub mod predict;
+pub mod report;
+pub mod segment;
 pub mod train;

@@ -1,0 +1,427 @@
+//! `calico segment`, `calico predict` and `calico report` end to end with
+//! the untrained `--preset tiny` model: files written and parseable, bad
+//! input rejected with exit 2 before anything is written, predictions
+//! accepted by `calico eval`, the report self-contained.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{calico, stderr, tmp};
+
+/// A gradient image with a coloured box.
+fn write_png(path: &Path, w: u32, h: u32, colour: [u8; 3]) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        if (w / 4..3 * w / 4).contains(&x) && (h / 4..3 * h / 4).contains(&y) {
+            image::Rgb(colour)
+        } else {
+            image::Rgb([(x * 3) as u8, (y * 3) as u8, 90])
+        }
+    });
+    img.save(path).unwrap();
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0xEDB8_8320
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// A PNG whose header declares 0×0 (encoders refuse to write one).
+fn zero_size_png(path: &Path) {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend(data);
+        out.extend(&body);
+        out.extend(crc32(&body).to_be_bytes());
+    };
+    chunk(b"IHDR", &[0, 0, 0, 0, 0, 0, 0, 0, 8, 2, 0, 0, 0]);
+    chunk(b"IEND", &[]);
+    std::fs::write(path, out).unwrap();
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let a = dir.join("a.png");
+    let b = dir.join("b.png");
+    write_png(&a, 64, 48, [200, 40, 40]);
+    write_png(&b, 50, 60, [40, 160, 60]);
+    (a, b)
+}
+
+#[test]
+fn segment_with_tiny_writes_masks_json_and_overlays() {
+    let d = tmp("segment-ok");
+    let (a, b) = pair(&d);
+    let out = d.join("out");
+    let o = calico(&[
+        "segment",
+        &s(&a),
+        &s(&b),
+        "--task",
+        "common-parts",
+        "--preset",
+        "tiny",
+        "--seed",
+        "3",
+        "--out",
+        &s(&out),
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("answer: "), "{text}");
+    assert!(text.contains("UNTRAINED"), "{text}");
+    let rec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("masks.json")).unwrap()).unwrap();
+    assert!(rec["answer"].is_string());
+    let masks = rec["masks"].as_array().unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("segment.json")).unwrap()).unwrap();
+    assert_eq!(summary["untrained"], true);
+    assert_eq!(
+        summary["question"],
+        "Can you segment the common parts of the objects in these images?"
+    );
+    for i in 0..2 {
+        let p = out.join(format!("overlay_img{i}.png"));
+        let img = image::open(&p).unwrap();
+        assert!(img.height() > 48, "{} has no legend strip", p.display());
+    }
+    let mask_files = files_in(&out)
+        .iter()
+        .filter(|f| f.starts_with("mask_"))
+        .count();
+    assert_eq!(mask_files, masks.len());
+    // No temporary files left behind.
+    assert!(files_in(&out).iter().all(|f| !f.starts_with('.')));
+
+    // --json, three images, identify, a custom question.
+    let c = d.join("c.png");
+    write_png(&c, 40, 40, [20, 20, 200]);
+    let out2 = d.join("out2");
+    let o = calico(&[
+        "segment",
+        &s(&a),
+        &s(&b),
+        &s(&c),
+        "--task",
+        "identify",
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&out2),
+        "--json",
+        "--max-new-tokens",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["task"], "identify");
+    assert_eq!(j["images"].as_array().unwrap().len(), 3);
+    assert_eq!(j["overlays"].as_array().unwrap().len(), 3);
+    let o = calico(&[
+        "segment",
+        &s(&a),
+        &s(&b),
+        "--question",
+        "What is the lid?",
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&d.join("out3")),
+        "--json",
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["task"], "custom");
+    assert_eq!(j["question"], "What is the lid?");
+}
+
+#[test]
+fn bad_input_exits_2_names_the_problem_and_writes_nothing() {
+    let d = tmp("segment-bad");
+    let (a, b) = pair(&d);
+    let text = d.join("notes.png");
+    std::fs::write(&text, "this is a text file\n").unwrap();
+    let empty = d.join("empty.png");
+    std::fs::write(&empty, b"").unwrap();
+    let zero = d.join("zero.png");
+    zero_size_png(&zero);
+    let missing = d.join("missing.png");
+    let cases: Vec<(Vec<String>, &str, String)> = vec![
+        (
+            vec![s(&a), s(&missing)],
+            "missing file",
+            format!("{}: no such file", s(&missing)),
+        ),
+        (
+            vec![s(&text), s(&b)],
+            "not an image",
+            format!("{}: is not an image", s(&text)),
+        ),
+        (
+            vec![s(&a), s(&zero)],
+            "0x0 PNG",
+            format!("{}: is a zero-size image (0x0)", s(&zero)),
+        ),
+        (
+            vec![s(&empty), s(&b)],
+            "0-byte file",
+            format!("{}: is empty (0 bytes)", s(&empty)),
+        ),
+        (
+            vec![s(&a)],
+            "one image",
+            format!("at least 2 images, got 1 ({})", s(&a)),
+        ),
+    ];
+    for (k, (images, what, expected)) in cases.iter().enumerate() {
+        let out = d.join(format!("out{k}"));
+        let mut args: Vec<String> = vec!["segment".into()];
+        args.extend(images.iter().cloned());
+        args.extend(["--preset", "tiny", "--out"].map(String::from));
+        args.push(s(&out));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = calico(&refs);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(
+            err.contains(expected),
+            "{what}: expected {expected:?} in {err:?}"
+        );
+        assert!(
+            files_in(&out).is_empty(),
+            "{what}: wrote {:?}",
+            files_in(&out)
+        );
+    }
+    // Unknown task, no model: exit 2 too.
+    let o = calico(&[
+        "segment",
+        &s(&a),
+        &s(&b),
+        "--task",
+        "parts",
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&d.join("x")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("unknown task"));
+    let o = calico(&[
+        "segment",
+        &s(&a),
+        &s(&b),
+        "--weights",
+        &s(&d.join("nowhere")),
+        "--out",
+        &s(&d.join("y")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no such weights directory"));
+    assert!(files_in(&d.join("y")).is_empty());
+}
+
+/// Two images with a box and a samples file of two tasks over them.
+fn samples(dir: &Path) -> PathBuf {
+    use calico_masks::{CocoRle, Mask, Rle};
+    for (k, (x0, colour)) in [(8u32, [200u8, 40, 40]), (24, [40, 160, 60])]
+        .iter()
+        .enumerate()
+    {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            if (*x0..x0 + 32).contains(&x) && (16..48).contains(&y) {
+                image::Rgb(*colour)
+            } else {
+                image::Rgb([(x * 3) as u8, (y * 3) as u8, 90])
+            }
+        });
+        img.save(dir.join(format!("img{k}.png"))).unwrap();
+    }
+    let rle = |x0: u32, y1: u32| {
+        let m = Mask::from_fn(64, 64, |y, x| {
+            (x0..x0 + 32).contains(&x) && (16..y1).contains(&y)
+        });
+        serde_json::to_value(CocoRle::from_rle(&Rle::encode(&m))).unwrap()
+    };
+    let images = serde_json::json!([
+        {"file": "img0.png", "width": 64, "height": 64},
+        {"file": "img1.png", "width": 64, "height": 64}
+    ]);
+    let lines = [
+        serde_json::json!({
+            "id": "s/0", "task": "common_object", "source": "s", "images": images,
+            "question": "Can you segment the common object in these images?",
+            "answer": "The common object is <p> the box </p> [SEG] (IMAGE1) [SEG] (IMAGE2).",
+            "masks": [{"image": 0, "label": "box", "rle": rle(8, 48)}, {"image": 1, "label": "box", "rle": rle(24, 48)}]
+        }),
+        serde_json::json!({
+            "id": "s/1", "task": "common_parts", "source": "s", "images": images,
+            "question": "Can you segment the common parts of the objects in these images?",
+            "answer": "The common part is <p> the lid </p> [SEG] (IMAGE1) [SEG] (IMAGE2).",
+            "masks": [{"image": 0, "label": "lid", "rle": rle(8, 32)}, {"image": 1, "label": "lid", "rle": rle(24, 32)}]
+        }),
+    ];
+    let path = dir.join("test.jsonl");
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    path
+}
+
+#[test]
+fn predict_feeds_eval_and_report_inlines_everything() {
+    let d = tmp("predict-report");
+    let data = samples(&d);
+    let preds = d.join("preds/predictions.jsonl");
+    let o = calico(&[
+        "predict",
+        "--data",
+        &s(&data),
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&preds),
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&preds).unwrap();
+    assert_eq!(text.lines().count(), 2);
+    let o = calico(&[
+        "predict",
+        "--data",
+        &s(&data),
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&d.join("one.jsonl")),
+        "--limit",
+        "1",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(d.join("one.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+    let o = calico(&[
+        "predict",
+        "--data",
+        &s(&d.join("none.jsonl")),
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&d.join("n.jsonl")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("none.jsonl: no such samples file"));
+
+    let eval = d.join("eval.json");
+    let o = calico(&[
+        "eval",
+        "--ground-truth",
+        &s(&data),
+        "--predictions",
+        &s(&preds),
+        "--similarity",
+        "exact",
+        "--out",
+        &s(&eval),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A run directory as calico train leaves it (curve + metrics).
+    let run = d.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("curve.svg"),
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"10\" height=\"10\"><path d=\"M0 0L10 10\"/></svg>",
+    )
+    .unwrap();
+    std::fs::write(
+        run.join("metrics.jsonl"),
+        "{\"step\":1,\"loss\":2.5}\n{\"step\":2,\"loss\":2.25}\n",
+    )
+    .unwrap();
+    let seg = d.join("seg");
+    let o = calico(&[
+        "segment",
+        &s(&d.join("img0.png")),
+        &s(&d.join("img1.png")),
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&seg),
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = d.join("report/report.html");
+    let o = calico(&[
+        "report",
+        "--run",
+        &s(&run),
+        "--eval",
+        &s(&eval),
+        "--overlays",
+        &s(&seg),
+        "--out",
+        &s(&html),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let h = std::fs::read_to_string(&html).unwrap();
+    assert!(h.contains("data:image/svg+xml;base64,"), "no curve");
+    assert!(h.contains("Metrics (Table 5)"));
+    assert!(h.contains("<td>Common Object</td>") && h.contains("<td>Common Parts</td>"));
+    assert!(h.contains("<tr class=\"avg\"><td>Average</td>"));
+    assert_eq!(
+        h.matches("data:image/png;base64,").count(),
+        2,
+        "two overlays"
+    );
+    assert!(h.contains("UNTRAINED"));
+    assert!(h.contains("<td>loss</td><td>2.2500</td>"));
+    assert!(!h.contains("src=\"http") && !h.contains("<link") && !h.contains("<script"));
+    // Bad report input: exit 2.
+    let o = calico(&[
+        "report",
+        "--eval",
+        &s(&data),
+        "--out",
+        &s(&d.join("r2.html")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!d.join("r2.html").exists());
+}
