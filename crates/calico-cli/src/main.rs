@@ -35,6 +35,8 @@ enum Command {
     Model(commands::model::ModelCommand),
     /// Train Calico on a samples file (the paper's recipe; `tiny` from scratch), resumable.
     Train(commands::train::TrainArgs),
+    /// HTTP JSON API and web UI for co-segmentation (upload images, see labelled overlays).
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() {
@@ -46,6 +48,7 @@ fn main() {
         Command::Eval(a) => commands::eval::run(a),
         Command::Model(c) => commands::model::run(c),
         Command::Train(a) => commands::train::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

@@ -5,4 +5,5 @@ pub mod data;
 pub mod eval;
 pub mod masks;
 pub mod model;
+pub mod serve;
 pub mod train;
