@@ -231,15 +231,17 @@ impl Engine {
 }
 
 /// The masks of an answer, coloured by label (first appearance order).
+/// A `[SEG]` right after another one (`<p> lid </p> [SEG] (IMAGE1) [SEG]
+/// (IMAGE2)`) has no phrase of its own: it takes the group's.
 fn masks_out(answer: &Answer) -> Result<Vec<MaskOut>, String> {
     let mut labels: Vec<String> = Vec::new();
     let mut out = Vec::with_capacity(answer.masks.len());
+    let mut group: Option<String> = None;
     for (i, m) in answer.masks.iter().enumerate() {
-        let label = m
-            .phrase
-            .clone()
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| format!("mask {}", i + 1));
+        if let Some(p) = m.phrase.as_ref().filter(|p| !p.is_empty()) {
+            group = Some(p.clone());
+        }
+        let label = group.clone().unwrap_or_else(|| format!("mask {}", i + 1));
         let k = match labels.iter().position(|l| *l == label) {
             Some(k) => k,
             None => {
@@ -334,4 +336,53 @@ fn corpus(system: &str) -> Vec<String> {
         out.extend(pieces.into_iter().filter(|p| !p.is_empty()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use calico_model::calico::SegMask;
+
+    fn seg(image: usize, phrase: Option<&str>) -> SegMask {
+        let mask = Tensor::from_vec(vec![0u8, 1, 1, 0, 0, 1], (2, 3), &Device::Cpu).unwrap();
+        SegMask {
+            position: 0,
+            image,
+            phrase: phrase.map(str::to_string),
+            logits: mask.to_dtype(candle_core::DType::F32).unwrap(),
+            mask,
+        }
+    }
+
+    #[test]
+    fn grouped_segs_share_label_and_colour() {
+        let answer = Answer {
+            text: String::new(),
+            token_ids: Vec::new(),
+            masks: vec![
+                seg(0, Some("the lid")),
+                seg(1, None),
+                seg(0, Some("the handle")),
+                seg(1, None),
+            ],
+            unrouted: Vec::new(),
+        };
+        let out = masks_out(&answer).unwrap();
+        let labels: Vec<&str> = out.iter().map(|m| m.label.as_str()).collect();
+        assert_eq!(labels, ["the lid", "the lid", "the handle", "the handle"]);
+        assert_eq!(out[0].colour, out[1].colour);
+        assert_ne!(out[0].colour, out[2].colour);
+        // Column-major runs: column 0 = [0, 0], column 1 = [1, 0], column 2 = [1, 1].
+        assert_eq!(out[0].rle.size, [2, 3]);
+        assert_eq!(out[0].rle.counts, vec![2, 1, 1, 2]);
+    }
+
+    #[test]
+    fn scripted_answers_fit_the_tiny_vocabulary() {
+        let e = Engine::random_preset("tiny", 1, 4).unwrap();
+        assert!(e.untrained);
+        let q = Engine::question(&Query::Task(Task::CommonParts), 2);
+        assert_eq!(q, Engine::question(&Query::Task(Task::CommonParts), 2));
+        assert!(q.starts_with(&templates::multi_image_prefix(2)));
+    }
 }

@@ -43,7 +43,12 @@ fn valid_pair_gives_answer_masks_and_sizes() {
             assert_eq!(total, w * h);
             let c = m["colour"].as_str().unwrap();
             assert!(c.len() == 7 && c.starts_with('#'), "{c}");
-            assert!(!m["label"].as_str().unwrap().is_empty());
+            let label = m["label"].as_str().unwrap();
+            assert!(!label.is_empty());
+            if v["scripted_answer"] == true {
+                // Every [SEG] of a scripted answer is grounded by a phrase.
+                assert!(!label.starts_with("mask "), "{label}");
+            }
         }
         // One colour per label, the same on every image.
         for m in masks {
