@@ -41,6 +41,8 @@ enum Command {
     Predict(commands::predict::PredictArgs),
     /// A self-contained HTML report: training curve, Table 5 metrics, overlay gallery.
     Report(commands::report::ReportArgs),
+    /// HTTP JSON API and web UI for co-segmentation (upload images, see labelled overlays).
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() {
@@ -55,6 +57,7 @@ fn main() {
         Command::Segment(a) => commands::segment::run(a),
         Command::Predict(a) => commands::predict::run(a),
         Command::Report(a) => commands::report::run(a),
+        Command::Serve(a) => commands::serve::run(a),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

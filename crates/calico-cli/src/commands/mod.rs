@@ -8,4 +8,5 @@ pub mod model;
 pub mod predict;
 pub mod report;
 pub mod segment;
+pub mod serve;
 pub mod train;
