@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Training speed and peak memory of `calico train` on this machine's CPU.
+
+    python3 tools/bench/train_bench.py [--calico target/release/calico] [--steps 20]
+                                       [--gguf models/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf]
+
+Generates a small SynthParts set and its MixedParts samples, then runs:
+
+  tiny               every tensor trained from scratch (the tiny recipe), batch 8
+  small (cold cache) the paper's trainable set over SmolLM2-135M (GGUF) with seeded
+                     random frozen vision, batch 1 x 4 accumulation, frozen
+                     features computed and cached
+  small (warm cache) the same steps again over a shared feature cache
+
+Each row: optimizer steps/s and samples/s (from the run's metrics.jsonl,
+excluding the first step), peak resident memory (GNU time's maximum RSS) and
+the wall time. The `small` rows are skipped when the GGUF is missing
+(bash tools/reference/fetch_llm.sh fetches it).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(cmd, **kw):
+    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def timed(cmd):
+    p = run(["/usr/bin/time", "-v"] + cmd)
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr).group(1)
+    parts = [float(x) for x in wall.split(":")]
+    secs = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
+    return rss / 1024.0, secs
+
+
+def rates(run_dir, per_step):
+    recs = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
+    recs = [r for r in recs if r["kind"] == "train"]
+    if len(recs) < 2:
+        return float("nan"), float("nan")
+    steps = recs[-1]["step"] - recs[0]["step"]
+    secs = recs[-1]["elapsed_s"] - recs[0]["elapsed_s"]
+    sps = steps / secs
+    return sps, sps * per_step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calico", default=os.path.join(ROOT, "target", "release", "calico"))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--small-steps", type=int, default=4)
+    ap.add_argument("--gguf", default=os.path.join(
+        ROOT, "models", "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    a = ap.parse_args()
+    if not os.path.exists(a.calico):
+        sys.exit(f"{a.calico} missing: cargo build --release -p calico-cli")
+    work = tempfile.mkdtemp(prefix="calico-train-bench-")
+    try:
+        synth = os.path.join(work, "synth")
+        run([a.calico, "data", "synth", "--out", synth, "--images", "60", "--seed", "3"])
+        mp = os.path.join(work, "mp")
+        run([a.calico, "data", "build", "--out", mp] + sum(
+            (["--source", f"{f}={synth}/{f}"] for f in ["paco_lvis", "part_image_net", "ade20k_part234"]), []))
+        data = os.path.join(mp, "train.jsonl")
+        rows = []
+
+        cfg = os.path.join(work, "tiny.json")
+        json.dump({"epochs": 1, "steps_per_epoch": a.steps, "validate_every": 0,
+                   "checkpoint_every": a.steps}, open(cfg, "w"))
+        out = os.path.join(work, "tiny")
+        rss, wall = timed([a.calico, "train", "--preset", "tiny", "--data", data,
+                           "--config", cfg, "--out", out])
+        sps, smp = rates(out, 8)
+        rows.append(("tiny (all trained, batch 8)", sps, smp, rss, wall))
+
+        if os.path.exists(a.gguf):
+            w = os.path.join(work, "w-small")
+            run([a.calico, "model", "init", "--preset", "small", "--gguf", a.gguf, "--out", w])
+            cfg = os.path.join(work, "small.json")
+            json.dump({"epochs": 1, "steps_per_epoch": a.small_steps, "batch_size": 1,
+                       "grad_accumulation": 4, "warmup_steps": 1, "validate_every": 0,
+                       "checkpoint_every": a.small_steps}, open(cfg, "w"))
+            cache = os.path.join(work, "features")
+            for label in ["cold", "warm"]:
+                out = os.path.join(work, f"small-{label}")
+                rss, wall = timed([a.calico, "train", "--preset", "small", "--weights", w,
+                                   "--data", data, "--config", cfg, "--out", out,
+                                   "--feature-cache", cache])
+                sps, smp = rates(out, 4)
+                rows.append((f"small, paper set ({label} feature cache)", sps, smp, rss, wall))
+        else:
+            print(f"note: {a.gguf} missing, small rows skipped", file=sys.stderr)
+
+        print(f"\n`calico train` on {os.cpu_count()} CPU cores\n")
+        print("| run | steps/s | samples/s | peak RSS | wall (incl. setup) |")
+        print("|---|---:|---:|---:|---:|")
+        for name, sps, smp, rss, wall in rows:
+            print(f"| {name} | {sps:.3f} | {smp:.2f} | {rss:.0f} MiB | {wall:.0f} s |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
