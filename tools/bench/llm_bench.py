@@ -23,9 +23,7 @@ whether the prompt ids and the generated ids are identical.
 Part 2 runs `cargo bench -p calico-model --bench calico -- --preset P` for
 each preset (random weights; no PyTorch counterpart exists) and prints a
 second table: pair encoding, the teacher-forced forward pass of one sample and
-generation of N tokens. For `small` the bench swaps the SAM ViT-B encoder for a
-small stand-in and times the real encoder once on its own (see the header of
-crates/calico-model/benches/calico.rs).
+generation of N tokens (see the header of crates/calico-model/benches/calico.rs).
 """
 import argparse
 import json

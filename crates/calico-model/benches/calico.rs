@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo bench -p calico-model --bench calico -- [--preset tiny|small] [--repeats R]
-//!     [--new-tokens N] [--full-sam]
+//!     [--new-tokens N]
 //! cargo bench -p calico-model --bench calico -- --gguf PATH [--prompt TEXT]
 //!     [--new-tokens N] [--repeats R]
 //! ```
@@ -21,13 +21,7 @@
 //!   the tokens actually generated.
 //!
 //! Each is run once as a warm-up, then R times (default 3); one JSON line
-//! per operation with `best_s` and `mean_s`. For `small` the SAM image
-//! encoder is ViT-B at 1024 px (about 16 s per image on two cores), which
-//! would make every timed call take over half a minute; so by default the
-//! `small` model is built with a one-block, 64-wide stand-in SAM encoder at
-//! the same 1024 px / 64×64 grid, and the real ViT-B encoder is timed once,
-//! separately, on the pair (`sam_encoder` line). `--full-sam` builds the
-//! preset's encoder into the model instead.
+//! per operation with `best_s` and `mean_s`.
 //!
 //! **GGUF mode** loads a LLaMA-family GGUF (SmolLM2-135M-Instruct) with its
 //! tokenizer, writes `--prompt` as a one-turn chat and greedily generates N
@@ -41,26 +35,24 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use calico_model::calico::{Calico, ImageInput, SeededBackend, TrainBatch};
+use calico_model::calico::{Calico, ImageInput, TrainBatch};
 use calico_model::config::{view_size, CalicoConfig};
 use calico_model::gguf::load_llama_gguf;
 use calico_model::llama::{ForwardOptions, GenerateOptions, KvCache, Llama, Sampling};
 use calico_model::prompt::{build, PromptFormat, SpecialIds, TextEncoder};
-use calico_model::sam::image_encoder::{ImageEncoderViT, SamEncoderConfig};
 use calico_model::tokenizer::CalicoTokenizer;
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const USAGE: &str = "usage: calico [--preset tiny|small] [--repeats R] [--new-tokens N] [--full-sam]\n       calico --gguf PATH [--prompt TEXT] [--new-tokens N] [--repeats R]";
+const USAGE: &str = "usage: calico [--preset tiny|small] [--repeats R] [--new-tokens N]\n       calico --gguf PATH [--prompt TEXT] [--new-tokens N] [--repeats R]";
 const DEFAULT_PROMPT: &str = "What is the capital of France?";
 
 struct Args {
     preset: Option<String>,
     repeats: usize,
     new_tokens: usize,
-    full_sam: bool,
     gguf: Option<PathBuf>,
     prompt: Option<String>,
 }
@@ -70,7 +62,6 @@ fn parse_args() -> Args {
         preset: None,
         repeats: 3,
         new_tokens: 32,
-        full_sam: false,
         gguf: None,
         prompt: None,
     };
@@ -97,7 +88,6 @@ fn parse_args() -> Args {
             }
             "--repeats" => a.repeats = positive(args.next(), "--repeats"),
             "--new-tokens" => a.new_tokens = positive(args.next(), "--new-tokens"),
-            "--full-sam" => a.full_sam = true,
             "--gguf" => {
                 a.gguf =
                     Some(PathBuf::from(args.next().unwrap_or_else(|| {
@@ -117,10 +107,8 @@ fn parse_args() -> Args {
             other => fail(&format!("unknown argument `{other}`\n{USAGE}")),
         }
     }
-    if a.gguf.is_some() && (a.preset.is_some() || a.full_sam) {
-        fail(&format!(
-            "--gguf cannot be combined with --preset/--full-sam\n{USAGE}"
-        ));
+    if a.gguf.is_some() && a.preset.is_some() {
+        fail(&format!("--gguf cannot be combined with --preset\n{USAGE}"));
     }
     if a.gguf.is_none() && a.prompt.is_some() {
         fail(&format!("--prompt needs --gguf\n{USAGE}"));
@@ -206,18 +194,6 @@ const IDS: SpecialIds = SpecialIds {
 const ANSWER: &str =
     "The chair: <p> a seat </p> [SEG] (IMAGE1) and <p> a seat </p> [SEG] (IMAGE2).";
 
-/// The stand-in SAM encoder for `small`: same input size, grid and output
-/// channels as the preset's, one 64-wide windowed block.
-fn sam_stand_in(real: &SamEncoderConfig) -> SamEncoderConfig {
-    SamEncoderConfig {
-        embed_dim: 64,
-        depth: 1,
-        num_heads: 2,
-        global_attn_indexes: Vec::new(),
-        ..real.clone()
-    }
-}
-
 fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
@@ -247,54 +223,13 @@ fn line(preset: &str, op: &str, times: &[f64], extra: &str) {
     );
 }
 
-/// Builds the SAM image encoder of `cfg` with seeded random weights (as
-/// `Calico::random` does) and times one forward pass over `images`.
-fn time_sam_encoder(cfg: &SamEncoderConfig, images: &[&ImageInput]) -> Result<f64> {
-    let device = Device::Cpu;
-    let backend = SeededBackend::new(0);
-    if cfg.use_rel_pos {
-        let head_dim = cfg.embed_dim / cfg.num_heads.max(1);
-        for i in 0..cfg.depth {
-            let side = if cfg.global_attn_indexes.contains(&i) {
-                cfg.grid_size()
-            } else {
-                cfg.window_size
-            };
-            for axis in ["h", "w"] {
-                backend.insert(
-                    &format!("blocks.{i}.attn.rel_pos_{axis}"),
-                    &[2 * side - 1, head_dim],
-                    &device,
-                )?;
-            }
-        }
-    }
-    let vb = VarBuilder::from_backend(Box::new(backend), DType::F32, device);
-    let enc = ImageEncoderViT::new(cfg, vb)?;
-    let views: Vec<Tensor> = images.iter().map(|i| i.sam.clone()).collect();
-    let x = Tensor::stack(&views, 0)?;
-    let t = Instant::now();
-    let out = enc.forward(&x)?;
-    out.flatten_all()?.get(0)?;
-    Ok(t.elapsed().as_secs_f64())
-}
-
 fn bench_preset(args: &Args, preset: &str) -> Result<()> {
-    let mut cfg =
-        CalicoConfig::preset(preset).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-    let real_sam = cfg.sam_encoder.clone();
-    let stand_in = preset == "small" && !args.full_sam;
-    if stand_in {
-        cfg.sam_encoder = sam_stand_in(&real_sam);
-    }
-    let sam_label = if stand_in {
-        "stand-in (1 block, 64 wide)".to_string()
-    } else {
-        format!(
-            "{} blocks, {} wide, {} px",
-            real_sam.depth, real_sam.embed_dim, real_sam.img_size
-        )
-    };
+    let cfg = CalicoConfig::preset(preset).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let sam = &cfg.sam_encoder;
+    let sam_label = format!(
+        "{} blocks, {} wide, {} px",
+        sam.depth, sam.embed_dim, sam.img_size
+    );
 
     // The model's eos is outside the vocabulary, so generation runs to N.
     let model_ids = SpecialIds {
@@ -388,25 +323,6 @@ fn bench_preset(args: &Args, preset: &str) -> Result<()> {
         ),
     );
 
-    if stand_in {
-        drop(model);
-        let full: Vec<ImageInput> = (1..=2)
-            .map(|s| {
-                let mut c = cfg.clone();
-                c.sam_encoder = real_sam.clone();
-                image(&c, s)
-            })
-            .collect::<Result<_>>()?;
-        let refs: Vec<&ImageInput> = full.iter().collect();
-        let s = time_sam_encoder(&real_sam, &refs)?;
-        println!(
-            "{{\"preset\":\"{preset}\",\"op\":\"sam_encoder\",\"seconds\":{s:.3},\"runs\":1,\"images\":2,\"sam_encoder\":\"{} blocks, {} wide, {} px\",\"threads\":{}}}",
-            real_sam.depth,
-            real_sam.embed_dim,
-            real_sam.img_size,
-            threads()
-        );
-    }
     Ok(())
 }
 
