@@ -85,8 +85,8 @@ fn image(seed: u64) -> ImageInput {
     ImageInput {
         clip: randn(&[3, CLIP_SIDE, CLIP_SIDE], &mut rng),
         dino: Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap(),
-        sam: randn(&[3, 64, 64], &mut rng),
-        sam_resized: (64, 48),
+        sam: randn(&[3, 128, 128], &mut rng),
+        sam_resized: (128, 96),
         original: (100, 75),
     }
 }

@@ -72,8 +72,8 @@ fn image(seed: u64) -> ImageInput {
     ImageInput {
         clip: randn(&[3, 56, 56], &mut rng),
         dino: randn(&[3, 56, 56], &mut rng),
-        sam: randn(&[3, 64, 64], &mut rng),
-        sam_resized: (64, 48),
+        sam: randn(&[3, 128, 128], &mut rng),
+        sam_resized: (128, 96),
         original: (100, 75),
     }
 }

@@ -58,8 +58,8 @@ fn image(seed: u64) -> ImageInput {
     ImageInput {
         clip: randn(&[3, 56, 56], &mut rng),
         dino: randn(&[3, 56, 56], &mut rng),
-        sam: randn(&[3, 64, 64], &mut rng),
-        sam_resized: (64, 64),
+        sam: randn(&[3, 128, 128], &mut rng),
+        sam_resized: (128, 128),
         original: (64, 64),
     }
 }
