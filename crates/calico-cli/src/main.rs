@@ -19,6 +19,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The embedded demo, no downloads: SynthParts → samples → the shipped tiny model →
+    /// Table 5 metrics and labelled overlays of held-out pairs → report.html.
+    Demo(commands::demo::DemoArgs),
     /// Compose, parse and prompt in Calico's grounded answer protocol.
     #[command(subcommand)]
     Answer(commands::answer::AnswerCommand),
@@ -48,6 +51,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
         Command::Answer(c) => commands::answer::run(c),
         Command::Masks(c) => commands::masks::run(c),
         Command::Data(c) => commands::data::run(c),

@@ -185,11 +185,30 @@ fn run_convert(a: ConvertArgs) -> Result<()> {
 }
 
 fn run_demo(a: DemoArgs) -> Result<()> {
-    let synth = a.out.join("synth");
+    synth_and_build(&a.out, a.images, a.seed, Vec::new())?;
+    eprintln!(
+        "samples: {0}/mixedparts/{{train,val,test}}.jsonl; statistics: {0}/mixedparts/stats.{{txt,json,svg}}",
+        a.out.display()
+    );
+    Ok(())
+}
+
+/// SynthParts (`images` per format, 256×256) into `OUT/synth`, read back
+/// by the three readers and built into MixedParts samples in
+/// `OUT/mixedparts` (`max`: caps as `SPLIT=N`), each stage with a progress
+/// bar. Returns the `mixedparts` directory. Used by `calico data demo` and
+/// `calico demo`.
+pub(crate) fn synth_and_build(
+    out: &Path,
+    images: usize,
+    seed: u64,
+    max: Vec<String>,
+) -> Result<PathBuf> {
+    let synth = out.join("synth");
     run_synth(SynthArgs {
         out: synth.clone(),
-        seed: a.seed,
-        images: a.images,
+        seed,
+        images,
         size: 256,
         formats: Vec::new(),
         annotation_only: false,
@@ -198,24 +217,21 @@ fn run_demo(a: DemoArgs) -> Result<()> {
         .iter()
         .map(|f| format!("{f}={}", synth.join(f.as_str()).display()))
         .collect();
+    let mixedparts = out.join("mixedparts");
     run_build(BuildArgs {
         sources,
-        out: a.out.join("mixedparts"),
-        seed: a.seed,
+        out: mixedparts.clone(),
+        seed,
         per_object: 4,
         splits: vec![0.8, 0.1, 0.1],
         source_splits: false,
-        max: Vec::new(),
+        max,
         pairs: None,
         shard_lines: 500_000,
         check_images: true,
         class_map: None,
     })?;
-    eprintln!(
-        "samples: {0}/mixedparts/{{train,val,test}}.jsonl; statistics: {0}/mixedparts/stats.{{txt,json,svg}}",
-        a.out.display()
-    );
-    Ok(())
+    Ok(mixedparts)
 }
 
 fn run_synth(a: SynthArgs) -> Result<()> {

@@ -47,24 +47,60 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let t = std::time::Instant::now();
-    let samples = read_samples(&a.ground_truth)?;
+    let similarity = match a.similarity {
+        SimilarityArg::Exact => Similarity::Exact,
+        SimilarityArg::Minilm => Similarity::Minilm(
+            a.model
+                .clone()
+                .unwrap_or_else(calico_eval::embed::default_dir),
+        ),
+    };
+    let report = evaluate(&a.ground_truth, &a.predictions, a.lenient, &similarity)?;
+    print!("{}", report.to_text());
+    if let Some(p) = &a.out {
+        write(p, &(serde_json::to_string_pretty(&report)? + "\n"))?;
+    }
+    if let Some(p) = &a.html {
+        write(p, &report.to_html())?;
+    }
+    eprintln!("evaluated in {:.2} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The text similarity of Recall and SS.
+pub(crate) enum Similarity {
+    /// all-MiniLM-L6-v2 from this sentence-transformers directory.
+    Minilm(PathBuf),
+    /// Exact match (not the paper's metric).
+    Exact,
+}
+
+/// Reads a ground-truth samples file and a predictions file, joins and
+/// scores them: the Table 5 report (what `calico eval` prints and writes).
+pub(crate) fn evaluate(
+    ground_truth: &Path,
+    predictions_file: &Path,
+    lenient: bool,
+    similarity: &Similarity,
+) -> Result<Report> {
+    let samples = read_samples(ground_truth)?;
     if samples.is_empty() {
         return Err(bad_input(format!(
             "{}: no ground-truth samples",
-            a.ground_truth.display()
+            ground_truth.display()
         )));
     }
-    let predictions = read_predictions(&a.predictions)?;
-    let opts = EvalOptions { lenient: a.lenient };
+    let predictions = read_predictions(predictions_file)?;
+    let opts = EvalOptions { lenient };
     let prepared = prepare(
-        &a.ground_truth,
+        ground_truth,
         &samples,
-        &a.predictions,
+        predictions_file,
         &predictions,
         &opts,
     )?;
-    let (overall, by_source, embedder) = match a.similarity {
-        SimilarityArg::Exact => {
+    let (overall, by_source, embedder) = match similarity {
+        Similarity::Exact => {
             let (o, s) = score(&prepared, &ExactMatch);
             (
                 o,
@@ -72,12 +108,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                 "exact match (not the paper's SentenceBERT)".to_string(),
             )
         }
-        SimilarityArg::Minilm => {
-            let dir = a
-                .model
-                .clone()
-                .unwrap_or_else(calico_eval::embed::default_dir);
-            let model = SentenceEmbedder::load(&dir, &candle_core::Device::Cpu).with_context(|| {
+        Similarity::Minilm(dir) => {
+            let model = SentenceEmbedder::load(dir, &candle_core::Device::Cpu).with_context(|| {
                 format!(
                     "loading the sentence embedder from {} (run `bash tools/reference/fetch_models.sh`, pass --model DIR, or use --similarity exact)",
                     dir.display()
@@ -96,9 +128,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
             (o, s, format!("all-MiniLM-L6-v2 cosine ({})", dir.display()))
         }
     };
-    let report = Report {
-        ground_truth: a.ground_truth.clone(),
-        predictions_file: a.predictions.clone(),
+    Ok(Report {
+        ground_truth: ground_truth.to_path_buf(),
+        predictions_file: predictions_file.to_path_buf(),
         embedder,
         overall,
         by_source,
@@ -106,19 +138,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         predictions: prepared.predictions,
         missing_predictions: prepared.missing.clone(),
         skipped: prepared.skipped.clone(),
-    };
-    print!("{}", report.to_text());
-    if let Some(p) = &a.out {
-        write(p, &(serde_json::to_string_pretty(&report)? + "\n"))?;
-    }
-    if let Some(p) = &a.html {
-        write(p, &report.to_html())?;
-    }
-    eprintln!("evaluated in {:.2} s", t.elapsed().as_secs_f64());
-    Ok(())
+    })
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<()> {
     calico_masks::png_io::write_atomic(path, |w| std::io::Write::write_all(w, text.as_bytes()))?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod answer;
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod masks;
 pub mod model;

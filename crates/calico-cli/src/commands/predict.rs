@@ -38,7 +38,7 @@ pub struct PredictArgs {
     max_new_tokens: usize,
 }
 
-fn train_err(e: TrainError) -> anyhow::Error {
+pub(crate) fn train_err(e: TrainError) -> anyhow::Error {
     match e {
         TrainError::Data(_) | TrainError::Config(_) => bad_input(e.to_string()),
         other => anyhow::Error::new(other),
@@ -75,11 +75,6 @@ pub fn run(a: PredictArgs) -> Result<()> {
         eprintln!("warning: {}", m.description);
     }
     let n = a.limit.unwrap_or(ds.len()).min(ds.len());
-    // Every sample's images are read before the (slow) answering starts.
-    for i in 0..n {
-        ds.images_of(i).map_err(train_err)?;
-    }
-    let opts = greedy(a.max_new_tokens);
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
@@ -88,16 +83,10 @@ pub fn run(a: PredictArgs) -> Result<()> {
     );
     bar.set_prefix("predict");
     let t = std::time::Instant::now();
-    let mut text = String::new();
-    let mut masks = 0usize;
-    for i in 0..n {
-        bar.set_message(ds.samples[i].id.clone());
-        let (p, _) = predict_sample(&m.model, &m.tokenizer, &ds, i, &opts).map_err(train_err)?;
-        masks += p.masks.len();
-        text.push_str(&serde_json::to_string(&p)?);
-        text.push('\n');
-        bar.inc(1);
-    }
+    let (text, masks) = predict_jsonl(&m, &ds, n, a.max_new_tokens, &|done, _, id| {
+        bar.set_position(done as u64);
+        bar.set_message(id.to_string());
+    })?;
     bar.finish_and_clear();
     if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
@@ -110,4 +99,34 @@ pub fn run(a: PredictArgs) -> Result<()> {
         m.description
     );
     Ok(())
+}
+
+/// Answers samples `0..n` of `ds` (greedy, at most `max_new_tokens`
+/// each): the predictions JSONL text and the number of masks. Every
+/// sample's images are read before the (slow) answering starts.
+/// `progress(done, n, id)` is called before each sample with its id, and
+/// once at the end with an empty id.
+pub(crate) fn predict_jsonl(
+    m: &AppModel,
+    ds: &data::Dataset,
+    n: usize,
+    max_new_tokens: usize,
+    progress: &dyn Fn(usize, usize, &str),
+) -> Result<(String, usize)> {
+    let n = n.min(ds.len());
+    for i in 0..n {
+        ds.images_of(i).map_err(train_err)?;
+    }
+    let opts = greedy(max_new_tokens);
+    let mut text = String::new();
+    let mut masks = 0usize;
+    for i in 0..n {
+        progress(i, n, &ds.samples[i].id);
+        let (p, _) = predict_sample(&m.model, &m.tokenizer, ds, i, &opts).map_err(train_err)?;
+        masks += p.masks.len();
+        text.push_str(&serde_json::to_string(&p)?);
+        text.push('\n');
+    }
+    progress(n, n, "");
+    Ok((text, masks))
 }
