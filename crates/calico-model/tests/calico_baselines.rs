@@ -283,7 +283,7 @@ fn forward_routes_masks_per_image() {
         assert_eq!(routes, [0, 1]);
         assert_eq!(out.mask_logits[0].len(), 2);
         for mk in &out.mask_logits[0] {
-            assert_eq!(mk.dims(), &[1, 16, 16]);
+            assert_eq!(mk.dims(), &[1, 64, 64]);
         }
         // Swapping the images swaps the masks (each [SEG] reads its image).
         let swapped = TrainBatch {
