@@ -313,13 +313,14 @@ pub fn read_run(dir: &Path) -> Result<(Option<String>, Option<Value>)> {
         )));
     }
     let curve = std::fs::read_to_string(dir.join("curve.svg")).ok();
+    // The last training record (validation records are the curve's).
     let last = std::fs::read_to_string(dir.join("metrics.jsonl"))
         .ok()
         .and_then(|t| {
             t.lines()
                 .rev()
-                .find(|l| !l.trim().is_empty())
-                .and_then(|l| serde_json::from_str(l).ok())
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v.get("kind").and_then(Value::as_str) != Some("val"))
         });
     Ok((curve, last))
 }

@@ -175,7 +175,10 @@ impl Calico {
         })
     }
 
-    /// The `<p> … </p>` text before a `[SEG]`, not crossing an earlier one.
+    /// The `<p> … </p>` text a `[SEG]` grounds: the phrase before it, or
+    /// before the chain of `[SEG] (IMAGEk)` it ends (`<p> the leg </p> [SEG]
+    /// (IMAGE1) [SEG] (IMAGE2)` gives both masks "the leg"); any other text
+    /// between the phrase and the `[SEG]` means it has none.
     fn phrase_before(
         &self,
         ids: &[u32],
@@ -185,9 +188,21 @@ impl Calico {
     ) -> Option<String> {
         let s = &self.special;
         let mut close = None;
+        let mut chain_end = route.position;
         for p in (from..route.position).rev() {
             if ids[p] == s.seg {
-                return None;
+                // Only an image tag may separate chained [SEG]s.
+                let tag = tok.decode_plain(&ids[p + 1..chain_end]);
+                let tag = tag.trim();
+                let is_tag = tag
+                    .strip_prefix(calico_text::tokens::IMAGE_TAG_PREFIX)
+                    .and_then(|r| r.strip_suffix(')'))
+                    .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()));
+                if close.is_some() || !is_tag {
+                    return None;
+                }
+                chain_end = p;
+                continue;
             }
             if ids[p] == s.p_close && close.is_none() {
                 close = Some(p);
