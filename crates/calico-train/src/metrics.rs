@@ -222,25 +222,10 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary sibling, fsync and rename, so
+/// [`calico_model::calico::weights::write_atomic`] with this module's error:
 /// a reader (or a crash) sees either the old or the new file, never a mix.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(|e| MetricsError::io(path, e))
+    calico_model::calico::weights::write_atomic(path, bytes).map_err(|e| MetricsError::io(path, e))
 }
 
 /// The open, append-only metrics log of a run. It also keeps the records in
