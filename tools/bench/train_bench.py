@@ -6,11 +6,17 @@
 
 Generates a small SynthParts set and its MixedParts samples, then runs:
 
-  tiny               every tensor trained from scratch (the tiny recipe), batch 8
+  tiny               every tensor trained from scratch (the tiny recipe), batch 8,
+                     candle's own threads (--workers 1)
+  tiny, 2 workers    the same samples per step as 4 x 2 micro-batches on two threads,
+                     each single-threaded (the default on a 2-core machine)
+  tiny-staged        stage 2 of tools/train/tiny-staged.json (EVA 112 px, encoders held
+                     still), 2 workers
   small (cold cache) the paper's trainable set over SmolLM2-135M (GGUF) with seeded
-                     random frozen vision, batch 1 x 4 accumulation, frozen
-                     features computed and cached
-  small (warm cache) the same steps again over a shared feature cache
+                     random frozen vision, batch 1 x 4 accumulation on 2 workers,
+                     frozen features computed and cached
+  small (warm cache) the same steps again over a shared feature cache, on 2 workers
+                     and on 1 (candle's own threads)
 
 Each row: optimizer steps/s and samples/s (from the run's metrics.jsonl,
 excluding the first step), peak resident memory (GNU time's maximum RSS) and
@@ -76,14 +82,26 @@ def main():
         data = os.path.join(mp, "train.jsonl")
         rows = []
 
-        cfg = os.path.join(work, "tiny.json")
-        json.dump({"epochs": 1, "steps_per_epoch": a.steps, "validate_every": 0,
-                   "checkpoint_every": a.steps}, open(cfg, "w"))
-        out = os.path.join(work, "tiny")
-        rss, wall = timed([a.calico, "train", "--preset", "tiny", "--data", data,
-                           "--config", cfg, "--out", out])
-        sps, smp = rates(out, 8)
-        rows.append(("tiny (all trained, batch 8)", sps, smp, rss, wall))
+        tiny_rows = [
+            ("tiny (all trained, batch 8, candle threads)", [], {}, ["--workers", "1"]),
+            ("tiny (all trained, 4 x 2 on 2 workers)", [],
+             {"batch_size": 4, "grad_accumulation": 2}, ["--workers", "2"]),
+            ("tiny-staged, stage 2 (4 x 2 on 2 workers)",
+             ["--model-config", os.path.join(ROOT, "tools", "train", "tiny-staged.model.json")],
+             {"batch_size": 4, "grad_accumulation": 2, "freeze": json.load(open(
+                 os.path.join(ROOT, "tools", "train", "tiny-staged.json")))["freeze"]},
+             ["--workers", "2"]),
+        ]
+        for k, (label, model, extra, flags) in enumerate(tiny_rows):
+            cfg = os.path.join(work, f"tiny{k}.json")
+            json.dump(dict({"epochs": 1, "steps_per_epoch": a.steps, "validate_every": 0,
+                            "checkpoint_every": a.steps}, **extra), open(cfg, "w"))
+            out = os.path.join(work, f"tiny{k}")
+            args = model if model else ["--preset", "tiny"]
+            rss, wall = timed([a.calico, "train"] + args + ["--data", data, "--config", cfg,
+                                                            "--out", out] + flags)
+            sps, smp = rates(out, 8)
+            rows.append((label, sps, smp, rss, wall))
 
         if os.path.exists(a.gguf):
             w = os.path.join(work, "w-small")
@@ -93,13 +111,14 @@ def main():
                        "grad_accumulation": 4, "warmup_steps": 1, "validate_every": 0,
                        "checkpoint_every": a.small_steps}, open(cfg, "w"))
             cache = os.path.join(work, "features")
-            for label in ["cold", "warm"]:
-                out = os.path.join(work, f"small-{label}")
+            for k, (label, workers) in enumerate([("cold", 2), ("warm", 2), ("warm", 1)]):
+                out = os.path.join(work, f"small-{k}")
                 rss, wall = timed([a.calico, "train", "--preset", "small", "--weights", w,
                                    "--data", data, "--config", cfg, "--out", out,
-                                   "--feature-cache", cache])
+                                   "--feature-cache", cache, "--workers", str(workers)])
                 sps, smp = rates(out, 4)
-                rows.append((f"small, paper set ({label} feature cache)", sps, smp, rss, wall))
+                rows.append((f"small, paper set ({label} feature cache, {workers} worker"
+                             f"{'s' if workers > 1 else ''})", sps, smp, rss, wall))
         else:
             print(f"note: {a.gguf} missing, small rows skipped", file=sys.stderr)
 

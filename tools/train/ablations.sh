@@ -5,6 +5,10 @@
 #
 #   bash tools/train/ablations.sh MIXEDPARTS_DIR OUT_DIR [TRAIN_CONFIG.json] [TEST_LIMIT] [PARALLEL]
 #
+# The model is the `tiny` preset, or MODEL_CONFIG=FILE (e.g. the staged recipe:
+# MODEL_CONFIG=tools/train/tiny-staged.model.json with TRAIN_CONFIG
+# tools/train/tiny-staged.json).
+#
 # MIXEDPARTS_DIR holds train.jsonl / val.jsonl / test.jsonl from `calico data
 # build`; the evaluation uses TEST_LIMIT (default 150) samples spread evenly
 # over test.jsonl. Writes OUT_DIR/<row>/ (the run), OUT_DIR/<row>.predictions.jsonl,
@@ -16,6 +20,8 @@ calico="${CALICO:-target/release/calico}"
 mkdir -p "$out"
 cfg_args=()
 [ -n "$cfg" ] && cfg_args=(--config "$cfg")
+model_args=(--preset tiny)
+[ -n "${MODEL_CONFIG:-}" ] && model_args=(--model-config "$MODEL_CONFIG")
 # Held-out evaluation set: LIMIT samples spread evenly over test.jsonl (all
 # sources and tasks), beside it so image paths stay valid.
 test="$mp/test_every_$limit.jsonl"
@@ -29,7 +35,7 @@ PY
 one() {
     local row="$1"; shift
     local t0=$SECONDS
-    "$calico" train --preset tiny --data "$mp/train.jsonl" --out "$out/$row" "${cfg_args[@]}" \
+    "$calico" train "${model_args[@]}" --data "$mp/train.jsonl" --out "$out/$row" "${cfg_args[@]}" \
         --similarity exact "$@" > "$out/$row.train.log" 2>&1
     "$calico" predict --data "$test" --weights "$out/$row/model" \
         --out "$out/$row.predictions.jsonl" > /dev/null 2>&1

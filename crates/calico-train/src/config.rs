@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::TrainableSet;
 use crate::objective::LossConfig;
 use crate::optim::AdamWConfig;
+use crate::pretrain::VisionPretrain;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,6 +44,35 @@ pub struct TrainConfig {
     pub val_samples: usize,
     /// Longest generated answer during validation.
     pub max_new_tokens: usize,
+    /// Training in stages: each entry keeps the variables whose names start
+    /// with one of its prefixes unchanged before its step (empty: one stage).
+    pub freeze: Vec<FreezeStage>,
+    /// Stage 1 of a from-scratch run: the global encoders learn the
+    /// training images' object classes before step 1 (`None`: no stage 1).
+    pub vision_pretrain: Option<VisionPretrain>,
+}
+
+/// Variables held still: the optimizer does not update a variable whose
+/// name starts with one of `prefixes` while the step being taken is at most
+/// `until_step`, or during the whole run when `until_step` is left out
+/// (their AdamW moments and step counts start when they do).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeStage {
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub until_step: Option<u64>,
+}
+
+impl TrainConfig {
+    /// Whether the variable `name` is held still during optimizer step
+    /// `step` (1-based).
+    pub fn frozen_at(&self, step: u64, name: &str) -> bool {
+        self.freeze.iter().any(|f| {
+            f.until_step.is_none_or(|u| step <= u)
+                && f.prefixes.iter().any(|p| name.starts_with(p.as_str()))
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -64,6 +94,8 @@ impl Default for TrainConfig {
             validate_every: 500,
             val_samples: 100,
             max_new_tokens: 320,
+            freeze: Vec::new(),
+            vision_pretrain: None,
         }
     }
 }
@@ -94,8 +126,10 @@ impl TrainConfig {
                 warmup_steps: 30,
                 epochs: 3,
                 steps_per_epoch: 200,
-                batch_size: 8,
-                grad_accumulation: 1,
+                // 8 samples per step as two micro-batches: on two cores
+                // they run on two threads at once (`--workers`).
+                batch_size: 4,
+                grad_accumulation: 2,
                 checkpoint_every: 100,
                 validate_every: 0,
                 val_samples: 30,
@@ -137,6 +171,18 @@ impl TrainConfig {
         if self.keep_last == 0 {
             bad.push("keep_last must be at least 1".into());
         }
+        if let Some(v) = &self.vision_pretrain {
+            if let Err(e) = v.validate() {
+                bad.push(e);
+            }
+        }
+        for (i, f) in self.freeze.iter().enumerate() {
+            if f.prefixes.is_empty() || f.prefixes.iter().any(|p| p.is_empty()) {
+                bad.push(format!(
+                    "freeze[{i}].prefixes must list at least one non-empty name prefix"
+                ));
+            }
+        }
         if bad.is_empty() {
             Ok(())
         } else {
@@ -163,6 +209,34 @@ mod tests {
         assert_eq!(c.max_grad_norm, 1.0);
         assert!(c.validate().is_ok());
         assert!(TrainConfig::for_preset("tiny").validate().is_ok());
+    }
+
+    #[test]
+    fn freeze_stages_hold_their_prefixes_until_their_step() {
+        let c: TrainConfig = serde_json::from_str(
+            r#"{"freeze": [{"prefixes": ["model.qformer.", "model.query_tokens"], "until_step": 3},
+                           {"prefixes": ["model.vision_tower."]}]}"#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        for step in 1..=3 {
+            assert!(c.frozen_at(step, "model.qformer.layernorm.weight"));
+            assert!(c.frozen_at(step, "model.query_tokens"));
+        }
+        assert!(!c.frozen_at(4, "model.qformer.layernorm.weight"));
+        // No until_step: the whole run.
+        assert!(c.frozen_at(
+            1_000_000,
+            "model.vision_tower.embeddings.patch_embedding.weight"
+        ));
+        assert!(!c.frozen_at(1, "model.layers.0.self_attn.q_proj.weight"));
+        let bad: TrainConfig =
+            serde_json::from_str(r#"{"freeze": [{"prefixes": []}, {"prefixes": [""]}]}"#).unwrap();
+        let e = bad.validate().unwrap_err();
+        assert!(e.contains("freeze[0]") && e.contains("freeze[1]"), "{e}");
+        let bad: TrainConfig =
+            serde_json::from_str(r#"{"vision_pretrain": {"steps": 0}}"#).unwrap();
+        assert!(bad.validate().unwrap_err().contains("vision_pretrain"));
     }
 
     #[test]

@@ -147,6 +147,11 @@ impl Dataset {
         &self.path
     }
 
+    /// Image `file` (as a sample names it) in the model's views, cached.
+    pub fn image_input(&self, file: &str) -> Result<Arc<ImageInput>> {
+        self.image(file)
+    }
+
     fn image(&self, file: &str) -> Result<Arc<ImageInput>> {
         let path = if Path::new(file).is_absolute() {
             PathBuf::from(file)

@@ -11,8 +11,10 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod predict;
+pub mod pretrain;
 pub mod schedule;
 pub mod trainer;
+pub mod workers;
 
 /// A training error; the message names the file, sample, step or tensor.
 #[derive(Debug, thiserror::Error)]

@@ -62,6 +62,7 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const FROZEN_FILE: &str = "frozen.safetensors";
 pub const VAL_PREDICTIONS_FILE: &str = "val_predictions.jsonl";
 pub const MODEL_DIR: &str = "model";
+pub const PRETRAIN_FILE: &str = "pretrain.json";
 
 /// What to train on and where to write.
 #[derive(Debug, Clone)]
@@ -84,6 +85,11 @@ pub struct RunSpec {
     /// Where the frozen encoders' features are cached (paper trainable set
     /// only; default `RUN/feature_cache`).
     pub feature_cache: Option<PathBuf>,
+    /// Threads computing a step's micro-batches at once (at most
+    /// `grad_accumulation` are used). An execution setting only: the
+    /// gradients are added in micro-batch order, so any value gives the
+    /// same run.
+    pub workers: usize,
 }
 
 /// One optimizer step's numbers.
@@ -134,7 +140,7 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }
 
-fn mix(parts: &[u64]) -> u64 {
+pub(crate) fn mix(parts: &[u64]) -> u64 {
     // SplitMix64 over the parts.
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
     for &p in parts {
@@ -384,6 +390,17 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         }
     }
     let named = named_vars(&vars);
+    // A prefix may name a module an ablation removed (DINOv2 without the
+    // CEM): said, not an error, so one config serves every ablation.
+    for (i, f) in tc.freeze.iter().enumerate() {
+        for p in &f.prefixes {
+            if !named.iter().any(|(n, _)| n.starts_with(p.as_str())) {
+                obs.message(&format!(
+                    "note: freeze[{i}] prefix `{p}` names no trained variable of this model"
+                ));
+            }
+        }
+    }
     let mut opt = AdamW::new(named.clone(), tc.optimizer)?;
     let mut start = 0u64;
     if let Some(dir) = &resume_from {
@@ -405,6 +422,35 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
         start = ck.state.step;
         obs.message(&format!("resuming {} at step {start}", run.display()));
+    }
+    if let (Some(vp), None) = (&tc.vision_pretrain, &resume_from) {
+        let summary = crate::pretrain::pretrain_vision(
+            &model,
+            &named,
+            &train_ds,
+            val_ds.as_ref(),
+            vp,
+            tc.seed,
+            spec.workers.max(1),
+            obs,
+        )?;
+        write_json(&run.join(PRETRAIN_FILE), &summary)?;
+        // A checkpoint at step 0, so that --resume never repeats stage 1.
+        save_checkpoint(
+            run,
+            &var_tensors(&named),
+            &opt.state_tensors(),
+            &TrainState {
+                step: 0,
+                epoch: 0,
+                samples_seen: 0,
+                seed: tc.seed,
+                optimizer_steps: opt.steps(),
+                config: serde_json::to_value(&tc).unwrap_or_default(),
+                extra: serde_json::json!({"stage": "after vision_pretrain"}),
+            },
+            tc.keep_last,
+        )?;
     }
     let total = tc.total_steps();
     let schedule = LrSchedule {
@@ -436,6 +482,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     while step < stop_at {
         let mut acc = GradAccumulator::new();
         let (mut text, mut focal, mut dice, mut loss) = (0.0, 0.0, 0.0, 0.0);
+        let mut micro_batches: Vec<Vec<Example>> = Vec::with_capacity(tc.grad_accumulation);
         for micro in 0..tc.grad_accumulation {
             let first = (step * tc.grad_accumulation as u64 + micro as u64) * tc.batch_size as u64;
             let mut examples: Vec<Example> = Vec::with_capacity(tc.batch_size);
@@ -449,29 +496,32 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                     &format,
                 )?);
             }
-            let mut rng = ChaCha8Rng::seed_from_u64(mix(&[tc.seed, 3, step, micro as u64]));
-            let l = batch_loss(&model, &examples, &tok, &tc.loss, Some(&mut rng))?;
-            let total_v = l
-                .total
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-            for (what, v) in [
-                ("text", l.text),
-                ("focal", l.focal),
-                ("dice", l.dice),
-                ("total", total_v),
-            ] {
-                finite_or_stop(step + 1, &format!("{what} loss"), v)?;
+            micro_batches.push(examples);
+        }
+        let outcomes =
+            micro_batch_gradients(&model, &micro_batches, &tok, &tc, step, spec.workers.max(1))?;
+        for (micro, o) in outcomes.into_iter().enumerate() {
+            let MicroOutcome {
+                text: t,
+                focal: f,
+                dice: d,
+                total: total_v,
+                grads,
+            } = o;
+            for (what, v) in [("text", t), ("focal", f), ("dice", d), ("total", total_v)] {
+                finite_or_stop(step + 1, &format!("{what} loss (micro-batch {micro})"), v)?;
             }
-            let grads = l.total.backward()?;
             acc.add(&named, &grads)?;
             let m = tc.grad_accumulation as f64;
-            text += l.text / m;
-            focal += l.focal / m;
-            dice += l.dice / m;
+            text += t / m;
+            focal += f / m;
+            dice += d / m;
             loss += total_v / m;
         }
         let mut grads = acc.mean()?;
+        if !tc.freeze.is_empty() {
+            grads.retain(|name, _| !tc.frozen_at(step + 1, name));
+        }
         let norm = clip_grad_norm(&mut grads, tc.max_grad_norm)?;
         finite_or_stop(step + 1, "gradient norm", norm)?;
         // Update k (0-based) uses the schedule's value after k + 1 steps, so
@@ -553,6 +603,66 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         validation,
         model_dir,
     })
+}
+
+/// One micro-batch's loss components and gradients.
+struct MicroOutcome {
+    text: f64,
+    focal: f64,
+    dice: f64,
+    total: f64,
+    grads: candle_core::backprop::GradStore,
+}
+
+fn micro_outcome(
+    model: &Calico,
+    examples: &[Example],
+    tok: &CalicoTokenizer,
+    tc: &TrainConfig,
+    step: u64,
+    micro: usize,
+) -> Result<MicroOutcome> {
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(&[tc.seed, 3, step, micro as u64]));
+    let l = batch_loss(model, examples, tok, &tc.loss, Some(&mut rng))?;
+    let total = l
+        .total
+        .to_dtype(candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    // A non-finite loss is reported by the caller; its gradients are not used.
+    let grads = if total.is_finite() {
+        l.total.backward()?
+    } else {
+        candle_core::backprop::GradStore::default()
+    };
+    Ok(MicroOutcome {
+        text: l.text,
+        focal: l.focal,
+        dice: l.dice,
+        total,
+        grads,
+    })
+}
+
+/// Losses and gradients of a step's micro-batches, in micro-batch order.
+/// With `workers > 1` the micro-batches run on that many threads at once
+/// (micro-batch `m` on worker `m mod workers`); each one's computation and
+/// random stream depend only on `(seed, step, m)`, and the caller adds the
+/// gradients in micro-batch order, so the result does not depend on
+/// `workers`.
+fn micro_batch_gradients(
+    model: &Calico,
+    batches: &[Vec<Example>],
+    tok: &CalicoTokenizer,
+    tc: &TrainConfig,
+    step: u64,
+    workers: usize,
+) -> Result<Vec<MicroOutcome>> {
+    crate::workers::map_ordered(
+        batches.len(),
+        workers,
+        |m| micro_outcome(model, &batches[m], tok, tc, step, m),
+        |m| format!("micro-batch {m} of step {}", step + 1),
+    )
 }
 
 fn cfg_val(tc: &TrainConfig, v: &Dataset) -> usize {

@@ -57,6 +57,12 @@ pub struct TrainArgs {
     /// the model from tools/reference/fetch_models.sh) or exact.
     #[arg(long, default_value = "minilm", value_parser = ["minilm", "exact"])]
     similarity: String,
+    /// Threads computing a step's micro-batches at once (default: the number of
+    /// CPU cores, at most grad_accumulation, for models with an LLM narrower than
+    /// 512 such as `tiny`; 1 otherwise). With more than one, each thread runs its
+    /// tensor kernels single-threaded. Any value gives the same run.
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 fn apply_ablation(a: &mut Ablation, name: &str) {
@@ -97,20 +103,37 @@ struct Bar {
     bar: ProgressBar,
 }
 
+impl Bar {
+    /// A line above the bar; on standard error when the bar is hidden (not
+    /// a terminal), where `println` would drop it.
+    fn line(&self, text: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+}
+
 impl Observer for Bar {
     fn step(&mut self, p: &Progress) {
         let r = &p.record;
         self.bar.set_length(p.total);
         self.bar.set_position(p.step);
-        self.bar.set_message(format!(
+        let msg = format!(
             "loss {:.3} (text {:.3} focal {:.4} dice {:.3}) lr {:.1e} {:.2} steps/s eta {:.0}s",
             r.loss, r.text, r.focal, r.dice, r.lr, r.steps_per_s, p.eta_s
-        ));
+        );
+        // Without a terminal the bar is not drawn: a line every 50 steps.
+        if self.bar.is_hidden() && (p.step % 50 == 0 || p.step == p.total) {
+            eprintln!("step {}/{}: {msg}", p.step, p.total);
+        }
+        self.bar.set_message(msg);
     }
 
     fn validation(&mut self, step: u64, t: &TaskTable) {
         let a = &t.average;
-        self.bar.println(format!(
+        self.line(&format!(
             "step {step}: validation average mIoU {:.1} Recall {:.1} SS {:.1} S-IoU {:.1} AP50 {}",
             a.miou,
             a.recall,
@@ -123,7 +146,7 @@ impl Observer for Bar {
     }
 
     fn message(&mut self, text: &str) {
-        self.bar.println(text);
+        self.line(text);
     }
 }
 
@@ -178,6 +201,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
             })
         }
     };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let workers = match a.workers {
+        Some(0) => return Err(bad_input("--workers must be at least 1")),
+        Some(w) => w,
+        // Small tensors (tiny's) run faster on single-threaded workers;
+        // large ones (small's 576-wide LLM) on candle's own threads.
+        None if model.llm.hidden_size < 512 => cores.min(config.grad_accumulation),
+        None => 1,
+    };
+    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Set before any tensor kernel runs: candle reads it for its matrix
+        // products and its thread pool; the workers are the parallelism.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let spec = RunSpec {
         run_dir: a.out.clone(),
         train: a.data.clone(),
@@ -188,6 +227,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         resume: a.resume,
         stop_after: a.stop_after,
         feature_cache: a.feature_cache.clone(),
+        workers,
     };
     let bar = ProgressBar::new(spec.config.total_steps());
     bar.set_style(

@@ -107,7 +107,7 @@ use crate::sam::prompt_encoder::PromptEncoder;
 pub use forward::{ForwardOutput, TrainBatch};
 pub use generate::{Answer, SegMask};
 pub use init::{seeded_fill, seeded_fill_where, FillMode, SeededBackend};
-pub use vision::{EncodedImage, ImageInput};
+pub use vision::{EncodedImage, GlobalFeatures, ImageInput};
 
 /// Whether a tensor name belongs to the trainable set (see the module docs):
 /// LoRA adapters, CEM, CAM, f_image, `text_hidden_fcs`, the SAM mask decoder

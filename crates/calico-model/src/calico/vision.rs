@@ -63,6 +63,17 @@ pub struct EncodedImage {
     pub sam_embeddings: Tensor,
 }
 
+/// What [`Calico::global_features`] returns.
+#[derive(Debug, Clone)]
+pub struct GlobalFeatures {
+    /// X_global = ln_vision(EVA(x)), `(n, 1 + N, D_g)`.
+    pub x_global: Tensor,
+    /// The first Q-Former pass, `(n, Q, D_q)`, when the Q-Former runs.
+    pub qformer: Option<Tensor>,
+    /// DINOv2 patch tokens, `(n, N_s, D_s)`, when the CEM runs.
+    pub x_semantic: Option<Tensor>,
+}
+
 fn stack_view(images: &[&ImageInput], pick: fn(&ImageInput) -> &Tensor) -> Result<Tensor> {
     let views: Vec<Tensor> = images.iter().map(|i| pick(i).clone()).collect();
     Tensor::stack(&views, 0)
@@ -169,16 +180,43 @@ impl Calico {
         images: &[&ImageInput],
         eva: &crate::eva_vit::EvaVit,
     ) -> Result<FrozenFeatures> {
-        let dev = self.llm.device();
-        let dtype = self.llm.dtype();
-        let stacked = |pick: fn(&ImageInput) -> &Tensor| -> Result<Tensor> {
-            stack_view(images, pick)?.to_device(dev)?.to_dtype(dtype)
-        };
+        let (x_global, x_semantic, qformer) = self.global_batch(images, eva)?;
+        let sam = self
+            .sam_encoder
+            .forward(&self.stack_on_device(images, |i| &i.sam)?)?;
+        Ok(FrozenFeatures {
+            x_global,
+            x_semantic,
+            qformer,
+            sam,
+        })
+    }
+
+    fn stack_on_device(
+        &self,
+        images: &[&ImageInput],
+        pick: fn(&ImageInput) -> &Tensor,
+    ) -> Result<Tensor> {
+        stack_view(images, pick)?
+            .to_device(self.llm.device())?
+            .to_dtype(self.llm.dtype())
+    }
+
+    /// EVA + `ln_vision` (X_global), the DINOv2 patch tokens when the CEM
+    /// runs, and the first Q-Former pass, batch dimension first.
+    fn global_batch(
+        &self,
+        images: &[&ImageInput],
+        eva: &crate::eva_vit::EvaVit,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
         // X_global = ln_vision(𝒞(X)), (n, 1 + N, D_g).
-        let x_global = eva.forward(&stacked(|i| &i.clip)?)?.last_hidden_state;
+        let x_global = eva
+            .forward(&self.stack_on_device(images, |i| &i.clip)?)?
+            .last_hidden_state;
         let x_semantic = match &self.cem {
             Some((dino, _)) => {
-                let mut h = dino.forward_to_layer(&stacked(|i| &i.dino)?, self.cfg.dinov2_layer)?;
+                let pixels = self.stack_on_device(images, |i| &i.dino)?;
+                let mut h = dino.forward_to_layer(&pixels, self.cfg.dinov2_layer)?;
                 if self.cfg.dinov2_final_norm {
                     h = dino.final_norm(&h)?;
                 }
@@ -190,13 +228,25 @@ impl Calico {
             Some((q, tokens)) => Some(q.forward(tokens, &x_global, None)?),
             None => None,
         };
-        let sam = self.sam_encoder.forward(&stacked(|i| &i.sam)?)?;
-        Ok(FrozenFeatures {
-            x_global,
-            x_semantic,
-            qformer,
-            sam,
-        })
+        Ok((x_global, x_semantic, qformer))
+    }
+
+    /// The encoders of the global branch alone (no SAM), for pretraining
+    /// them, batch dimension first. Errors for the baselines' CLIP path.
+    pub fn global_features(&self, images: &[&ImageInput]) -> Result<GlobalFeatures> {
+        match &self.vision {
+            VisionPath::Calico { eva, .. } => {
+                let (x_global, x_semantic, qformer) = self.global_batch(images, eva)?;
+                Ok(GlobalFeatures {
+                    x_global,
+                    qformer,
+                    x_semantic,
+                })
+            }
+            VisionPath::Clip(_) => {
+                candle_core::bail!("the baselines' CLIP path has no global branch to pretrain")
+            }
+        }
     }
 
     /// Calico's trainable path on frozen features: `(visual tokens, X′_global)`.

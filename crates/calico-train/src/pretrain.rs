@@ -1,0 +1,552 @@
+//! Stage 1 of a from-scratch run ("encoders first"): the global branch's
+//! encoders learn to tell the objects apart before the paper's recipe
+//! trains the rest on top of them.
+//!
+//! The paper starts from pretrained encoders (EVA-CLIP, the BLIP-2
+//! Q-Former, DINOv2) and keeps them frozen. `tiny` has no such weights, and
+//! training its encoders end to end through a randomly initialised LLM
+//! does not work: within ~20 steps the Q-Former's outputs become the same
+//! for every image (the relative difference between two images' visual
+//! tokens falls from ~90 % to ~2 %), because to a random LLM image tokens
+//! are noise, and the answers never name an object correctly
+//! (docs/training.md, "Why `tiny` trains its encoders first"). So stage 1
+//! trains EVA + Q-Former (and DINOv2) on the training samples' own labels:
+//! every image is labelled with the object classes annotated on it
+//! (the masks whose role is `object`), and linear heads on the mean of
+//! the Q-Former's query outputs, on the mean EVA token and on the mean
+//! DINOv2 patch token are trained with cross-entropy (or multi-label binary
+//! cross-entropy). The heads are thrown away; stage 2 then holds these encoders still (`freeze`), as the
+//! paper's recipe holds its pretrained ones.
+//!
+//! Deterministic: image `k` of the stream is entry `k mod n` of epoch
+//! `⌊k/n⌋`'s permutation drawn from `(seed, epoch)`, its horizontal flip
+//! from `(seed, k)`; the heads' initial values from the seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use calico_data::samples::MaskRole;
+use calico_model::calico::{Calico, ImageInput};
+use candle_core::{DType, Device, Tensor, Var, D};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Dataset;
+use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
+use crate::schedule::LrSchedule;
+use crate::trainer::{mix, Observer};
+use crate::TrainError;
+
+type Result<T> = std::result::Result<T, TrainError>;
+
+/// The variables of the encoders stage 1 trains (name prefixes).
+pub const GLOBAL_ENCODERS: [&str; 4] = [
+    "model.vision_tower.",
+    "model.qformer.",
+    "model.query_tokens",
+    "model.dinov2.",
+];
+
+/// Images per autograd graph in stage 1; a step's slices run on the workers.
+const SLICE: usize = 16;
+
+/// Stage-1 settings (`vision_pretrain` in the training config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionPretrain {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Images per step.
+    pub batch_size: usize,
+    /// AdamW peak learning rate (betas (0.9, 0.95), no weight decay).
+    pub lr: f64,
+    /// Linear warm-up steps, then linear decay to 0.
+    pub warmup_steps: u64,
+    /// Mirror an image left–right with probability ½.
+    pub flip: bool,
+    /// `softmax`: cross-entropy against the image's classes, uniformly
+    /// weighted; `bce`: multi-label binary cross-entropy.
+    pub loss: PretrainLoss,
+    /// A third head on the mean EVA token (X_global), so EVA also learns
+    /// from a short path; the Q-Former head is the one reported.
+    pub eva_head: bool,
+}
+
+/// Stage 1's classification loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PretrainLoss {
+    Softmax,
+    Bce,
+}
+
+impl Default for VisionPretrain {
+    fn default() -> Self {
+        Self {
+            steps: 600,
+            batch_size: 32,
+            lr: 2e-3,
+            warmup_steps: 30,
+            flip: true,
+            loss: PretrainLoss::Softmax,
+            eva_head: true,
+        }
+    }
+}
+
+impl VisionPretrain {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.steps == 0 || self.batch_size == 0 {
+            return Err(
+                "vision_pretrain.steps and vision_pretrain.batch_size must be at least 1".into(),
+            );
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(format!(
+                "vision_pretrain.lr must be positive, got {}",
+                self.lr
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Every image of a samples file with the object classes annotated on it.
+#[derive(Debug, Clone)]
+pub struct ImageLabels {
+    /// Image files as the samples name them, in first-use order.
+    pub files: Vec<String>,
+    /// The class names, sorted.
+    pub classes: Vec<String>,
+    /// Per file, the indices of its classes (at least one).
+    pub labels: Vec<Vec<usize>>,
+}
+
+/// Collects the object labels of every image of `ds` (masks whose role is
+/// `object`; images without one are left out).
+pub fn image_labels(ds: &Dataset) -> ImageLabels {
+    let mut per_file: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for s in &ds.samples {
+        for m in &s.masks {
+            if m.role != Some(MaskRole::Object) {
+                continue;
+            }
+            let Some(img) = s.images.get(m.image) else {
+                continue;
+            };
+            let file = img.file.as_str();
+            if !per_file.contains_key(file) {
+                order.push(file);
+            }
+            per_file.entry(file).or_default().insert(m.label.as_str());
+        }
+    }
+    let classes: Vec<String> = per_file
+        .values()
+        .flatten()
+        .map(|c| c.to_string())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let labels = order
+        .iter()
+        .map(|f| {
+            per_file[f]
+                .iter()
+                .filter_map(|c| classes.iter().position(|k| k == c))
+                .collect()
+        })
+        .collect();
+    ImageLabels {
+        files: order.iter().map(|f| f.to_string()).collect(),
+        classes,
+        labels,
+    }
+}
+
+/// A linear classification head.
+struct Head {
+    w: Var,
+    b: Var,
+}
+
+impl Head {
+    fn new(classes: usize, dim: usize, rng: &mut ChaCha8Rng, dev: &Device) -> Result<Self> {
+        let bound = 1.0 / (dim as f32).sqrt();
+        let w: Vec<f32> = (0..classes * dim)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        Ok(Self {
+            w: Var::from_tensor(&Tensor::from_vec(w, (classes, dim), dev)?)?,
+            b: Var::zeros(classes, DType::F32, dev)?,
+        })
+    }
+
+    /// `(n, dim)` → `(n, classes)`.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.w.as_tensor().t()?)?
+            .broadcast_add(self.b.as_tensor())?)
+    }
+}
+
+/// What stage 1 reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainSummary {
+    pub steps: u64,
+    pub images: usize,
+    pub classes: usize,
+    /// Mean loss of the last 20 steps.
+    pub loss: f64,
+    /// Top-1 accuracy (the highest-scoring class is one of the image's) of
+    /// the global head over the last 20 steps' training images.
+    pub train_accuracy: f64,
+    /// The same on the validation images, when there are any.
+    pub val_accuracy: Option<f64>,
+    pub val_images: usize,
+    pub elapsed_s: f64,
+}
+
+struct Batch {
+    inputs: Vec<Arc<ImageInput>>,
+    targets: Tensor,
+    labels: Vec<Vec<usize>>,
+}
+
+/// Mirrors an image's EVA and DINOv2 views left–right.
+fn flipped(im: &ImageInput) -> Result<ImageInput> {
+    let flip = |t: &Tensor| -> Result<Tensor> {
+        let w = t.dim(D::Minus1)?;
+        let idx: Vec<u32> = (0..w as u32).rev().collect();
+        let idx = Tensor::new(idx.as_slice(), t.device())?;
+        Ok(t.index_select(&idx, t.rank() - 1)?)
+    };
+    Ok(ImageInput {
+        clip: flip(&im.clip)?,
+        dino: flip(&im.dino)?,
+        ..im.clone()
+    })
+}
+
+/// The classification heads: on the mean Q-Former output (the mean EVA
+/// token without the Q-Former), on the mean EVA token, on the mean DINOv2
+/// patch token.
+struct Heads {
+    global: Head,
+    eva: Option<Head>,
+    semantic: Option<Head>,
+}
+
+/// The heads' logits for a chunk of images; the first is the global head's.
+fn logits(model: &Calico, heads: &Heads, inputs: &[&ImageInput]) -> Result<Vec<Tensor>> {
+    let f = model.global_features(inputs)?;
+    let x_mean = f.x_global.mean(1)?;
+    let global_in = match &f.qformer {
+        Some(q) => q.mean(1)?,
+        None => x_mean.clone(),
+    };
+    let mut out = vec![heads.global.forward(&global_in)?];
+    if let Some(h) = &heads.eva {
+        out.push(h.forward(&x_mean)?);
+    }
+    if let (Some(h), Some(x)) = (&heads.semantic, &f.x_semantic) {
+        out.push(h.forward(&x.mean(1)?)?);
+    }
+    Ok(out)
+}
+
+/// Summed (not averaged) loss of `(n, classes)` logits against 0/1 targets.
+fn head_loss(kind: PretrainLoss, logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    Ok(match kind {
+        PretrainLoss::Bce => calico_nn::loss::bce_with_logits(logits, targets)?.sum_all()?,
+        PretrainLoss::Softmax => {
+            let weights = targets.broadcast_div(&targets.sum_keepdim(1)?.clamp(1.0, f64::MAX)?)?;
+            let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+            (logp * weights)?.sum_all()?.neg()?
+        }
+    })
+}
+
+/// Top-1 hits of `(n, classes)` scores against each row's label set.
+fn hits(scores: &Tensor, labels: &[Vec<usize>]) -> Result<usize> {
+    let best: Vec<u32> = scores.argmax(D::Minus1)?.to_vec1()?;
+    Ok(best
+        .iter()
+        .zip(labels)
+        .filter(|(b, l)| l.contains(&(**b as usize)))
+        .count())
+}
+
+/// One chunk's summed loss (over its images, divided by the whole batch
+/// size), its gradients and its top-1 hits.
+fn chunk_gradients(
+    model: &Calico,
+    heads: &Heads,
+    kind: PretrainLoss,
+    batch: &Batch,
+    range: std::ops::Range<usize>,
+    batch_size: usize,
+) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
+    let inputs: Vec<&ImageInput> = batch.inputs[range.clone()].iter().map(|a| &**a).collect();
+    let targets = batch.targets.narrow(0, range.start, range.len())?;
+    let all = logits(model, heads, &inputs)?;
+    let per_row = match kind {
+        PretrainLoss::Bce => targets.dim(1)? as f64,
+        PretrainLoss::Softmax => 1.0,
+    };
+    let scale = 1.0 / (batch_size as f64 * per_row);
+    let mut loss: Option<Tensor> = None;
+    for l in &all {
+        let t = (head_loss(kind, l, &targets)? * scale)?;
+        loss = Some(match loss {
+            None => t,
+            Some(s) => (s + t)?,
+        });
+    }
+    let loss = loss.ok_or_else(|| TrainError::Data("stage 1: no classification head".into()))?;
+    let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    let grads = loss.backward()?;
+    Ok((value, grads, hits(&all[0], &batch.labels[range])?))
+}
+
+/// Runs stage 1 on `train`'s images, updating the encoder variables among
+/// `named` in place; `val` (if any) is only scored.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain_vision(
+    model: &Calico,
+    named: &[(String, Var)],
+    train: &Dataset,
+    val: Option<&Dataset>,
+    cfg: &VisionPretrain,
+    seed: u64,
+    workers: usize,
+    obs: &mut dyn Observer,
+) -> Result<PretrainSummary> {
+    cfg.validate().map_err(TrainError::Config)?;
+    let t0 = std::time::Instant::now();
+    let labels = image_labels(train);
+    if labels.files.is_empty() {
+        return Err(TrainError::Data(format!(
+            "{}: vision_pretrain needs object masks (role \"object\") to label images; found none",
+            train.path().display()
+        )));
+    }
+    let dev = Device::Cpu;
+    let n_classes = labels.classes.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(mix(&[seed, 5]));
+    let heads = {
+        let probe = train.image_input(&labels.files[0])?;
+        let f = model.global_features(&[&*probe])?;
+        let eva_dim = f.x_global.dim(2)?;
+        let global_dim = match &f.qformer {
+            Some(q) => q.dim(2)?,
+            None => eva_dim,
+        };
+        Heads {
+            global: Head::new(n_classes, global_dim, &mut rng, &dev)?,
+            eva: match cfg.eva_head && f.qformer.is_some() {
+                true => Some(Head::new(n_classes, eva_dim, &mut rng, &dev)?),
+                false => None,
+            },
+            semantic: f
+                .x_semantic
+                .map(|s| Head::new(n_classes, s.dim(2)?, &mut rng, &dev))
+                .transpose()?,
+        }
+    };
+    let mut vars: Vec<(String, Var)> = named
+        .iter()
+        .filter(|(n, _)| GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p)))
+        .cloned()
+        .collect();
+    if vars.is_empty() {
+        return Err(TrainError::Config(
+            "vision_pretrain: the run trains none of the global encoders (EVA, Q-Former, DINOv2)"
+                .into(),
+        ));
+    }
+    for (name, h) in [
+        ("global", Some(&heads.global)),
+        ("eva", heads.eva.as_ref()),
+        ("semantic", heads.semantic.as_ref()),
+    ] {
+        if let Some(h) = h {
+            vars.push((format!("pretrain_head.{name}.weight"), h.w.clone()));
+            vars.push((format!("pretrain_head.{name}.bias"), h.b.clone()));
+        }
+    }
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            lr: cfg.lr,
+            ..AdamWConfig::default()
+        },
+    )?;
+    let schedule = LrSchedule {
+        base_lr: cfg.lr,
+        warmup_steps: cfg.warmup_steps,
+        total_steps: cfg.steps,
+    };
+    obs.message(&format!(
+        "stage 1: training the encoders to recognise {n_classes} object classes on {} images ({} steps of {})",
+        labels.files.len(),
+        cfg.steps,
+        cfg.batch_size
+    ));
+    let n = labels.files.len();
+    let mut perm: (u64, Vec<usize>) = (u64::MAX, Vec::new());
+    let mut recent: Vec<(f64, usize)> = Vec::new();
+    for step in 0..cfg.steps {
+        let mut inputs = Vec::with_capacity(cfg.batch_size);
+        let mut rows: Vec<Vec<usize>> = Vec::with_capacity(cfg.batch_size);
+        for k in step * cfg.batch_size as u64..(step + 1) * cfg.batch_size as u64 {
+            let epoch = k / n as u64;
+            if perm.0 != epoch {
+                let mut p: Vec<usize> = (0..n).collect();
+                p.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 6, epoch])));
+                perm = (epoch, p);
+            }
+            let i = perm.1[(k % n as u64) as usize];
+            let mut im = train.image_input(&labels.files[i])?;
+            if cfg.flip && ChaCha8Rng::seed_from_u64(mix(&[seed, 7, k])).random::<bool>() {
+                im = Arc::new(flipped(&im)?);
+            }
+            inputs.push(im);
+            rows.push(labels.labels[i].clone());
+        }
+        let mut t = vec![0f32; cfg.batch_size * n_classes];
+        for (r, l) in rows.iter().enumerate() {
+            for &c in l {
+                t[r * n_classes + c] = 1.0;
+            }
+        }
+        let batch = Batch {
+            inputs,
+            targets: Tensor::from_vec(t, (cfg.batch_size, n_classes), &dev)?,
+            labels: rows,
+        };
+        // Fixed slices, so the sums do not depend on `workers`.
+        let per = SLICE;
+        let ranges: Vec<std::ops::Range<usize>> = (0..cfg.batch_size)
+            .step_by(per)
+            .map(|a| a..(a + per).min(cfg.batch_size))
+            .collect();
+        let outcomes = crate::workers::map_ordered(
+            ranges.len(),
+            workers,
+            |c| {
+                chunk_gradients(
+                    model,
+                    &heads,
+                    cfg.loss,
+                    &batch,
+                    ranges[c].clone(),
+                    cfg.batch_size,
+                )
+            },
+            |c| format!("slice {c} of stage-1 step {}", step + 1),
+        )?;
+        let mut acc = GradAccumulator::new();
+        let (mut loss, mut hit) = (0.0, 0);
+        for (l, g, h) in outcomes {
+            loss += l;
+            hit += h;
+            acc.add(&vars, &g)?;
+        }
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                what: "stage-1 (encoder pretraining) loss".into(),
+                value: loss,
+            });
+        }
+        // The chunks' losses are already divided by the batch size: sum, not mean.
+        let mut grads = acc.mean()?;
+        let k = ranges.len() as f64;
+        for g in grads.values_mut() {
+            *g = (&*g * k)?;
+        }
+        clip_grad_norm(&mut grads, 1.0)?;
+        opt.step(&grads, schedule.lr_at(step + 1))?;
+        recent.push((loss, hit));
+        if recent.len() > 20 {
+            recent.remove(0);
+        }
+        if (step + 1) % 50 == 0 || step + 1 == cfg.steps {
+            let (l, a) = window(&recent, cfg.batch_size);
+            obs.message(&format!(
+                "stage 1 step {}/{}: loss {l:.4}, top-1 accuracy {:.1} % ({:.0} s)",
+                step + 1,
+                cfg.steps,
+                100.0 * a,
+                t0.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    let (loss, train_accuracy) = window(&recent, cfg.batch_size);
+    let (val_accuracy, val_images) = match val {
+        Some(v) => {
+            let (a, n) = accuracy(model, &heads, v, &labels.classes)?;
+            (Some(a), n)
+        }
+        None => (None, 0),
+    };
+    if let Some(a) = val_accuracy {
+        obs.message(&format!(
+            "stage 1: top-1 accuracy on {val_images} validation images {:.1} %",
+            100.0 * a
+        ));
+    }
+    Ok(PretrainSummary {
+        steps: cfg.steps,
+        images: n,
+        classes: n_classes,
+        loss,
+        train_accuracy,
+        val_accuracy,
+        val_images,
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn window(recent: &[(f64, usize)], batch: usize) -> (f64, f64) {
+    let k = recent.len().max(1) as f64;
+    let l = recent.iter().map(|r| r.0).sum::<f64>() / k;
+    let a = recent.iter().map(|r| r.1).sum::<usize>() as f64 / (k * batch as f64);
+    (l, a)
+}
+
+/// Top-1 accuracy of the global head on `ds`'s labelled images (classes
+/// the training images never had are left out).
+fn accuracy(
+    model: &Calico,
+    heads: &Heads,
+    ds: &Dataset,
+    classes: &[String],
+) -> Result<(f64, usize)> {
+    let l = image_labels(ds);
+    let mut items: Vec<(String, Vec<usize>)> = Vec::new();
+    for (f, ls) in l.files.iter().zip(&l.labels) {
+        let mapped: Vec<usize> = ls
+            .iter()
+            .filter_map(|&c| classes.iter().position(|k| *k == l.classes[c]))
+            .collect();
+        if !mapped.is_empty() {
+            items.push((f.clone(), mapped));
+        }
+    }
+    let mut hit = 0;
+    for chunk in items.chunks(32) {
+        let inputs: Vec<Arc<ImageInput>> = chunk
+            .iter()
+            .map(|(f, _)| ds.image_input(f))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&ImageInput> = inputs.iter().map(|a| &**a).collect();
+        let g = logits(model, heads, &refs)?.swap_remove(0);
+        let labels: Vec<Vec<usize>> = chunk.iter().map(|(_, l)| l.clone()).collect();
+        hit += hits(&g.detach(), &labels)?;
+    }
+    Ok((hit as f64 / items.len().max(1) as f64, items.len()))
+}

@@ -1,0 +1,247 @@
+//! Staged training: stage 1 (`vision_pretrain`) updates the global
+//! encoders and nothing else, `freeze` holds variables still through the
+//! paper's recipe, and micro-batches computed on several threads give the
+//! same run as on one.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use calico_eval::ExactMatch;
+use calico_masks::{CocoRle, Mask, Rle};
+use calico_model::config::CalicoConfig;
+use calico_model::prompt::PromptFormat;
+use calico_model::tokenizer::CalicoTokenizer;
+use calico_train::config::{FreezeStage, TrainConfig};
+use calico_train::data;
+use calico_train::model::{build_random, TrainableSet};
+use calico_train::pretrain::{image_labels, pretrain_vision, VisionPretrain, GLOBAL_ENCODERS};
+use calico_train::trainer::{train, Quiet, RunSpec};
+use candle_core::{Device, Tensor};
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("calico-stages-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Four 64×64 images — two with a red "box", two with a green "ball" — and
+/// common-object samples pairing them, with object-role masks.
+fn samples(dir: &Path) -> PathBuf {
+    let shapes = [
+        ("box", [200u8, 40, 40], 8u32),
+        ("box", [190, 50, 30], 20),
+        ("ball", [40, 160, 60], 12),
+        ("ball", [30, 170, 80], 24),
+    ];
+    for (k, (_, color, x0)) in shapes.iter().enumerate() {
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            if (*x0..x0 + 28).contains(&x) && (16..44).contains(&y) {
+                image::Rgb(*color)
+            } else {
+                image::Rgb([(x * 3) as u8, (y * 3) as u8, 90])
+            }
+        });
+        img.save(dir.join(format!("img{k}.png"))).unwrap();
+    }
+    let rle = |x0: u32| {
+        let m = Mask::from_fn(64, 64, |y, x| {
+            (x0..x0 + 28).contains(&x) && (16..44).contains(&y)
+        });
+        serde_json::to_value(CocoRle::from_rle(&Rle::encode(&m))).unwrap()
+    };
+    let mut lines = Vec::new();
+    for (id, (a, b)) in [(0usize, 1usize), (2, 3), (1, 0), (3, 2)]
+        .iter()
+        .enumerate()
+    {
+        let label = shapes[*a].0;
+        lines.push(
+            serde_json::json!({
+                "id": format!("s/{id}"), "task": "common_object", "source": "s",
+                "images": [
+                    {"file": format!("img{a}.png"), "width": 64, "height": 64},
+                    {"file": format!("img{b}.png"), "width": 64, "height": 64}
+                ],
+                "question": "Can you segment the common object in these images?",
+                "answer": format!("The common object is <p> the {label} </p> [SEG] (IMAGE1) [SEG] (IMAGE2)."),
+                "masks": [
+                    {"image": 0, "label": label, "role": "object", "rle": rle(shapes[*a].2)},
+                    {"image": 1, "label": label, "role": "object", "rle": rle(shapes[*b].2)}
+                ]
+            })
+            .to_string(),
+        );
+    }
+    let path = dir.join("train.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+fn values(vars: &[(String, candle_core::Var)]) -> HashMap<String, Vec<f32>> {
+    vars.iter()
+        .map(|(n, v)| {
+            (
+                n.clone(),
+                v.as_tensor().flatten_all().unwrap().to_vec1().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn images_are_labelled_with_their_object_classes() {
+    let d = tmp("labels");
+    let cfg = CalicoConfig::preset("tiny").unwrap();
+    let ds = data::open(&samples(&d), &cfg).unwrap();
+    let l = image_labels(&ds);
+    assert_eq!(l.classes, vec!["ball".to_string(), "box".to_string()]);
+    assert_eq!(l.files.len(), 4);
+    for (f, labels) in l.files.iter().zip(&l.labels) {
+        let want = if f == "img0.png" || f == "img1.png" {
+            1
+        } else {
+            0
+        };
+        assert_eq!(labels, &vec![want], "{f}");
+    }
+}
+
+#[test]
+fn stage_one_updates_the_global_encoders_and_nothing_else() {
+    let d = tmp("stage1");
+    let cfg = CalicoConfig::preset("tiny").unwrap();
+    let ds = data::open(&samples(&d), &cfg).unwrap();
+    let format = PromptFormat::vicuna_v1(cfg.image_tokens());
+    let mut tok = CalicoTokenizer::word_level(&data::corpus(&ds.samples, &format)).unwrap();
+    let special = tok.add_calico_tokens(None).unwrap();
+    let b = build_random(&cfg, special, TrainableSet::All, 4, &Device::Cpu).unwrap();
+    let mut named: Vec<_> = b.vars.data().lock().unwrap().clone().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let before = values(&named);
+    let vp = VisionPretrain {
+        steps: 3,
+        batch_size: 4,
+        lr: 1e-2,
+        warmup_steps: 0,
+        flip: true,
+        ..VisionPretrain::default()
+    };
+    let s = pretrain_vision(&b.model, &named, &ds, Some(&ds), &vp, 4, 2, &mut Quiet).unwrap();
+    assert_eq!((s.steps, s.images, s.classes, s.val_images), (3, 4, 2, 4));
+    assert!(s.loss.is_finite() && s.loss > 0.0);
+    let after = values(&named);
+    let encoder = |n: &str| GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p));
+    let mut moved_encoders = 0;
+    for (n, v) in &before {
+        if encoder(n) {
+            if after[n] != *v {
+                moved_encoders += 1;
+            }
+        } else {
+            assert_eq!(
+                after[n], *v,
+                "stage 1 changed `{n}`, which is not a global encoder"
+            );
+        }
+    }
+    // Every encoder group learns (some tensors, e.g. DINOv2's unused
+    // final layers beyond dinov2_layer, may legitimately stay).
+    for p in GLOBAL_ENCODERS {
+        assert!(
+            named
+                .iter()
+                .any(|(n, _)| n.starts_with(p) && after[n] != before[n]),
+            "no variable under `{p}` changed"
+        );
+    }
+    assert!(
+        moved_encoders > 20,
+        "only {moved_encoders} encoder tensors moved"
+    );
+}
+
+fn run(dir: &Path, train_file: &Path, tc: TrainConfig, workers: usize) -> PathBuf {
+    let out = dir.join(format!("run-w{workers}"));
+    let spec = RunSpec {
+        run_dir: out.clone(),
+        train: train_file.to_path_buf(),
+        val: None,
+        model: CalicoConfig::preset("tiny").unwrap(),
+        weights: None,
+        config: tc,
+        resume: false,
+        stop_after: None,
+        feature_cache: None,
+        workers,
+    };
+    train(&spec, &ExactMatch, &mut Quiet).unwrap();
+    out
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[test]
+fn staged_run_freezes_encoders_and_workers_do_not_change_it() {
+    let d = tmp("staged");
+    let data_file = samples(&d);
+    let mut tc = TrainConfig::for_preset("tiny");
+    tc.epochs = 1;
+    tc.steps_per_epoch = 2;
+    tc.batch_size = 1;
+    tc.grad_accumulation = 2;
+    tc.warmup_steps = 0;
+    tc.checkpoint_every = 2;
+    tc.vision_pretrain = Some(VisionPretrain {
+        steps: 2,
+        batch_size: 2,
+        lr: 1e-2,
+        warmup_steps: 0,
+        flip: false,
+        ..VisionPretrain::default()
+    });
+    tc.freeze = vec![FreezeStage {
+        prefixes: GLOBAL_ENCODERS.iter().map(|p| p.to_string()).collect(),
+        until_step: None,
+    }];
+    let one = run(&d, &data_file, tc.clone(), 1);
+    let two = run(&d, &data_file, tc, 2);
+    assert!(one.join("pretrain.json").is_file());
+    // Stage 1's result is the step-0 checkpoint; stage 2 holds the
+    // encoders at it and trains the rest.
+    let stage1 = tensors(&one.join("checkpoints/step-00000000/trainable.safetensors"));
+    let last = tensors(&one.join("model/trainable.safetensors"));
+    let mut others_moved = 0;
+    for (n, t) in &last {
+        let same = (t - &stage1[n])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            == 0.0;
+        if GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p)) {
+            assert!(same, "frozen `{n}` changed in stage 2");
+        } else if !same {
+            others_moved += 1;
+        }
+    }
+    assert!(
+        others_moved > 20,
+        "stage 2 moved only {others_moved} tensors"
+    );
+    // Two workers: the same weights, bit for bit.
+    let other = tensors(&two.join("model/trainable.safetensors"));
+    for (n, t) in &last {
+        let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = other[n].flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b, "`{n}` differs between 1 and 2 workers");
+    }
+}
