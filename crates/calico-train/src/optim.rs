@@ -306,6 +306,12 @@ impl GradAccumulator {
         self.count
     }
 
+    /// Summed gradient per name (the gradient of the summed losses). Empty
+    /// if nothing was added.
+    pub fn sum(self) -> BTreeMap<String, Tensor> {
+        self.sums
+    }
+
     /// Mean gradient per name: the sum divided by the number of micro-batches
     /// added (not by how many of them had a gradient for that name). Empty
     /// if nothing was added.

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use calico_data::samples::MaskRole;
 use calico_model::calico::{Calico, ImageInput};
 use candle_core::{DType, Device, Tensor, Var, D};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -36,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Dataset;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
-use crate::trainer::{mix, Observer};
+use crate::trainer::{mix, Observer, Order};
 use crate::TrainError;
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -396,21 +395,15 @@ pub fn pretrain_vision(
         cfg.batch_size
     ));
     let n = labels.files.len();
-    let mut perm: (u64, Vec<usize>) = (u64::MAX, Vec::new());
+    let mut order = Order::tagged(seed, n, (6, 7));
     let mut recent: Vec<(f64, usize)> = Vec::new();
     for step in 0..cfg.steps {
         let mut inputs = Vec::with_capacity(cfg.batch_size);
         let mut rows: Vec<Vec<usize>> = Vec::with_capacity(cfg.batch_size);
         for k in step * cfg.batch_size as u64..(step + 1) * cfg.batch_size as u64 {
-            let epoch = k / n as u64;
-            if perm.0 != epoch {
-                let mut p: Vec<usize> = (0..n).collect();
-                p.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 6, epoch])));
-                perm = (epoch, p);
-            }
-            let i = perm.1[(k % n as u64) as usize];
+            let (i, coin) = order.at(k);
             let mut im = train.image_input(&labels.files[i])?;
-            if cfg.flip && ChaCha8Rng::seed_from_u64(mix(&[seed, 7, k])).random::<bool>() {
+            if cfg.flip && coin {
                 im = Arc::new(flipped(&im)?);
             }
             inputs.push(im);
@@ -462,12 +455,8 @@ pub fn pretrain_vision(
                 value: loss,
             });
         }
-        // The chunks' losses are already divided by the batch size: sum, not mean.
-        let mut grads = acc.mean()?;
-        let k = ranges.len() as f64;
-        for g in grads.values_mut() {
-            *g = (&*g * k)?;
-        }
+        // The slices' losses are already divided by the batch size.
+        let mut grads = acc.sum();
         clip_grad_norm(&mut grads, 1.0)?;
         opt.step(&grads, schedule.lr_at(step + 1))?;
         recent.push((loss, hit));

@@ -152,33 +152,45 @@ pub(crate) fn mix(parts: &[u64]) -> u64 {
     h
 }
 
-/// The deterministic sample stream (see the module docs).
-struct Order {
+/// The deterministic sample stream (see the module docs): position `k` is
+/// entry `k mod n` of epoch `⌊k/n⌋`'s permutation, drawn from
+/// `(seed, perm_tag, epoch)`, with a coin (image swap, flip) drawn from
+/// `(seed, coin_tag, k)`. The training samples use tags (1, 2), stage 1's
+/// images (6, 7).
+pub(crate) struct Order {
     seed: u64,
     n: usize,
+    tags: (u64, u64),
     perms: HashMap<u64, Vec<usize>>,
 }
 
 impl Order {
-    fn new(seed: u64, n: usize) -> Self {
+    pub(crate) fn new(seed: u64, n: usize) -> Self {
+        Self::tagged(seed, n, (1, 2))
+    }
+
+    pub(crate) fn tagged(seed: u64, n: usize, tags: (u64, u64)) -> Self {
         Self {
             seed,
             n,
+            tags,
             perms: HashMap::new(),
         }
     }
 
-    /// `(sample index, swap)` of stream position `k`.
-    fn at(&mut self, k: u64) -> (usize, bool) {
+    /// `(index, coin)` of stream position `k`.
+    pub(crate) fn at(&mut self, k: u64) -> (usize, bool) {
         let epoch = k / self.n as u64;
-        let (seed, n) = (self.seed, self.n);
+        let (seed, n, (perm_tag, coin_tag)) = (self.seed, self.n, self.tags);
         let perm = self.perms.entry(epoch).or_insert_with(|| {
             let mut p: Vec<usize> = (0..n).collect();
-            p.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[seed, 1, epoch])));
+            p.shuffle(&mut ChaCha8Rng::seed_from_u64(mix(&[
+                seed, perm_tag, epoch,
+            ])));
             p
         });
         let index = perm[(k % n as u64) as usize];
-        let swap = ChaCha8Rng::seed_from_u64(mix(&[seed, 2, k])).random::<bool>();
+        let swap = ChaCha8Rng::seed_from_u64(mix(&[seed, coin_tag, k])).random::<bool>();
         if self.perms.len() > 2 {
             self.perms.retain(|&e, _| e + 1 >= epoch);
         }
