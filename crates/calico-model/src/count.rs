@@ -51,11 +51,24 @@ fn ln(d: usize) -> u64 {
     2 * d as u64
 }
 
-/// EVA-CLIP ViT (as [`crate::eva_vit::EvaVit`] reads it, LAVIS biases).
+/// EVA-CLIP ViT (as [`crate::eva_vit::EvaVit`] reads it, LAVIS biases;
+/// a conv stem's running statistics count, as checkpoint tensors).
 pub fn eva_vit_params(c: &EvaVitConfig) -> u64 {
     let d = c.hidden_size;
     let p = c.patch_size;
-    let emb = d + c.num_positions() * d + d * 3 * p * p + d;
+    let patches = match &c.conv_stem {
+        None => d * 3 * p * p + d,
+        Some(ch) => {
+            let mut c_in = 3;
+            let mut n = 0;
+            for &o in ch {
+                n += o * c_in * 9 + 4 * o;
+                c_in = o;
+            }
+            n + c_in * d + d
+        }
+    };
+    let emb = d + c.num_positions() * d + patches;
     let bias = if c.qkv_bias { 2 * d } else { 0 };
     let layer = ln(d)
         + (3 * d * d + bias) as u64
@@ -464,16 +477,30 @@ fn vit_flops(d: usize, m: usize, layers: usize, patch: usize, grid: usize, n: us
     patch_conv + layers as f64 * layer
 }
 
-/// EVA-CLIP on one image.
+/// EVA-CLIP on one image (with a conv stem: its convolutions in place
+/// of the patch convolution).
 pub fn eva_vit_flops(c: &EvaVitConfig) -> f64 {
-    vit_flops(
+    let vit = vit_flops(
         c.hidden_size,
         c.intermediate_size,
         c.num_hidden_layers,
         c.patch_size,
         c.grid(),
         c.num_positions(),
-    )
+    );
+    let Some(ch) = &c.conv_stem else {
+        return vit;
+    };
+    let g = c.grid();
+    let mut stem = 0.0;
+    let (mut c_in, mut side) = (3, c.image_size);
+    for &o in ch {
+        side = side.div_ceil(2);
+        stem += mm(side * side, c_in * 9, o);
+        c_in = o;
+    }
+    stem += mm(g * g, c_in, c.hidden_size);
+    vit - mm(g * g, 3 * c.patch_size * c.patch_size, c.hidden_size) + stem
 }
 
 /// A CLIP tower on one image of side `image_size`.
@@ -856,6 +883,31 @@ mod tests {
             ImageEncoderViT::new(&enc_cfg, vb).unwrap();
         });
         assert_eq!(enc, sam_encoder_params(&enc_cfg));
+    }
+
+    #[test]
+    fn a_conv_stem_is_counted_exactly() {
+        let mut c = tiny().eva_vit;
+        c.patch_size = 8;
+        c.conv_stem = Some(vec![4, 8, 16]);
+        let n = built(|vb| {
+            EvaVit::new(&c, vb).unwrap();
+        });
+        assert_eq!(n, eva_vit_params(&c));
+        // Wider stages cost more; the transformer blocks are unchanged.
+        let mut wide = c.clone();
+        wide.conv_stem = Some(vec![8, 16, 32]);
+        assert!(eva_vit_flops(&wide) > eva_vit_flops(&c));
+        let mut plain = c.clone();
+        plain.conv_stem = None;
+        let blocks = |x: &EvaVitConfig| {
+            eva_vit_flops(x)
+                - eva_vit_flops(&EvaVitConfig {
+                    num_hidden_layers: 0,
+                    ..x.clone()
+                })
+        };
+        assert_eq!(blocks(&c), blocks(&plain));
     }
 
     #[test]

@@ -67,6 +67,12 @@ pub struct EvaVitConfig {
     /// eps of the final LayerNorm; `None` means `layer_norm_eps` (HF).
     /// LAVIS's `ln_vision` uses 1e-5. Not a HF field.
     pub post_layernorm_eps: Option<f64>,
+    /// Channels of a convolutional stem replacing the patch projection
+    /// (one stride-2 stage each, so `patch_size` must be `2^stages`), for
+    /// towers trained from scratch; see [`crate::conv_stem`]. Not a HF
+    /// field; `None` (the paper) is the patch convolution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_stem: Option<Vec<usize>>,
 }
 
 impl Default for EvaVitConfig {
@@ -90,6 +96,7 @@ impl EvaVitConfig {
             hidden_act: Activation::Gelu,
             qkv_bias: true,
             post_layernorm_eps: None,
+            conv_stem: None,
         }
     }
 
@@ -120,6 +127,17 @@ impl EvaVitConfig {
                 self.num_attention_heads
             );
         }
+        if let Some(ch) = &self.conv_stem {
+            if ch.is_empty() || ch.len() >= usize::BITS as usize || self.patch_size != 1 << ch.len()
+            {
+                candle_core::bail!(
+                    "EvaVitConfig: a conv_stem of {} stages makes patches of 2^{} pixels, but patch_size is {}",
+                    ch.len(),
+                    ch.len(),
+                    self.patch_size
+                );
+            }
+        }
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
             candle_core::bail!(
                 "EvaVitConfig: image_size {} is not a multiple of patch_size {}",
@@ -135,11 +153,21 @@ impl EvaVitConfig {
 #[derive(Debug, Clone)]
 pub struct EvaVitEmbeddings {
     class_embedding: Tensor,
-    patch_weight: Tensor,
-    patch_bias: Tensor,
+    patches: PatchEmbedding,
     position_embedding: Tensor,
     image_size: usize,
-    patch_size: usize,
+}
+
+/// Pixels → patch features `(B, D, grid, grid)`.
+#[derive(Debug, Clone)]
+enum PatchEmbedding {
+    /// The paper's `patch_size` × `patch_size` convolution.
+    Linear {
+        weight: Tensor,
+        bias: Tensor,
+        patch_size: usize,
+    },
+    Stem(crate::conv_stem::ConvStem),
 }
 
 impl EvaVitEmbeddings {
@@ -153,22 +181,38 @@ impl EvaVitEmbeddings {
         let class_embedding = vb.get_with_hints((1, 1, d), "class_embedding", init)?;
         let position_embedding =
             vb.get_with_hints((1, cfg.num_positions(), d), "position_embedding", init)?;
-        let pe = vb.pp("patch_embedding");
-        let bound = 1.0 / ((3 * p * p) as f64).sqrt();
-        let uniform = Init::Uniform {
-            lo: -bound,
-            up: bound,
+        let patches = match &cfg.conv_stem {
+            Some(ch) => {
+                PatchEmbedding::Stem(crate::conv_stem::ConvStem::new(ch, d, vb.pp("stem"))?)
+            }
+            None => {
+                let pe = vb.pp("patch_embedding");
+                let bound = 1.0 / ((3 * p * p) as f64).sqrt();
+                let uniform = Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                };
+                PatchEmbedding::Linear {
+                    weight: pe.get_with_hints((d, 3, p, p), "weight", uniform)?,
+                    bias: pe.get_with_hints(d, "bias", uniform)?,
+                    patch_size: p,
+                }
+            }
         };
-        let patch_weight = pe.get_with_hints((d, 3, p, p), "weight", uniform)?;
-        let patch_bias = pe.get_with_hints(d, "bias", uniform)?;
         Ok(Self {
             class_embedding,
-            patch_weight,
-            patch_bias,
+            patches,
             position_embedding,
             image_size: cfg.image_size,
-            patch_size: p,
         })
+    }
+
+    /// The convolutional stem, when the config has one.
+    pub fn stem(&self) -> Option<&crate::conv_stem::ConvStem> {
+        match &self.patches {
+            PatchEmbedding::Stem(s) => Some(s),
+            PatchEmbedding::Linear { .. } => None,
+        }
     }
 
     /// `(B, 3, H, W)` pixels → `(B, 1 + N, D)` tokens.
@@ -186,10 +230,17 @@ impl EvaVitEmbeddings {
         }
         let b = dims[0];
         let d = self.class_embedding.dim(2)?;
-        let patches = pixel_values
-            .to_dtype(self.patch_weight.dtype())?
-            .conv2d(&self.patch_weight, 0, self.patch_size, 1, 1)?
-            .broadcast_add(&self.patch_bias.reshape((1, d, 1, 1))?)?;
+        let patches = match &self.patches {
+            PatchEmbedding::Linear {
+                weight,
+                bias,
+                patch_size,
+            } => pixel_values
+                .to_dtype(weight.dtype())?
+                .conv2d(weight, 0, *patch_size, 1, 1)?
+                .broadcast_add(&bias.reshape((1, d, 1, 1))?)?,
+            PatchEmbedding::Stem(stem) => stem.forward(pixel_values)?,
+        };
         let patches = patches.flatten_from(2)?.transpose(1, 2)?;
         let cls = self.class_embedding.broadcast_as((b, 1, d))?;
         Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embedding)
@@ -324,6 +375,11 @@ impl EvaVit {
 
     pub fn config(&self) -> &EvaVitConfig {
         &self.config
+    }
+
+    /// The convolutional stem, when the config has one.
+    pub fn stem(&self) -> Option<&crate::conv_stem::ConvStem> {
+        self.embeddings.stem()
     }
 
     /// Embeddings and blocks, without the final LayerNorm: `(B, 3, H, W)` →

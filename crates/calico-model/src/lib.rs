@@ -10,6 +10,7 @@ pub mod cam;
 pub mod cem;
 pub mod clip_vision;
 pub mod config;
+pub mod conv_stem;
 pub mod count;
 pub mod dinov2;
 pub mod eva_vit;

@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod dense;
 pub mod metrics;
 pub mod model;
 pub mod objective;

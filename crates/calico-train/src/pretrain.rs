@@ -26,13 +26,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use calico_data::samples::MaskRole;
-use calico_model::calico::{Calico, ImageInput};
+use calico_model::calico::{Calico, GlobalFeatures, ImageInput};
+use calico_model::conv_stem::ConvStem;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
+use crate::dense::Encoder;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
 use crate::trainer::{mix, Observer, Order};
@@ -47,6 +49,9 @@ pub const GLOBAL_ENCODERS: [&str; 4] = [
     "model.query_tokens",
     "model.dinov2.",
 ];
+
+/// SAM's image encoder (name prefix), trained in stage 1 with `sam`.
+pub const SAM_ENCODER: &str = "model.grounding_encoder.image_encoder.";
 
 /// Images per autograd graph in stage 1; a step's slices run on the workers.
 const SLICE: usize = 16;
@@ -71,6 +76,13 @@ pub struct VisionPretrain {
     /// A third head on the mean EVA token (X_global), so EVA also learns
     /// from a short path; the Q-Former head is the one reported.
     pub eva_head: bool,
+    /// Also classify every EVA and DINOv2 patch token: which object class
+    /// and which part it shows (targets from the samples' masks, see
+    /// [`crate::dense`]).
+    pub dense: bool,
+    /// Also train SAM's image encoder in stage 1, with the same dense
+    /// targets on its image embeddings (it is trained again in stage 2).
+    pub sam: bool,
 }
 
 /// Stage 1's classification loss.
@@ -91,6 +103,8 @@ impl Default for VisionPretrain {
             flip: true,
             loss: PretrainLoss::Softmax,
             eva_head: true,
+            dense: false,
+            sam: false,
         }
     }
 }
@@ -189,6 +203,19 @@ impl Head {
         Ok(x.matmul(&self.w.as_tensor().t()?)?
             .broadcast_add(self.b.as_tensor())?)
     }
+
+    /// `(n, t, dim)` → `(n, t, classes)`.
+    fn forward_tokens(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, t, d) = x.dims3()?;
+        let y = self.forward(&x.reshape((n * t, d))?)?;
+        Ok(y.reshape((n, t, ()))?)
+    }
+}
+
+/// The patch-token heads of a dense stage 1: per encoder, the object class
+/// and the part under each of its tokens.
+struct DenseHeads {
+    per_encoder: Vec<(Encoder, Head, Head)>,
 }
 
 /// What stage 1 reports.
@@ -205,26 +232,42 @@ pub struct PretrainSummary {
     /// The same on the validation images, when there are any.
     pub val_accuracy: Option<f64>,
     pub val_images: usize,
+    /// Per dense head on the validation images: the share of patches
+    /// mostly covered by an object (or a part) whose top class is that one.
+    pub val_dense: Vec<DenseAccuracy>,
     pub elapsed_s: f64,
+}
+
+/// A dense head's patch accuracy.
+#[derive(Debug, Clone, Serialize)]
+pub struct DenseAccuracy {
+    pub head: String,
+    pub accuracy: f64,
+    pub patches: usize,
 }
 
 struct Batch {
     inputs: Vec<Arc<ImageInput>>,
     targets: Tensor,
     labels: Vec<Vec<usize>>,
+    /// Dense targets `(n, tokens, k)`, in [`dense_logits`]' order.
+    dense: Vec<Tensor>,
 }
 
-/// Mirrors an image's EVA and DINOv2 views left–right.
+/// Mirrors an image's views left–right: EVA's and DINOv2's whole, SAM's
+/// inside its padding (the image stays top-left, as SAM expects).
 fn flipped(im: &ImageInput) -> Result<ImageInput> {
-    let flip = |t: &Tensor| -> Result<Tensor> {
+    let flip = |t: &Tensor, span: usize| -> Result<Tensor> {
         let w = t.dim(D::Minus1)?;
-        let idx: Vec<u32> = (0..w as u32).rev().collect();
+        let span = span.min(w) as u32;
+        let idx: Vec<u32> = (0..span).rev().chain(span..w as u32).collect();
         let idx = Tensor::new(idx.as_slice(), t.device())?;
         Ok(t.index_select(&idx, t.rank() - 1)?)
     };
     Ok(ImageInput {
-        clip: flip(&im.clip)?,
-        dino: flip(&im.dino)?,
+        clip: flip(&im.clip, usize::MAX)?,
+        dino: flip(&im.dino, usize::MAX)?,
+        sam: flip(&im.sam, im.sam_resized.1)?,
         ..im.clone()
     })
 }
@@ -233,14 +276,65 @@ fn flipped(im: &ImageInput) -> Result<ImageInput> {
 /// token without the Q-Former), on the mean EVA token, on the mean DINOv2
 /// patch token.
 struct Heads {
+    /// The image-level classes.
+    classes: Vec<String>,
     global: Head,
     eva: Option<Head>,
     semantic: Option<Head>,
+    dense: Option<DenseHeads>,
 }
 
-/// The heads' logits for a chunk of images; the first is the global head's.
-fn logits(model: &Calico, heads: &Heads, inputs: &[&ImageInput]) -> Result<Vec<Tensor>> {
+/// The patch tokens `(n, tokens, dim)` of an encoder, row-major over its
+/// grid: EVA's without the class token, DINOv2's, SAM's image embeddings.
+fn patch_tokens(
+    model: &Calico,
+    inputs: &[&ImageInput],
+    f: &GlobalFeatures,
+    encoder: Encoder,
+) -> Result<Tensor> {
+    Ok(match encoder {
+        Encoder::Eva => {
+            let n = f.x_global.dim(1)?;
+            f.x_global.narrow(1, 1, n - 1)?
+        }
+        Encoder::Dino => f.x_semantic.clone().ok_or_else(|| {
+            TrainError::Config("stage 1: dense DINOv2 targets but the model runs no DINOv2".into())
+        })?,
+        Encoder::Sam => model
+            .sam_features(inputs)?
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .contiguous()?,
+    })
+}
+
+/// The dense heads' `(n, tokens, k)` logits: per encoder, objects then parts.
+fn dense_logits(
+    model: &Calico,
+    inputs: &[&ImageInput],
+    heads: &DenseHeads,
+    f: &GlobalFeatures,
+) -> Result<Vec<Tensor>> {
+    let mut out = Vec::new();
+    for (e, o, p) in &heads.per_encoder {
+        let x = patch_tokens(model, inputs, f, *e)?;
+        out.push(o.forward_tokens(&x)?);
+        out.push(p.forward_tokens(&x)?);
+    }
+    Ok(out)
+}
+
+/// The image-level logits (global head first) and the dense ones.
+fn all_logits(
+    model: &Calico,
+    heads: &Heads,
+    inputs: &[&ImageInput],
+) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
     let f = model.global_features(inputs)?;
+    let dense = match &heads.dense {
+        Some(d) => dense_logits(model, inputs, d, &f)?,
+        None => Vec::new(),
+    };
     let x_mean = f.x_global.mean(1)?;
     let global_in = match &f.qformer {
         Some(q) => q.mean(1)?,
@@ -253,7 +347,7 @@ fn logits(model: &Calico, heads: &Heads, inputs: &[&ImageInput]) -> Result<Vec<T
     if let (Some(h), Some(x)) = (&heads.semantic, &f.x_semantic) {
         out.push(h.forward(&x.mean(1)?)?);
     }
-    Ok(out)
+    Ok((out, dense))
 }
 
 /// Summed (not averaged) loss of `(n, classes)` logits against 0/1 targets.
@@ -290,7 +384,7 @@ fn chunk_gradients(
 ) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
     let inputs: Vec<&ImageInput> = batch.inputs[range.clone()].iter().map(|a| &**a).collect();
     let targets = batch.targets.narrow(0, range.start, range.len())?;
-    let all = logits(model, heads, &inputs)?;
+    let (all, dense) = all_logits(model, heads, &inputs)?;
     let per_row = match kind {
         PretrainLoss::Bce => targets.dim(1)? as f64,
         PretrainLoss::Softmax => 1.0,
@@ -302,6 +396,25 @@ fn chunk_gradients(
         loss = Some(match loss {
             None => t,
             Some(s) => (s + t)?,
+        });
+    }
+    for (l, t) in dense.iter().zip(&batch.dense) {
+        // Cross-entropy against each token's distribution, averaged over
+        // the tokens, summed over the images.
+        let t = t.narrow(0, range.start, range.len())?;
+        if l.dims() != t.dims() {
+            return Err(TrainError::Data(format!(
+                "stage 1: dense logits {:?} but targets {:?} (patch grid of the view?)",
+                l.dims(),
+                t.dims()
+            )));
+        }
+        let tokens = l.dim(1)? as f64;
+        let logp = candle_nn::ops::log_softmax(l, D::Minus1)?;
+        let ce = ((logp * t)?.sum_all()?.neg()? * (1.0 / (batch_size as f64 * tokens)))?;
+        loss = Some(match loss {
+            None => ce,
+            Some(s) => (s + ce)?,
         });
     }
     let loss = loss.ok_or_else(|| TrainError::Data("stage 1: no classification head".into()))?;
@@ -335,6 +448,35 @@ pub fn pretrain_vision(
     let dev = Device::Cpu;
     let n_classes = labels.classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(mix(&[seed, 5]));
+    let mut encoders = Vec::new();
+    if cfg.dense {
+        encoders.push(Encoder::Eva);
+        if model.config().has_cem() {
+            encoders.push(Encoder::Dino);
+        }
+    }
+    if cfg.sam {
+        encoders.push(Encoder::Sam);
+    }
+    let dense = match encoders.is_empty() {
+        false => {
+            let d = crate::dense::dense_labels(
+                train,
+                &labels.files,
+                (&labels.classes, &crate::dense::part_names(train)),
+                model.config(),
+                &encoders,
+            )?;
+            obs.message(&format!(
+                "stage 1: dense targets ({} object classes, {} parts) on the patches of {:?}",
+                d.objects.len(),
+                d.parts.len(),
+                encoders
+            ));
+            Some(d)
+        }
+        true => None,
+    };
     let heads = {
         let probe = train.image_input(&labels.files[0])?;
         let f = model.global_features(&[&*probe])?;
@@ -344,6 +486,7 @@ pub fn pretrain_vision(
             None => eva_dim,
         };
         Heads {
+            classes: labels.classes.clone(),
             global: Head::new(n_classes, global_dim, &mut rng, &dev)?,
             eva: match cfg.eva_head && f.qformer.is_some() {
                 true => Some(Head::new(n_classes, eva_dim, &mut rng, &dev)?),
@@ -351,13 +494,32 @@ pub fn pretrain_vision(
             },
             semantic: f
                 .x_semantic
+                .as_ref()
                 .map(|s| Head::new(n_classes, s.dim(2)?, &mut rng, &dev))
                 .transpose()?,
+            dense: match &dense {
+                Some(d) => {
+                    let mut per_encoder = Vec::new();
+                    for (e, _) in &d.grids {
+                        let dim = patch_tokens(model, &[&*probe], &f, *e)?.dim(2)?;
+                        per_encoder.push((
+                            *e,
+                            Head::new(d.objects.len() + 1, dim, &mut rng, &dev)?,
+                            Head::new(d.parts.len() + 1, dim, &mut rng, &dev)?,
+                        ));
+                    }
+                    Some(DenseHeads { per_encoder })
+                }
+                None => None,
+            },
         }
     };
     let mut vars: Vec<(String, Var)> = named
         .iter()
-        .filter(|(n, _)| GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p)))
+        .filter(|(n, _)| {
+            GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p))
+                || (cfg.sam && n.starts_with(SAM_ENCODER))
+        })
         .cloned()
         .collect();
     if vars.is_empty() {
@@ -366,15 +528,21 @@ pub fn pretrain_vision(
                 .into(),
         ));
     }
-    for (name, h) in [
+    let mut all_heads: Vec<(String, &Head)> = [
         ("global", Some(&heads.global)),
         ("eva", heads.eva.as_ref()),
         ("semantic", heads.semantic.as_ref()),
-    ] {
-        if let Some(h) = h {
-            vars.push((format!("pretrain_head.{name}.weight"), h.w.clone()));
-            vars.push((format!("pretrain_head.{name}.bias"), h.b.clone()));
-        }
+    ]
+    .into_iter()
+    .filter_map(|(n, h)| h.map(|h| (n.to_string(), h)))
+    .collect();
+    for (e, o, p) in heads.dense.iter().flat_map(|d| &d.per_encoder) {
+        all_heads.push((format!("{e:?}_objects").to_lowercase(), o));
+        all_heads.push((format!("{e:?}_parts").to_lowercase(), p));
+    }
+    for (name, h) in all_heads {
+        vars.push((format!("pretrain_head.{name}.weight"), h.w.clone()));
+        vars.push((format!("pretrain_head.{name}.bias"), h.b.clone()));
     }
     let mut opt = AdamW::new(
         vars.clone(),
@@ -395,19 +563,29 @@ pub fn pretrain_vision(
         cfg.batch_size
     ));
     let n = labels.files.len();
+    // A convolutional stem normalises with batch statistics while it
+    // trains; whatever happens, the model leaves stage 1 in inference mode.
+    let stem = model.eva_stem();
+    let _inference_after = StemMode(stem);
+    if let Some(s) = stem {
+        s.set_batch_statistics(true);
+    }
     let mut order = Order::tagged(seed, n, (6, 7));
     let mut recent: Vec<(f64, usize)> = Vec::new();
     for step in 0..cfg.steps {
         let mut inputs = Vec::with_capacity(cfg.batch_size);
         let mut rows: Vec<Vec<usize>> = Vec::with_capacity(cfg.batch_size);
+        let mut picks = Vec::with_capacity(cfg.batch_size);
         for k in step * cfg.batch_size as u64..(step + 1) * cfg.batch_size as u64 {
             let (i, coin) = order.at(k);
+            let flip = cfg.flip && coin;
             let mut im = train.image_input(&labels.files[i])?;
-            if cfg.flip && coin {
+            if flip {
                 im = Arc::new(flipped(&im)?);
             }
             inputs.push(im);
             rows.push(labels.labels[i].clone());
+            picks.push((i, flip));
         }
         let mut t = vec![0f32; cfg.batch_size * n_classes];
         for (r, l) in rows.iter().enumerate() {
@@ -419,6 +597,10 @@ pub fn pretrain_vision(
             inputs,
             targets: Tensor::from_vec(t, (cfg.batch_size, n_classes), &dev)?,
             labels: rows,
+            dense: match &dense {
+                Some(d) => dense_targets(d, &picks, &dev)?,
+                None => Vec::new(),
+            },
         };
         // Fixed slices, so the sums do not depend on `workers`.
         let per = SLICE;
@@ -475,13 +657,24 @@ pub fn pretrain_vision(
         }
     }
     let (loss, train_accuracy) = window(&recent, cfg.batch_size);
-    let (val_accuracy, val_images) = match val {
+    if let Some(s) = stem {
+        calibrate_stem(s, named, train, &labels.files, obs)?;
+    }
+    let (val_accuracy, val_images, val_dense) = match val {
         Some(v) => {
-            let (a, n) = accuracy(model, &heads, v, &labels.classes)?;
-            (Some(a), n)
+            let (a, n, d) = accuracy(model, &heads, v, dense.as_ref())?;
+            (Some(a), n, d)
         }
-        None => (None, 0),
+        None => (None, 0, Vec::new()),
     };
+    for d in &val_dense {
+        obs.message(&format!(
+            "stage 1: {} head, patch accuracy {:.1} % of {} validation patches",
+            d.head,
+            100.0 * d.accuracy,
+            d.patches
+        ));
+    }
     if let Some(a) = val_accuracy {
         obs.message(&format!(
             "stage 1: top-1 accuracy on {val_images} validation images {:.1} %",
@@ -496,8 +689,98 @@ pub fn pretrain_vision(
         train_accuracy,
         val_accuracy,
         val_images,
+        val_dense,
         elapsed_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Puts a convolutional stem back in inference mode when dropped.
+struct StemMode<'a>(Option<&'a ConvStem>);
+
+impl Drop for StemMode<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.0 {
+            s.set_batch_statistics(false);
+        }
+    }
+}
+
+/// Images measured for the stem's running statistics.
+const CALIBRATION_IMAGES: usize = 1024;
+
+/// Sets the stem's running statistics to the average batch statistics of
+/// the first training images (batches of [`SLICE`], as stage 1 trained
+/// with), then switches it to them.
+fn calibrate_stem(
+    stem: &ConvStem,
+    named: &[(String, Var)],
+    train: &Dataset,
+    files: &[String],
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    let prefix = format!("{}embeddings.stem.", GLOBAL_ENCODERS[0]);
+    let mut sums: Vec<(Tensor, Tensor)> = Vec::new();
+    let mut batches = 0usize;
+    let take = files.len().min(CALIBRATION_IMAGES);
+    for chunk in files[..take].chunks(SLICE) {
+        let views: Vec<Tensor> = chunk
+            .iter()
+            .map(|f| Ok(train.image_input(f)?.clip.clone()))
+            .collect::<Result<_>>()?;
+        let stats = stem.batch_statistics(&Tensor::stack(&views, 0)?)?;
+        sums = match sums.is_empty() {
+            true => stats,
+            false => sums
+                .iter()
+                .zip(&stats)
+                .map(|((m, v), (bm, bv))| Ok(((m + bm)?, (v + bv)?)))
+                .collect::<Result<_>>()?,
+        };
+        batches += 1;
+    }
+    let running = stem.running_statistics();
+    let values = sums.iter().flat_map(|(m, v)| [m, v]);
+    for ((name, current), value) in running.iter().zip(values) {
+        let full = format!("{prefix}{name}");
+        let var = named
+            .iter()
+            .find(|(n, _)| *n == full)
+            .map(|(_, v)| v)
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "stage 1: the model's conv stem has no variable `{full}` to store its running statistics in"
+                ))
+            })?;
+        let avg = (value / batches.max(1) as f64)?.to_dtype(current.dtype())?;
+        var.set(&avg)?;
+    }
+    stem.set_batch_statistics(false);
+    obs.message(&format!(
+        "stage 1: EVA's conv stem normalises with statistics measured on {take} training images"
+    ));
+    Ok(())
+}
+
+/// The batch's dense targets, in [`dense_logits`]' order.
+fn dense_targets(
+    d: &crate::dense::DenseLabels,
+    picks: &[(usize, bool)],
+    dev: &Device,
+) -> Result<Vec<Tensor>> {
+    let mut out = Vec::new();
+    for (_, grids) in &d.grids {
+        for parts in [false, true] {
+            let mut v = Vec::new();
+            let mut tokens = 0;
+            for &(i, flip) in picks {
+                let g = &grids[i][usize::from(flip)];
+                tokens = g.h * g.w;
+                v.extend_from_slice(if parts { &g.parts } else { &g.objects });
+            }
+            out.push(Tensor::from_vec(v, (picks.len(), tokens, ()), dev)?);
+        }
+    }
+    Ok(out)
 }
 
 fn window(recent: &[(f64, usize)], batch: usize) -> (f64, f64) {
@@ -508,13 +791,15 @@ fn window(recent: &[(f64, usize)], batch: usize) -> (f64, f64) {
 }
 
 /// Top-1 accuracy of the global head on `ds`'s labelled images (classes
-/// the training images never had are left out).
+/// the training images never had are left out), and the dense heads' patch
+/// accuracies when there are dense heads.
 fn accuracy(
     model: &Calico,
     heads: &Heads,
     ds: &Dataset,
-    classes: &[String],
-) -> Result<(f64, usize)> {
+    dense: Option<&crate::dense::DenseLabels>,
+) -> Result<(f64, usize, Vec<DenseAccuracy>)> {
+    let classes: &[String] = &heads.classes;
     let l = image_labels(ds);
     let mut items: Vec<(String, Vec<usize>)> = Vec::new();
     for (f, ls) in l.files.iter().zip(&l.labels) {
@@ -526,16 +811,78 @@ fn accuracy(
             items.push((f.clone(), mapped));
         }
     }
+    let files: Vec<String> = items.iter().map(|(f, _)| f.clone()).collect();
+    let val_dense = match dense {
+        Some(d) => {
+            let encoders: Vec<Encoder> = d.grids.iter().map(|(e, _)| *e).collect();
+            Some(crate::dense::dense_labels(
+                ds,
+                &files,
+                (&d.objects, &d.parts),
+                model.config(),
+                &encoders,
+            )?)
+        }
+        None => None,
+    };
+    // Per dense head: (hits, patches).
+    let mut tally: Vec<(usize, usize)> = Vec::new();
     let mut hit = 0;
-    for chunk in items.chunks(32) {
+    for (c, chunk) in items.chunks(32).enumerate() {
         let inputs: Vec<Arc<ImageInput>> = chunk
             .iter()
             .map(|(f, _)| ds.image_input(f))
             .collect::<Result<_>>()?;
         let refs: Vec<&ImageInput> = inputs.iter().map(|a| &**a).collect();
-        let g = logits(model, heads, &refs)?.swap_remove(0);
+        let (mut global, dense_out) = all_logits(model, heads, &refs)?;
+        let g = global.swap_remove(0);
         let labels: Vec<Vec<usize>> = chunk.iter().map(|(_, l)| l.clone()).collect();
         hit += hits(&g.detach(), &labels)?;
+        if let Some(vd) = &val_dense {
+            let picks: Vec<(usize, bool)> = (0..chunk.len()).map(|i| (c * 32 + i, false)).collect();
+            let targets = dense_targets(vd, &picks, &Device::Cpu)?;
+            tally.resize(targets.len(), (0, 0));
+            for (k, (lg, t)) in dense_out.iter().zip(&targets).enumerate() {
+                let (h, n) = patch_hits(&lg.detach(), t)?;
+                tally[k].0 += h;
+                tally[k].1 += n;
+            }
+        }
     }
-    Ok((hit as f64 / items.len().max(1) as f64, items.len()))
+    let mut out = Vec::new();
+    if let Some(vd) = &val_dense {
+        let names = vd
+            .grids
+            .iter()
+            .flat_map(|(e, _)| [format!("{e:?} objects"), format!("{e:?} parts")]);
+        for (name, (h, n)) in names.zip(tally) {
+            out.push(DenseAccuracy {
+                head: name,
+                accuracy: h as f64 / n.max(1) as f64,
+                patches: n,
+            });
+        }
+    }
+    Ok((hit as f64 / items.len().max(1) as f64, items.len(), out))
+}
+
+/// Patches whose target is mostly a class (not "none", the last) and whose
+/// top logit is that class: `(hits, such patches)`.
+fn patch_hits(logits: &Tensor, targets: &Tensor) -> Result<(usize, usize)> {
+    let k = targets.dim(D::Minus1)?;
+    let t: Vec<Vec<f32>> = targets.flatten_to(1)?.to_vec2()?;
+    let best: Vec<u32> = logits.flatten_to(1)?.argmax(D::Minus1)?.to_vec1()?;
+    let (mut h, mut n) = (0, 0);
+    for (row, b) in t.iter().zip(best) {
+        let (arg, max) =
+            row.iter()
+                .enumerate()
+                .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a });
+        if arg + 1 == k || max < 0.5 {
+            continue;
+        }
+        n += 1;
+        h += usize::from(b as usize == arg);
+    }
+    Ok((h, n))
 }

@@ -510,6 +510,18 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             }
             micro_batches.push(examples);
         }
+        // While `freeze` holds every variable of the global encoders, their
+        // outputs are detached: no backward pass through them.
+        model.set_global_encoders_frozen(
+            !tc.freeze.is_empty() && {
+                let mut global = named.iter().filter(|(n, _)| {
+                    crate::pretrain::GLOBAL_ENCODERS
+                        .iter()
+                        .any(|p| n.starts_with(p))
+                });
+                global.all(|(n, _)| tc.frozen_at(step + 1, n))
+            },
+        );
         let outcomes =
             micro_batch_gradients(&model, &micro_batches, &tok, &tc, step, spec.workers.max(1))?;
         for (micro, o) in outcomes.into_iter().enumerate() {

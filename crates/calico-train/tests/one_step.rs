@@ -153,3 +153,51 @@ fn one_step_reaches_exactly_the_trainable_set() {
     );
     assert!(y < x, "loss {x} → {y}");
 }
+
+#[test]
+fn frozen_global_encoders_are_cut_from_the_backward_pass_and_nothing_else() {
+    let d = tmp("frozen-global");
+    let cfg = CalicoConfig::preset("tiny").unwrap();
+    let ds = data::open(&samples(&d), &cfg).unwrap();
+    let format = PromptFormat::vicuna_v1(cfg.image_tokens());
+    let mut tok = CalicoTokenizer::word_level(&data::corpus(&ds.samples, &format)).unwrap();
+    let special = tok.add_calico_tokens(None).unwrap();
+    let b = build_random(&cfg, special, TrainableSet::All, 5, &Device::Cpu).unwrap();
+    seeded_fill(&b.vars, 5, FillMode::All).unwrap();
+    let examples: Vec<_> = (0..2)
+        .map(|i| ds.example(i, false, &tok, &special, &format).unwrap())
+        .collect();
+    let vars = b.vars.data().lock().unwrap().clone();
+    let gradients = |frozen: bool| {
+        b.model.set_global_encoders_frozen(frozen);
+        let l = batch_loss(&b.model, &examples, &tok, &LossConfig::default(), None).unwrap();
+        let g = l.total.backward().unwrap();
+        let out: BTreeMap<String, Vec<f32>> = vars
+            .iter()
+            .filter_map(|(n, v)| {
+                g.get(v.as_tensor())
+                    .map(|t| (n.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+            })
+            .collect();
+        out
+    };
+    let full = gradients(false);
+    let cut = gradients(true);
+    b.model.set_global_encoders_frozen(false);
+    let global = |n: &str| {
+        calico_train::pretrain::GLOBAL_ENCODERS
+            .iter()
+            .any(|p| n.starts_with(p))
+    };
+    assert!(full.keys().any(|n| n.starts_with("model.vision_tower.")));
+    // The CAMs run the Q-Former (and its query tokens) again on trainable
+    // inputs; those passes keep their gradients.
+    let cam_path = |n: &str| n.starts_with("model.qformer.") || n.starts_with("model.query_tokens");
+    for (n, g) in &full {
+        if global(n) && !cam_path(n) {
+            assert!(!cut.contains_key(n), "frozen `{n}` still got a gradient");
+        } else if !global(n) {
+            assert_eq!(cut.get(n), Some(g), "`{n}`'s gradient changed");
+        }
+    }
+}

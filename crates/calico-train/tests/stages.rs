@@ -14,7 +14,9 @@ use calico_model::tokenizer::CalicoTokenizer;
 use calico_train::config::{FreezeStage, TrainConfig};
 use calico_train::data;
 use calico_train::model::{build_random, TrainableSet};
-use calico_train::pretrain::{image_labels, pretrain_vision, VisionPretrain, GLOBAL_ENCODERS};
+use calico_train::pretrain::{
+    image_labels, pretrain_vision, VisionPretrain, GLOBAL_ENCODERS, SAM_ENCODER,
+};
 use calico_train::trainer::{train, Quiet, RunSpec};
 use candle_core::{Device, Tensor};
 
@@ -107,17 +109,31 @@ fn images_are_labelled_with_their_object_classes() {
     }
 }
 
+/// The samples in `dir`, a seeded random model with every tensor trainable
+/// and its variables by name.
+fn everything_trainable(
+    dir: &Path,
+    cfg: &CalicoConfig,
+) -> (
+    data::Dataset,
+    calico_train::model::Built,
+    Vec<(String, candle_core::Var)>,
+) {
+    let ds = data::open(&samples(dir), cfg).unwrap();
+    let format = PromptFormat::vicuna_v1(cfg.image_tokens());
+    let mut tok = CalicoTokenizer::word_level(&data::corpus(&ds.samples, &format)).unwrap();
+    let special = tok.add_calico_tokens(None).unwrap();
+    let b = build_random(cfg, special, TrainableSet::All, 4, &Device::Cpu).unwrap();
+    let mut named: Vec<_> = b.vars.data().lock().unwrap().clone().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    (ds, b, named)
+}
+
 #[test]
 fn stage_one_updates_the_global_encoders_and_nothing_else() {
     let d = tmp("stage1");
     let cfg = CalicoConfig::preset("tiny").unwrap();
-    let ds = data::open(&samples(&d), &cfg).unwrap();
-    let format = PromptFormat::vicuna_v1(cfg.image_tokens());
-    let mut tok = CalicoTokenizer::word_level(&data::corpus(&ds.samples, &format)).unwrap();
-    let special = tok.add_calico_tokens(None).unwrap();
-    let b = build_random(&cfg, special, TrainableSet::All, 4, &Device::Cpu).unwrap();
-    let mut named: Vec<_> = b.vars.data().lock().unwrap().clone().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let (ds, b, named) = everything_trainable(&d, &cfg);
     let before = values(&named);
     let vp = VisionPretrain {
         steps: 3,
@@ -159,6 +175,73 @@ fn stage_one_updates_the_global_encoders_and_nothing_else() {
         moved_encoders > 20,
         "only {moved_encoders} encoder tensors moved"
     );
+}
+
+#[test]
+fn dense_stage_one_also_trains_sam_and_scores_patches() {
+    let d = tmp("dense");
+    // EVA with a convolutional stem: 3 stride-2 stages, 8-px patches
+    // (the preset's 56-px view, 7 x 7 tokens).
+    let mut cfg = CalicoConfig::preset("tiny").unwrap();
+    cfg.eva_vit.patch_size = 8;
+    cfg.eva_vit.conv_stem = Some(vec![4, 8, 8]);
+    let (ds, b, named) = everything_trainable(&d, &cfg);
+    let before = values(&named);
+    let vp = VisionPretrain {
+        steps: 2,
+        batch_size: 4,
+        lr: 1e-2,
+        warmup_steps: 0,
+        flip: true,
+        dense: true,
+        sam: true,
+        ..VisionPretrain::default()
+    };
+    let s = pretrain_vision(&b.model, &named, &ds, Some(&ds), &vp, 4, 1, &mut Quiet).unwrap();
+    assert!(s.loss.is_finite() && s.loss > 0.0);
+    let after = values(&named);
+    let trained =
+        |n: &str| GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p)) || n.starts_with(SAM_ENCODER);
+    for (n, v) in &before {
+        if !trained(n) {
+            assert_eq!(after[n], *v, "dense stage 1 changed `{n}`");
+        }
+    }
+    assert!(
+        named
+            .iter()
+            .any(|(n, _)| n.starts_with(SAM_ENCODER) && after[n] != before[n]),
+        "SAM's image encoder did not learn"
+    );
+    // The stem trained with batch statistics and now normalises with the
+    // ones measured on the training images.
+    let stem = b.model.eva_stem().expect("the config has a conv stem");
+    assert!(!stem.uses_batch_statistics());
+    for stat in ["running_mean", "running_var"] {
+        let name = format!("model.vision_tower.embeddings.stem.0.bn.{stat}");
+        assert_ne!(after[&name], before[&name], "`{name}` was not measured");
+    }
+    let var = &after["model.vision_tower.embeddings.stem.0.bn.running_var"];
+    assert!(var.iter().all(|v| *v > 0.0), "{var:?}");
+    // EVA, DINOv2 and SAM heads, objects and parts; the boxes and balls
+    // cover patches of every view, and the samples have no parts.
+    let heads: Vec<&str> = s.val_dense.iter().map(|h| h.head.as_str()).collect();
+    assert_eq!(
+        heads,
+        [
+            "Eva objects",
+            "Eva parts",
+            "Dino objects",
+            "Dino parts",
+            "Sam objects",
+            "Sam parts"
+        ]
+    );
+    for h in &s.val_dense {
+        let parts = h.head.ends_with("parts");
+        assert_eq!(h.patches == 0, parts, "{h:?}");
+        assert!((0.0..=1.0).contains(&h.accuracy), "{h:?}");
+    }
 }
 
 fn run(dir: &Path, train_file: &Path, tc: TrainConfig, workers: usize) -> PathBuf {

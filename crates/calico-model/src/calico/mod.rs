@@ -179,6 +179,9 @@ pub struct Calico {
     feature_cache: Option<std::sync::Arc<cache::FeatureCache>>,
     /// The config as JSON, part of every cache key.
     fingerprint: String,
+    /// Whether EVA, DINOv2 and the Q-Former's first pass are held still
+    /// (see [`Calico::set_global_encoders_frozen`]).
+    global_frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The encoder + projector that make the LLM's image tokens.
@@ -281,7 +284,20 @@ impl Calico {
             mask_decoder,
             feature_cache: None,
             fingerprint: serde_json::to_string(cfg).unwrap_or_default(),
+            global_frozen: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
+    }
+
+    /// Declares the global branch's encoders (EVA, DINOv2, the Q-Former's
+    /// pass over EVA's tokens) frozen, or not: while frozen their outputs
+    /// are detached, so backward passes stop there instead of computing
+    /// gradients nobody applies. The trainer sets it for the steps where
+    /// `freeze` holds all their variables (stage 2 of `tiny`'s staged
+    /// recipe). The CAMs' own Q-Former passes are not affected. Clones
+    /// of the model share the setting.
+    pub fn set_global_encoders_frozen(&self, frozen: bool) {
+        self.global_frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Uses `cache` for the frozen encoders' outputs (only while EVA,

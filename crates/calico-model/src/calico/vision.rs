@@ -228,6 +228,13 @@ impl Calico {
             Some((q, tokens)) => Some(q.forward(tokens, &x_global, None)?),
             None => None,
         };
+        if self.global_frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok((
+                x_global.detach(),
+                x_semantic.map(|x| x.detach()),
+                qformer.map(|q| q.detach()),
+            ));
+        }
         Ok((x_global, x_semantic, qformer))
     }
 
@@ -247,6 +254,21 @@ impl Calico {
                 candle_core::bail!("the baselines' CLIP path has no global branch to pretrain")
             }
         }
+    }
+
+    /// EVA's convolutional stem, when the config has one
+    /// (`eva_vit.conv_stem`).
+    pub fn eva_stem(&self) -> Option<&crate::conv_stem::ConvStem> {
+        match &self.vision {
+            VisionPath::Calico { eva, .. } => eva.stem(),
+            VisionPath::Clip(_) => None,
+        }
+    }
+
+    /// SAM's image encoder alone on a batch: `(n, C, h, w)` embeddings.
+    pub fn sam_features(&self, images: &[&ImageInput]) -> Result<Tensor> {
+        self.sam_encoder
+            .forward(&self.stack_on_device(images, |i| &i.sam)?)
     }
 
     /// Calico's trainable path on frozen features: `(visual tokens, X′_global)`.
