@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use calico_data::samples::MaskRole;
 use calico_masks::Mask;
 use calico_model::config::CalicoConfig;
-use calico_model::preprocess::View;
+use calico_model::preprocess::{crop_start, View};
 
 use crate::data::Dataset;
 use crate::TrainError;
@@ -55,42 +55,59 @@ impl ViewGeometry {
         }
     }
 
-    /// The width a left–right mirror of the view reflects: the whole view,
-    /// or for SAM the image inside its padding (the padding stays put, see
-    /// `pretrain::flipped`).
-    pub fn mirror_width(&self, original: (usize, usize)) -> usize {
-        match *self {
-            ViewGeometry::ResizeLongest { target } => {
-                calico_model::preprocess::SamView::new(target)
-                    .resized_size(original.0, original.1)
-                    .1
-            }
-            _ => self.size().1,
-        }
-    }
-
-    /// The original pixel `(y, x)` shown at view point `(vy, vx)` of an
-    /// `(oh, ow)` image, or `None` in padding.
-    pub fn to_original(&self, vy: f64, vx: f64, (oh, ow): (usize, usize)) -> Option<(u32, u32)> {
-        let (ry, rx, rh, rw) = match *self {
-            ViewGeometry::ResizeLongest { target } => {
-                let (rh, rw) = calico_model::preprocess::SamView::new(target).resized_size(oh, ow);
-                (vy, vx, rh, rw)
-            }
-            ViewGeometry::Resize { h, w } => (vy, vx, h, w),
+    /// How an `(oh, ow)` image sits in the view.
+    pub fn placement(&self, (oh, ow): (usize, usize)) -> Placement {
+        let (top, left, resized) = match *self {
+            ViewGeometry::Resize { h, w } => (0.0, 0.0, (h, w)),
             ViewGeometry::ResizeCrop {
                 shortest_edge,
                 h,
                 w,
             } => {
-                let v = calico_model::preprocess::DinoView::new(shortest_edge, h);
-                let (rh, rw) = v.resized_size(oh, ow);
-                // calico_model::preprocess::center_crop's window offset.
-                let top = (rh as i64 - h as i64).div_euclid(2) as f64;
-                let left = (rw as i64 - w as i64).div_euclid(2) as f64;
-                (vy + top, vx + left, rh, rw)
+                let (rh, rw) =
+                    calico_model::preprocess::DinoView::new(shortest_edge, h).resized_size(oh, ow);
+                (crop_start(rh, h) as f64, crop_start(rw, w) as f64, (rh, rw))
             }
+            ViewGeometry::ResizeLongest { target } => (
+                0.0,
+                0.0,
+                calico_model::preprocess::SamView::new(target).resized_size(oh, ow),
+            ),
         };
+        // A mirror reflects the whole view, or for SAM the image inside its
+        // padding (the padding stays put, see `pretrain::flipped`).
+        let mirror_width = match *self {
+            ViewGeometry::ResizeLongest { .. } => resized.1,
+            _ => self.size().1,
+        };
+        Placement {
+            top,
+            left,
+            resized,
+            original: (oh, ow),
+            mirror_width,
+        }
+    }
+}
+
+/// An image's place in a view: where the view's window starts in the
+/// resized image (a centre crop's start; 0 otherwise), the resized and the
+/// original size, and the width a left–right mirror of the view reflects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub top: f64,
+    pub left: f64,
+    pub resized: (usize, usize),
+    pub original: (usize, usize),
+    pub mirror_width: usize,
+}
+
+impl Placement {
+    /// The original pixel `(y, x)` shown at view point `(vy, vx)`, or
+    /// `None` in padding.
+    pub fn to_original(&self, vy: f64, vx: f64) -> Option<(u32, u32)> {
+        let (ry, rx) = (vy + self.top, vx + self.left);
+        let ((rh, rw), (oh, ow)) = (self.resized, self.original);
         if ry < 0.0 || rx < 0.0 || ry >= rh as f64 || rx >= rw as f64 {
             return None;
         }
@@ -296,7 +313,8 @@ fn grid(
     (n_objects, n_parts): (usize, usize),
 ) -> Grid {
     let (vh, vw) = geom.size();
-    let mirror = geom.mirror_width(original) as f64;
+    let place = geom.placement(original);
+    let mirror = place.mirror_width as f64;
     let (gh, gw) = (vh / patch, vw / patch);
     let (ko, kp) = (n_objects + 1, n_parts + 1);
     let mut objects = vec![0f32; gh * gw * ko];
@@ -314,7 +332,7 @@ fn grid(
                         vx = mirror - vx;
                     }
                     let (mut o, mut p) = (n_objects, n_parts);
-                    if let Some((y, x)) = geom.to_original(vy, vx, original) {
+                    if let Some((y, x)) = place.to_original(vy, vx) {
                         for (is_part, class, m) in painted {
                             if y < m.height() && x < m.width() && m.get(y, x) {
                                 if *is_part {
@@ -346,7 +364,7 @@ mod tests {
     #[test]
     fn resize_maps_view_points_to_the_original() {
         let g = ViewGeometry::Resize { h: 8, w: 8 };
-        assert_eq!(g.to_original(0.5, 7.5, (16, 32)), Some((1, 30)));
+        assert_eq!(g.placement((16, 32)).to_original(0.5, 7.5), Some((1, 30)));
     }
 
     #[test]
@@ -357,14 +375,17 @@ mod tests {
             h: 112,
             w: 112,
         };
-        assert_eq!(g.to_original(0.0, 0.0, (256, 256)), Some((16, 16)));
+        assert_eq!(
+            g.placement((256, 256)).to_original(0.0, 0.0),
+            Some((16, 16))
+        );
         // A crop larger than the image pads: its corner is outside.
         let g = ViewGeometry::ResizeCrop {
             shortest_edge: 8,
             h: 12,
             w: 12,
         };
-        assert_eq!(g.to_original(0.5, 0.5, (8, 8)), None);
+        assert_eq!(g.placement((8, 8)).to_original(0.5, 0.5), None);
     }
 
     #[test]
@@ -398,10 +419,10 @@ mod tests {
     fn sam_view_mirrors_inside_its_padding() {
         // A 4x8 image in an 8x8 SAM view: rows 4.. are padding.
         let g = ViewGeometry::ResizeLongest { target: 8 };
-        assert_eq!(g.mirror_width((4, 8)), 8);
-        assert_eq!(g.to_original(5.0, 1.0, (4, 8)), None);
+        assert_eq!(g.placement((4, 8)).mirror_width, 8);
+        assert_eq!(g.placement((4, 8)).to_original(5.0, 1.0), None);
         // An 8x4 image: columns 4.. are padding, the mirror spans 4.
-        assert_eq!(g.mirror_width((8, 4)), 4);
+        assert_eq!(g.placement((8, 4)).mirror_width, 4);
         let obj = Mask::from_fn(8, 4, |_, x| x == 0);
         let painted = vec![(false, 0, obj)];
         let m = grid(&painted, (8, 4), g, 2, true, (1, 0));

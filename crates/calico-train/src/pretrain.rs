@@ -276,8 +276,6 @@ fn flipped(im: &ImageInput) -> Result<ImageInput> {
 /// token without the Q-Former), on the mean EVA token, on the mean DINOv2
 /// patch token.
 struct Heads {
-    /// The image-level classes.
-    classes: Vec<String>,
     global: Head,
     eva: Option<Head>,
     semantic: Option<Head>,
@@ -390,17 +388,14 @@ fn chunk_gradients(
         PretrainLoss::Softmax => 1.0,
     };
     let scale = 1.0 / (batch_size as f64 * per_row);
-    let mut loss: Option<Tensor> = None;
+    let mut terms = Vec::with_capacity(all.len() + dense.len());
     for l in &all {
-        let t = (head_loss(kind, l, &targets)? * scale)?;
-        loss = Some(match loss {
-            None => t,
-            Some(s) => (s + t)?,
-        });
+        terms.push((head_loss(kind, l, &targets)? * scale)?);
     }
     for (l, t) in dense.iter().zip(&batch.dense) {
-        // Cross-entropy against each token's distribution, averaged over
-        // the tokens, summed over the images.
+        // Cross-entropy against each token's distribution (the softmax
+        // loss, one row per token), averaged over the tokens, summed over
+        // the images.
         let t = t.narrow(0, range.start, range.len())?;
         if l.dims() != t.dims() {
             return Err(TrainError::Data(format!(
@@ -410,14 +405,14 @@ fn chunk_gradients(
             )));
         }
         let tokens = l.dim(1)? as f64;
-        let logp = candle_nn::ops::log_softmax(l, D::Minus1)?;
-        let ce = ((logp * t)?.sum_all()?.neg()? * (1.0 / (batch_size as f64 * tokens)))?;
-        loss = Some(match loss {
-            None => ce,
-            Some(s) => (s + ce)?,
-        });
+        let ce = head_loss(PretrainLoss::Softmax, &l.flatten_to(1)?, &t.flatten_to(1)?)?;
+        terms.push((ce * (1.0 / (batch_size as f64 * tokens)))?);
     }
-    let loss = loss.ok_or_else(|| TrainError::Data("stage 1: no classification head".into()))?;
+    let mut terms = terms.into_iter();
+    let first = terms
+        .next()
+        .ok_or_else(|| TrainError::Data("stage 1: no classification head".into()))?;
+    let loss = terms.try_fold(first, |s, t| s + t)?;
     let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let grads = loss.backward()?;
     Ok((value, grads, hits(&all[0], &batch.labels[range])?))
@@ -486,7 +481,6 @@ pub fn pretrain_vision(
             None => eva_dim,
         };
         Heads {
-            classes: labels.classes.clone(),
             global: Head::new(n_classes, global_dim, &mut rng, &dev)?,
             eva: match cfg.eva_head && f.qformer.is_some() {
                 true => Some(Head::new(n_classes, eva_dim, &mut rng, &dev)?),
@@ -662,7 +656,7 @@ pub fn pretrain_vision(
     }
     let (val_accuracy, val_images, val_dense) = match val {
         Some(v) => {
-            let (a, n, d) = accuracy(model, &heads, v, dense.as_ref())?;
+            let (a, n, d) = accuracy(model, &heads, v, &labels.classes, dense.as_ref())?;
             (Some(a), n, d)
         }
         None => (None, 0, Vec::new()),
@@ -797,9 +791,9 @@ fn accuracy(
     model: &Calico,
     heads: &Heads,
     ds: &Dataset,
+    classes: &[String],
     dense: Option<&crate::dense::DenseLabels>,
 ) -> Result<(f64, usize, Vec<DenseAccuracy>)> {
-    let classes: &[String] = &heads.classes;
     let l = image_labels(ds);
     let mut items: Vec<(String, Vec<usize>)> = Vec::new();
     for (f, ls) in l.files.iter().zip(&l.labels) {

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use calico_masks::{CocoRle, Mask, Rle};
 use calico_model::calico::{seeded_fill, FillMode};
 use calico_model::config::CalicoConfig;
-use calico_model::prompt::PromptFormat;
+use calico_model::prompt::{PromptFormat, SpecialIds};
 use calico_model::tokenizer::CalicoTokenizer;
 use calico_train::data;
-use calico_train::model::{build_random, TrainableSet};
+use calico_train::model::{build_random, Built, TrainableSet};
 use calico_train::objective::{batch_loss, LossConfig};
 use calico_train::optim::{AdamW, AdamWConfig};
 use candle_core::Device;
@@ -68,18 +68,35 @@ fn samples(dir: &Path) -> PathBuf {
     path
 }
 
-#[test]
-fn one_step_reaches_exactly_the_trainable_set() {
-    let d = tmp("one-step");
+/// The samples in a fresh directory, their tokenizer and prompt format, and
+/// a seeded random `tiny` whose every variable has a value (zero-initialised
+/// blocks — LoRA B, CAM/CEM outputs — would block the gradient of what
+/// feeds them).
+fn tiny_on_samples(
+    name: &str,
+    set: TrainableSet,
+    seed: u64,
+) -> (
+    data::Dataset,
+    CalicoTokenizer,
+    SpecialIds,
+    PromptFormat,
+    Built,
+) {
+    let d = tmp(name);
     let cfg = CalicoConfig::preset("tiny").unwrap();
     let ds = data::open(&samples(&d), &cfg).unwrap();
     let format = PromptFormat::vicuna_v1(cfg.image_tokens());
     let mut tok = CalicoTokenizer::word_level(&data::corpus(&ds.samples, &format)).unwrap();
     let special = tok.add_calico_tokens(None).unwrap();
-    let b = build_random(&cfg, special, TrainableSet::Paper, 3, &Device::Cpu).unwrap();
-    // Zero-initialised blocks (LoRA B, CAM/CEM outputs) would block the
-    // gradient of what feeds them; give every variable a value.
-    seeded_fill(&b.vars, 3, FillMode::All).unwrap();
+    let b = build_random(&cfg, special, set, seed, &Device::Cpu).unwrap();
+    seeded_fill(&b.vars, seed, FillMode::All).unwrap();
+    (ds, tok, special, format, b)
+}
+
+#[test]
+fn one_step_reaches_exactly_the_trainable_set() {
+    let (ds, tok, special, format, b) = tiny_on_samples("one-step", TrainableSet::Paper, 3);
     let examples: Vec<_> = (0..2)
         .map(|i| ds.example(i, i == 1, &tok, &special, &format).unwrap())
         .collect();
@@ -156,14 +173,7 @@ fn one_step_reaches_exactly_the_trainable_set() {
 
 #[test]
 fn frozen_global_encoders_are_cut_from_the_backward_pass_and_nothing_else() {
-    let d = tmp("frozen-global");
-    let cfg = CalicoConfig::preset("tiny").unwrap();
-    let ds = data::open(&samples(&d), &cfg).unwrap();
-    let format = PromptFormat::vicuna_v1(cfg.image_tokens());
-    let mut tok = CalicoTokenizer::word_level(&data::corpus(&ds.samples, &format)).unwrap();
-    let special = tok.add_calico_tokens(None).unwrap();
-    let b = build_random(&cfg, special, TrainableSet::All, 5, &Device::Cpu).unwrap();
-    seeded_fill(&b.vars, 5, FillMode::All).unwrap();
+    let (ds, tok, special, format, b) = tiny_on_samples("frozen-global", TrainableSet::All, 5);
     let examples: Vec<_> = (0..2)
         .map(|i| ds.example(i, false, &tok, &special, &format).unwrap())
         .collect();

@@ -320,14 +320,18 @@ impl DinoView {
     }
 }
 
+/// Where [`center_crop`]'s window starts along a side of `size` pixels, in
+/// image coordinates (negative when the crop is larger than the image).
+pub fn crop_start(size: usize, crop: usize) -> i64 {
+    (size as i64 - crop as i64).div_euclid(2)
+}
+
 /// HF's numpy `center_crop`: the window starts at `⌊(size − crop) / 2⌋`;
 /// where the crop is larger than the image, the image is first centred on a
 /// black canvas (offset `⌈(crop − size) / 2⌉`).
 pub fn center_crop(img: &RgbImage, crop_h: usize, crop_w: usize) -> candle_core::Result<RgbImage> {
     let (h, w) = img.size_hw();
-    // Offset of the crop window in image coordinates (may be negative).
-    let start = |size: usize, crop: usize| (size as i64 - crop as i64).div_euclid(2);
-    let (top, left) = (start(h, crop_h), start(w, crop_w));
+    let (top, left) = (crop_start(h, crop_h), crop_start(w, crop_w));
     let mut out = vec![0u8; crop_h * crop_w * 3];
     for y in 0..crop_h {
         let sy = top + y as i64;
