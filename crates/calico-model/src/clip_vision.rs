@@ -220,11 +220,14 @@ impl ClipVisionEmbeddings {
         }
         let b = dims[0];
         let d = self.class_embedding.dim(0)?;
-        let patches = pixel_values
-            .to_dtype(self.patch_weight.dtype())?
-            .conv2d(&self.patch_weight, 0, self.patch_size, 1, 1)?
-            .flatten_from(2)?
-            .transpose(1, 2)?;
+        let patches = calico_nn::conv::conv2d(
+            &pixel_values.to_dtype(self.patch_weight.dtype())?,
+            &self.patch_weight,
+            0,
+            self.patch_size,
+        )?
+        .flatten_from(2)?
+        .transpose(1, 2)?;
         let cls = self
             .class_embedding
             .reshape((1, 1, d))?

@@ -144,41 +144,42 @@ impl ConvStem {
 
     fn run(&self, x: &Tensor, mut record: Option<&mut Vec<(Tensor, Tensor)>>) -> Result<Tensor> {
         let batch = record.is_some() || self.uses_batch_statistics();
-        let mut h = x.to_dtype(self.proj_weight.dtype())?;
+        // Channels last throughout: each convolution is a matrix product
+        // over patch rows and batch norm works on (pixels, channels) rows.
+        let mut h = x
+            .to_dtype(self.proj_weight.dtype())?
+            .permute((0, 2, 3, 1))?;
         for s in &self.stages {
-            h = h.conv2d(&s.conv, 1, 2, 1, 1)?;
-            let c = s.bn_weight.dim(0)?;
-            let (mean, var) = if batch {
-                let mean = h.mean_keepdim(3)?.mean_keepdim(2)?.mean_keepdim(0)?;
-                let centred = h.broadcast_sub(&mean)?;
-                let var = centred
-                    .sqr()?
-                    .mean_keepdim(3)?
-                    .mean_keepdim(2)?
-                    .mean_keepdim(0)?;
-                if let Some(r) = record.as_deref_mut() {
-                    r.push((mean.flatten_all()?.detach(), var.flatten_all()?.detach()));
-                }
-                (mean, var)
+            h = calico_nn::conv::conv2d_nhwc(&h, &s.conv, 1, 2)?;
+            let (b, hh, ww, c) = h.dims4()?;
+            let rows = h.reshape((b * hh * ww, c))?;
+            if let Some(r) = record.as_deref_mut() {
+                r.push(calico_nn::batch_norm::column_statistics(&rows)?);
+            }
+            let rows = if batch {
+                calico_nn::batch_norm::batch_norm_rows(
+                    &rows,
+                    &s.bn_weight,
+                    &s.bn_bias,
+                    BN_EPS,
+                    true,
+                )?
             } else {
-                (
-                    s.running_mean.reshape((1, c, 1, 1))?,
-                    s.running_var.reshape((1, c, 1, 1))?,
-                )
+                let scale = s
+                    .bn_weight
+                    .broadcast_div(&(&s.running_var + BN_EPS)?.sqrt()?)?
+                    .reshape((1, c))?;
+                rows.broadcast_sub(&s.running_mean.reshape((1, c))?)?
+                    .broadcast_mul(&scale)?
+                    .broadcast_add(&s.bn_bias.reshape((1, c))?)?
+                    .relu()?
             };
-            let scale = s
-                .bn_weight
-                .reshape((1, c, 1, 1))?
-                .broadcast_div(&(var + BN_EPS)?.sqrt()?)?;
-            h = h
-                .broadcast_sub(&mean)?
-                .broadcast_mul(&scale)?
-                .broadcast_add(&s.bn_bias.reshape((1, c, 1, 1))?)?
-                .relu()?;
+            h = rows.reshape((b, hh, ww, c))?;
         }
         let d = self.proj_bias.dim(0)?;
-        h.conv2d(&self.proj_weight, 0, 1, 1, 1)?
-            .broadcast_add(&self.proj_bias.reshape((1, d, 1, 1))?)
+        calico_nn::conv::conv2d_nhwc(&h, &self.proj_weight, 0, 1)?
+            .broadcast_add(&self.proj_bias.reshape((1, 1, 1, d))?)?
+            .permute((0, 3, 1, 2))
     }
 }
 

@@ -235,10 +235,13 @@ impl EvaVitEmbeddings {
                 weight,
                 bias,
                 patch_size,
-            } => pixel_values
-                .to_dtype(weight.dtype())?
-                .conv2d(weight, 0, *patch_size, 1, 1)?
-                .broadcast_add(&bias.reshape((1, d, 1, 1))?)?,
+            } => calico_nn::conv::conv2d(
+                &pixel_values.to_dtype(weight.dtype())?,
+                weight,
+                0,
+                *patch_size,
+            )?
+            .broadcast_add(&bias.reshape((1, d, 1, 1))?)?,
             PatchEmbedding::Stem(stem) => stem.forward(pixel_values)?,
         };
         let patches = patches.flatten_from(2)?.transpose(1, 2)?;

@@ -9,6 +9,8 @@
 //! is frozen or trained.
 
 pub mod attention;
+pub mod batch_norm;
+pub mod conv;
 pub mod linear;
 pub mod loss;
 pub mod mlp;

@@ -33,3 +33,35 @@ pub fn assert_gradients_reach<'a>(
         assert!(norm > 0.0, "{context}: zero gradient for {name}");
     }
 }
+
+/// An f64 tensor of `shape` with values uniform in [-1, 1), the same for
+/// the same `seed` on every run (candle's own generator cannot be seeded).
+pub fn seeded_uniform(shape: &[usize], seed: u64) -> Tensor {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let n = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+    Tensor::from_vec(v, shape, &candle_core::Device::Cpu)
+        .unwrap_or_else(|e| panic!("seeded_uniform {shape:?}: {e}"))
+}
+
+/// The largest difference between the gradients that `sum(a · r)` and
+/// `sum(b · r)` give each of `vars` (two computations of one function).
+pub fn max_gradient_diff(a: &Tensor, b: &Tensor, r: &Tensor, vars: &[&Var]) -> f32 {
+    let grads = |y: &Tensor| {
+        (y * r)
+            .and_then(|p| p.sum_all())
+            .and_then(|s| s.backward())
+            .unwrap_or_else(|e| panic!("backward of sum(y · r): {e}"))
+    };
+    let (ga, gb) = (grads(a), grads(b));
+    vars.iter()
+        .enumerate()
+        .map(
+            |(i, v)| match (ga.get(v.as_tensor()), gb.get(v.as_tensor())) {
+                (Some(x), Some(y)) => max_abs_diff(x, y),
+                _ => panic!("variable {i} ({:?}) got no gradient", v.dims()),
+            },
+        )
+        .fold(0.0, f32::max)
+}

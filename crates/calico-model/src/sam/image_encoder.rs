@@ -472,9 +472,8 @@ impl Neck {
         // LayerNorm2d normalises over channels, i.e. the last dimension of
         // the channels-last layout.
         let y = layer_norm(&y, Some(&self.norm1.weight), Some(&self.norm1.bias), LN_EPS)?;
-        let y = y.permute((0, 3, 1, 2))?.contiguous()?;
-        let y = y.conv2d(&self.conv2, 1, 1, 1, 1)?;
-        self.norm2.forward(&y)
+        let y = calico_nn::conv::conv2d_nhwc(&y, &self.conv2, 1, 1)?;
+        self.norm2.forward(&y.permute((0, 3, 1, 2))?)
     }
 }
 
