@@ -14,6 +14,7 @@ Encoders (all about 0.2-0.3 M parameters):
   vit      4 blocks, width 64, 4 heads, linear 14-px patches (tiny's EVA)
   stem     the same blocks over a 4-stage stride-2 conv stem, no normalisation
   stem_bn  the same with batch normalisation in the stem (eva_vit.conv_stem)
+  stem_ln  the same with layer norm over each pixel's channels instead
   cnn      five 3x3 conv + batch norm + ReLU stages, global average pooling
 
 Needs torch, numpy and Pillow (pip install torch numpy pillow). Example:
@@ -71,12 +72,33 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def parse_stages(spec):
+    """"16,32,32/1,64" -> [(16, 2), (32, 2), (32, 1), (64, 2)]: channels/stride (2 unless given)."""
+    out = []
+    for part in spec.split(","):
+        c, _, s = part.partition("/")
+        out.append((int(c), int(s or 2)))
+    return out
+
+
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of every pixel (SAM's LayerNorm2d)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 def conv_stem(channels, width, norm):
     layers, c_in = [], 3
     for c in channels:
-        layers.append(nn.Conv2d(c_in, c, 3, 2, 1, bias=not norm))
+        c, stride = c if isinstance(c, tuple) else (c, 2)
+        layers.append(nn.Conv2d(c_in, c, 3, stride, 1, bias=not norm))
         if norm:
-            layers.append(nn.BatchNorm2d(c))
+            layers.append(nn.BatchNorm2d(c) if norm == "batch" else ChannelNorm(c))
         layers.append(nn.ReLU() if norm else nn.GELU())
         c_in = c
     layers.append(nn.Conv2d(c_in, width, 1))
@@ -89,7 +111,7 @@ class ViT(nn.Module):
         if stem is None:
             self.patches = nn.Conv2d(3, width, patch, patch)
         else:
-            patch = 2 ** len(stem[0])
+            patch = 2 ** sum(1 for c in stem[0] if not isinstance(c, tuple) or c[1] == 2)
             self.patches = conv_stem(stem[0], width, stem[1])
         n = (side // patch) ** 2
         self.cls = nn.Parameter(torch.zeros(1, 1, width))
@@ -105,11 +127,12 @@ class ViT(nn.Module):
 
 
 class CNN(nn.Module):
-    def __init__(self, classes, width=32):
+    def __init__(self, classes, width=32, stages=None):
         super().__init__()
         layers, c_in = [], 3
-        for c in [width, width * 2, width * 2, width * 4, width * 4]:
-            stride = 1 if c == c_in else 2
+        if stages is None:
+            stages = [(width, 2), (width * 2, 2), (width * 2, 1), (width * 4, 2), (width * 4, 1)]
+        for c, stride in stages:
             layers += [nn.Conv2d(c_in, c, 3, stride, 1), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
         self.features = nn.Sequential(*layers)
@@ -119,20 +142,23 @@ class CNN(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
-def build(kind, classes, side):
-    stem = (16, 32, 64, 64)
+def build(kind, classes, side, stages=None):
+    stem = stages or (16, 32, 64, 64)
     return {
         "vit": lambda: ViT(classes, side),
         "stem": lambda: ViT(classes, side, stem=(stem, False)),
-        "stem_bn": lambda: ViT(classes, side, stem=(stem, True)),
-        "cnn": lambda: CNN(classes),
+        "stem_bn": lambda: ViT(classes, side, stem=(stem, "batch")),
+        "stem_ln": lambda: ViT(classes, side, stem=(stem, "channel")),
+        "cnn": lambda: CNN(classes, stages=stages),
     }[kind]()
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="a calico data build output (train.jsonl, val.jsonl)")
-    ap.add_argument("--encoder", choices=["vit", "stem", "stem_bn", "cnn"], default="vit")
+    ap.add_argument("--encoder", choices=["vit", "stem", "stem_bn", "stem_ln", "cnn"], default="vit")
+    ap.add_argument("--stages", type=parse_stages, default=None,
+                    help="conv stages for stem_bn / cnn as channels[/stride], e.g. 16,32,32/1,64,64/1")
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=4e-3)
@@ -165,7 +191,7 @@ def main():
     x_train = load_views(args.data, train_files, args.side)
     x_val = load_views(args.data, val_files, args.side)
     t_train, t_val = targets(train, train_files), targets(val, val_files)
-    model = build(args.encoder, len(classes), args.side)
+    model = build(args.encoder, len(classes), args.side, args.stages)
     params = sum(p.numel() for p in model.parameters())
     print(f"{args.encoder}: {params:,} parameters, {len(train_files)} training and "
           f"{len(val_files)} validation images, {len(classes)} classes", flush=True)

@@ -231,11 +231,21 @@ pub struct PretrainSummary {
     pub train_accuracy: f64,
     /// The same on the validation images, when there are any.
     pub val_accuracy: Option<f64>,
+    /// Every image-level head's top-1 accuracy on the validation images:
+    /// `global` (the Q-Former's, as `val_accuracy`), `eva`, `semantic`.
+    pub val_heads: Vec<HeadAccuracy>,
     pub val_images: usize,
     /// Per dense head on the validation images: the share of patches
     /// mostly covered by an object (or a part) whose top class is that one.
     pub val_dense: Vec<DenseAccuracy>,
     pub elapsed_s: f64,
+}
+
+/// An image-level head's top-1 accuracy.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeadAccuracy {
+    pub head: String,
+    pub accuracy: f64,
 }
 
 /// A dense head's patch accuracy.
@@ -654,13 +664,11 @@ pub fn pretrain_vision(
     if let Some(s) = stem {
         calibrate_stem(s, named, train, &labels.files, obs)?;
     }
-    let (val_accuracy, val_images, val_dense) = match val {
-        Some(v) => {
-            let (a, n, d) = accuracy(model, &heads, v, &labels.classes, dense.as_ref())?;
-            (Some(a), n, d)
-        }
-        None => (None, 0, Vec::new()),
+    let (val_heads, val_images, val_dense) = match val {
+        Some(v) => accuracy(model, &heads, v, &labels.classes, dense.as_ref())?,
+        None => (Vec::new(), 0, Vec::new()),
     };
+    let val_accuracy = val_heads.first().map(|h| h.accuracy);
     for d in &val_dense {
         obs.message(&format!(
             "stage 1: {} head, patch accuracy {:.1} % of {} validation patches",
@@ -669,10 +677,14 @@ pub fn pretrain_vision(
             d.patches
         ));
     }
-    if let Some(a) = val_accuracy {
+    if !val_heads.is_empty() {
+        let per_head: Vec<String> = val_heads
+            .iter()
+            .map(|h| format!("{} {:.1} %", h.head, 100.0 * h.accuracy))
+            .collect();
         obs.message(&format!(
-            "stage 1: top-1 accuracy on {val_images} validation images {:.1} %",
-            100.0 * a
+            "stage 1: top-1 accuracy on {val_images} validation images: {}",
+            per_head.join(", ")
         ));
     }
     Ok(PretrainSummary {
@@ -682,6 +694,7 @@ pub fn pretrain_vision(
         loss,
         train_accuracy,
         val_accuracy,
+        val_heads,
         val_images,
         val_dense,
         elapsed_s: t0.elapsed().as_secs_f64(),
@@ -784,16 +797,16 @@ fn window(recent: &[(f64, usize)], batch: usize) -> (f64, f64) {
     (l, a)
 }
 
-/// Top-1 accuracy of the global head on `ds`'s labelled images (classes
-/// the training images never had are left out), and the dense heads' patch
-/// accuracies when there are dense heads.
+/// Top-1 accuracy of each image-level head (global first) on `ds`'s
+/// labelled images (classes the training images never had are left out),
+/// and the dense heads' patch accuracies when there are dense heads.
 fn accuracy(
     model: &Calico,
     heads: &Heads,
     ds: &Dataset,
     classes: &[String],
     dense: Option<&crate::dense::DenseLabels>,
-) -> Result<(f64, usize, Vec<DenseAccuracy>)> {
+) -> Result<(Vec<HeadAccuracy>, usize, Vec<DenseAccuracy>)> {
     let l = image_labels(ds);
     let mut items: Vec<(String, Vec<usize>)> = Vec::new();
     for (f, ls) in l.files.iter().zip(&l.labels) {
@@ -821,17 +834,19 @@ fn accuracy(
     };
     // Per dense head: (hits, patches).
     let mut tally: Vec<(usize, usize)> = Vec::new();
-    let mut hit = 0;
+    let mut hit: Vec<usize> = Vec::new();
     for (c, chunk) in items.chunks(32).enumerate() {
         let inputs: Vec<Arc<ImageInput>> = chunk
             .iter()
             .map(|(f, _)| ds.image_input(f))
             .collect::<Result<_>>()?;
         let refs: Vec<&ImageInput> = inputs.iter().map(|a| &**a).collect();
-        let (mut global, dense_out) = all_logits(model, heads, &refs)?;
-        let g = global.swap_remove(0);
+        let (image_level, dense_out) = all_logits(model, heads, &refs)?;
         let labels: Vec<Vec<usize>> = chunk.iter().map(|(_, l)| l.clone()).collect();
-        hit += hits(&g.detach(), &labels)?;
+        hit.resize(image_level.len(), 0);
+        for (h, logits) in hit.iter_mut().zip(&image_level) {
+            *h += hits(&logits.detach(), &labels)?;
+        }
         if let Some(vd) = &val_dense {
             let picks: Vec<(usize, bool)> = (0..chunk.len()).map(|i| (c * 32 + i, false)).collect();
             let targets = dense_targets(vd, &picks, &Device::Cpu)?;
@@ -857,7 +872,21 @@ fn accuracy(
             });
         }
     }
-    Ok((hit as f64 / items.len().max(1) as f64, items.len(), out))
+    let names = [
+        ("global", true),
+        ("eva", heads.eva.is_some()),
+        ("semantic", heads.semantic.is_some()),
+    ];
+    let per_head = names
+        .iter()
+        .filter(|(_, present)| *present)
+        .zip(&hit)
+        .map(|((name, _), h)| HeadAccuracy {
+            head: name.to_string(),
+            accuracy: *h as f64 / items.len().max(1) as f64,
+        })
+        .collect();
+    Ok((per_head, items.len(), out))
 }
 
 /// Patches whose target is mostly a class (not "none", the last) and whose

@@ -146,6 +146,19 @@ fn stage_one_updates_the_global_encoders_and_nothing_else() {
     let s = pretrain_vision(&b.model, &named, &ds, Some(&ds), &vp, 4, 2, &mut Quiet).unwrap();
     assert_eq!((s.steps, s.images, s.classes, s.val_images), (3, 4, 2, 4));
     assert!(s.loss.is_finite() && s.loss > 0.0);
+    // Every image-level head is scored, the Q-Former's first (it is the
+    // reported `val_accuracy`); 4 images make quarters.
+    let names: Vec<&str> = s.val_heads.iter().map(|h| h.head.as_str()).collect();
+    assert_eq!(names, ["global", "eva", "semantic"]);
+    assert_eq!(s.val_accuracy, Some(s.val_heads[0].accuracy));
+    for h in &s.val_heads {
+        let a = h.accuracy;
+        assert!(
+            (a * 4.0).fract() == 0.0 && (0.0..=1.0).contains(&a),
+            "{}: {a}",
+            h.head
+        );
+    }
     let after = values(&named);
     let encoder = |n: &str| GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p));
     let mut moved_encoders = 0;
