@@ -121,6 +121,19 @@ impl Rle {
         if m == 0 || h == 0 {
             return [0.0; 4];
         }
+        // Counts inside the image that never wrap a u32 (every well-formed
+        // RLE) take the division-free walk; the rest keep the C code's
+        // arithmetic.
+        let total: u64 = self.counts[..m].iter().map(|&c| c as u64).sum();
+        if total <= u32::MAX as u64 && total <= h as u64 * w as u64 {
+            return self.bbox_monotone(m);
+        }
+        self.bbox_dividing(m)
+    }
+
+    /// [`Rle::to_bbox`] as pycocotools computes it, for any counts.
+    fn bbox_dividing(&self, m: usize) -> [f64; 4] {
+        let (h, w) = (self.height, self.width);
         // u32 wrapping arithmetic mirrors the C code's `uint` on odd input.
         let (mut xs, mut ys, mut xe, mut ye) = (w, h, 0u32, 0u32);
         let mut cc = 0u32;
@@ -145,12 +158,51 @@ impl Rle {
                 ye = ye.max(y_end);
             }
         }
-        [
-            xs as f64,
-            ys as f64,
-            xe.wrapping_sub(xs).wrapping_add(1) as f64,
-            ye.wrapping_sub(ys).wrapping_add(1) as f64,
-        ]
+        box_from_extent(xs, ys, xe, ye)
+    }
+
+    /// [`Rle::to_bbox`] over the first `m` counts when their running sum
+    /// never wraps: run starts and ends only grow, so each one's column is
+    /// found by stepping a column base forward (at most `width` steps in
+    /// all, as the counts stay inside the image) instead of dividing by the
+    /// height twice for every run.
+    fn bbox_monotone(&self, m: usize) -> [f64; 4] {
+        let h = self.height;
+        let (mut xs, mut ys, mut xe, mut ye) = (self.width, h, 0u32, 0u32);
+        // Column index and first pixel of the column holding the last run
+        // start, and the same for the last run end.
+        let (mut x0, mut base0) = (0u32, 0u32);
+        let (mut x1, mut base1) = (0u32, 0u32);
+        let mut cc = 0u32;
+        for j in 0..m {
+            let start = cc;
+            cc += self.counts[j];
+            if j % 2 == 0 || self.counts[j] == 0 {
+                continue;
+            }
+            let last = cc - 1;
+            while start - base0 >= h {
+                x0 += 1;
+                base0 += h;
+            }
+            if base1 < base0 {
+                (x1, base1) = (x0, base0);
+            }
+            while last - base1 >= h {
+                x1 += 1;
+                base1 += h;
+            }
+            xs = xs.min(x0);
+            xe = xe.max(x1);
+            if x0 < x1 {
+                ys = 0;
+                ye = h - 1;
+            } else {
+                ys = ys.min(start - base0);
+                ye = ye.max(last - base1);
+            }
+        }
+        box_from_extent(xs, ys, xe, ye)
     }
 
     /// Union (or intersection when `intersect`) of several RLEs (`maskUtils.merge`).
@@ -256,6 +308,17 @@ fn merge_two(a: &[u32], b: &[u32], intersect: bool) -> Vec<u32> {
     }
 }
 
+/// `[x, y, w, h]` of the extent `xs..=xe` × `ys..=ye` (wrapping, as the
+/// C code's `uint`, for an empty extent).
+fn box_from_extent(xs: u32, ys: u32, xe: u32, ye: u32) -> [f64; 4] {
+    [
+        xs as f64,
+        ys as f64,
+        xe.wrapping_sub(xs).wrapping_add(1) as f64,
+        ye.wrapping_sub(ys).wrapping_add(1) as f64,
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +393,31 @@ mod tests {
         let odd = Rle::empty(2, 2);
         assert_eq!(Rle::merge(&[a, odd], false), Rle::new(0, 0, vec![]));
         assert_eq!(Rle::merge(&[], false), Rle::new(0, 0, vec![]));
+    }
+
+    proptest::proptest! {
+        /// The division-free bbox walk equals pycocotools' arithmetic on
+        /// any counts inside the image, including ones that end early, have
+        /// zero runs or an odd length.
+        #[test]
+        fn bbox_walk_equals_the_dividing_one(
+            h in 1u32..9,
+            w in 1u32..9,
+            runs in proptest::collection::vec(0u32..12, 0..24),
+        ) {
+            let mut counts = Vec::new();
+            let mut total = 0u32;
+            for c in runs {
+                if total + c > h * w {
+                    break;
+                }
+                total += c;
+                counts.push(c);
+            }
+            let r = Rle::new(h, w, counts);
+            let m = r.counts.len() / 2 * 2;
+            let expected = if m == 0 { [0.0; 4] } else { r.bbox_dividing(m) };
+            proptest::prop_assert_eq!(r.to_bbox(), expected);
+        }
     }
 }
