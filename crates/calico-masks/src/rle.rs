@@ -133,9 +133,9 @@ impl Rle {
 
     /// [`Rle::to_bbox`] as pycocotools computes it, for any counts.
     fn bbox_dividing(&self, m: usize) -> [f64; 4] {
-        let (h, w) = (self.height, self.width);
+        let h = self.height;
         // u32 wrapping arithmetic mirrors the C code's `uint` on odd input.
-        let (mut xs, mut ys, mut xe, mut ye) = (w, h, 0u32, 0u32);
+        let mut extent = Extent::new(self.width, h);
         let mut cc = 0u32;
         for j in 0..m {
             let start = cc;
@@ -148,17 +148,9 @@ impl Rle {
             let last = cc.wrapping_sub(1);
             let y_end = last % h;
             let x_end = (last - y_end) / h;
-            xs = xs.min(x_start);
-            xe = xe.max(x_end);
-            if x_start < x_end {
-                ys = 0;
-                ye = h - 1;
-            } else {
-                ys = ys.min(y_start);
-                ye = ye.max(y_end);
-            }
+            extent.add_run((x_start, y_start), (x_end, y_end));
         }
-        box_from_extent(xs, ys, xe, ye)
+        extent.to_box()
     }
 
     /// [`Rle::to_bbox`] over the first `m` counts when their running sum
@@ -168,7 +160,7 @@ impl Rle {
     /// height twice for every run.
     fn bbox_monotone(&self, m: usize) -> [f64; 4] {
         let h = self.height;
-        let (mut xs, mut ys, mut xe, mut ye) = (self.width, h, 0u32, 0u32);
+        let mut extent = Extent::new(self.width, h);
         // Column index and first pixel of the column holding the last run
         // start, and the same for the last run end.
         let (mut x0, mut base0) = (0u32, 0u32);
@@ -192,17 +184,9 @@ impl Rle {
                 x1 += 1;
                 base1 += h;
             }
-            xs = xs.min(x0);
-            xe = xe.max(x1);
-            if x0 < x1 {
-                ys = 0;
-                ye = h - 1;
-            } else {
-                ys = ys.min(start - base0);
-                ye = ye.max(last - base1);
-            }
+            extent.add_run((x0, start - base0), (x1, last - base1));
         }
-        box_from_extent(xs, ys, xe, ye)
+        extent.to_box()
     }
 
     /// Union (or intersection when `intersect`) of several RLEs (`maskUtils.merge`).
@@ -308,15 +292,51 @@ fn merge_two(a: &[u32], b: &[u32], intersect: bool) -> Vec<u32> {
     }
 }
 
-/// `[x, y, w, h]` of the extent `xs..=xe` × `ys..=ye` (wrapping, as the
-/// C code's `uint`, for an empty extent).
-fn box_from_extent(xs: u32, ys: u32, xe: u32, ye: u32) -> [f64; 4] {
-    [
-        xs as f64,
-        ys as f64,
-        xe.wrapping_sub(xs).wrapping_add(1) as f64,
-        ye.wrapping_sub(ys).wrapping_add(1) as f64,
-    ]
+/// The columns `xs..=xe` and rows `ys..=ye` the foreground runs of an
+/// `h`-high mask touch, grown run by run as `rleToBbox` does.
+struct Extent {
+    h: u32,
+    xs: u32,
+    ys: u32,
+    xe: u32,
+    ye: u32,
+}
+
+impl Extent {
+    fn new(w: u32, h: u32) -> Self {
+        Self {
+            h,
+            xs: w,
+            ys: h,
+            xe: 0,
+            ye: 0,
+        }
+    }
+
+    /// Adds a run from its first pixel to its last, as (column, row) each;
+    /// a run over several columns spans every row.
+    fn add_run(&mut self, (x_start, y_start): (u32, u32), (x_end, y_end): (u32, u32)) {
+        self.xs = self.xs.min(x_start);
+        self.xe = self.xe.max(x_end);
+        if x_start < x_end {
+            self.ys = 0;
+            self.ye = self.h - 1;
+        } else {
+            self.ys = self.ys.min(y_start);
+            self.ye = self.ye.max(y_end);
+        }
+    }
+
+    /// `[x, y, w, h]` (wrapping, as the C code's `uint`, when no run was
+    /// added).
+    fn to_box(&self) -> [f64; 4] {
+        [
+            self.xs as f64,
+            self.ys as f64,
+            self.xe.wrapping_sub(self.xs).wrapping_add(1) as f64,
+            self.ye.wrapping_sub(self.ys).wrapping_add(1) as f64,
+        ]
+    }
 }
 
 #[cfg(test)]

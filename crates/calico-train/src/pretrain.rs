@@ -292,6 +292,20 @@ struct Heads {
     dense: Option<DenseHeads>,
 }
 
+impl Heads {
+    /// The image-level heads by name, in [`all_logits`]' order.
+    fn image_level(&self) -> Vec<(&'static str, &Head)> {
+        [
+            ("global", Some(&self.global)),
+            ("eva", self.eva.as_ref()),
+            ("semantic", self.semantic.as_ref()),
+        ]
+        .into_iter()
+        .filter_map(|(n, h)| h.map(|h| (n, h)))
+        .collect()
+    }
+}
+
 /// The patch tokens `(n, tokens, dim)` of an encoder, row-major over its
 /// grid: EVA's without the class token, DINOv2's, SAM's image embeddings.
 fn patch_tokens(
@@ -532,14 +546,11 @@ pub fn pretrain_vision(
                 .into(),
         ));
     }
-    let mut all_heads: Vec<(String, &Head)> = [
-        ("global", Some(&heads.global)),
-        ("eva", heads.eva.as_ref()),
-        ("semantic", heads.semantic.as_ref()),
-    ]
-    .into_iter()
-    .filter_map(|(n, h)| h.map(|h| (n.to_string(), h)))
-    .collect();
+    let mut all_heads: Vec<(String, &Head)> = heads
+        .image_level()
+        .into_iter()
+        .map(|(n, h)| (n.to_string(), h))
+        .collect();
     for (e, o, p) in heads.dense.iter().flat_map(|d| &d.per_encoder) {
         all_heads.push((format!("{e:?}_objects").to_lowercase(), o));
         all_heads.push((format!("{e:?}_parts").to_lowercase(), p));
@@ -872,14 +883,9 @@ fn accuracy(
             });
         }
     }
-    let names = [
-        ("global", true),
-        ("eva", heads.eva.is_some()),
-        ("semantic", heads.semantic.is_some()),
-    ];
-    let per_head = names
-        .iter()
-        .filter(|(_, present)| *present)
+    let per_head = heads
+        .image_level()
+        .into_iter()
         .zip(&hit)
         .map(|((name, _), h)| HeadAccuracy {
             head: name.to_string(),
