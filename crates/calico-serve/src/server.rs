@@ -174,7 +174,36 @@ impl Server {
     }
 }
 
+/// Busy answers being written at once; beyond this a rejected connection
+/// gets its 503 without the drain (best effort, as under a flood).
+const MAX_REJECTING: usize = 32;
+
+/// Answers 503 to a connection no thread can take. The client has usually
+/// sent its request already: closing the socket with that request unread
+/// makes the kernel reset the connection, and the client can lose the 503
+/// it had not read yet (the load test saw empty bodies). So the answer is
+/// sent and the request drained on a short-lived thread, keeping the
+/// acceptor free.
+fn reject_busy(mut stream: TcpStream, rejecting: &Arc<AtomicUsize>) {
+    let resp = Response::error(503, "server busy: all connection slots are taken")
+        .with_header("Retry-After", "1");
+    if rejecting.fetch_add(1, Ordering::SeqCst) >= MAX_REJECTING {
+        rejecting.fetch_sub(1, Ordering::SeqCst);
+        let _ = http::send(&mut stream, &resp);
+        return;
+    }
+    let count = Arc::clone(rejecting);
+    std::thread::spawn(move || {
+        http::send_and_drain(&mut stream, &resp, REJECT_DRAIN_BYTES);
+        count.fetch_sub(1, Ordering::SeqCst);
+    });
+}
+
+/// The most a busy answer reads from its client before closing.
+const REJECT_DRAIN_BYTES: u64 = 64 * 1024 * 1024;
+
 fn accept(listener: TcpListener, conns: SyncSender<TcpStream>, stop: Arc<AtomicBool>) {
+    let rejecting = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -186,9 +215,7 @@ fn accept(listener: TcpListener, conns: SyncSender<TcpStream>, stop: Arc<AtomicB
             Ok(()) => {}
             Err(TrySendError::Full(s)) | Err(TrySendError::Disconnected(s)) => {
                 stream = s;
-                let resp = Response::error(503, "server busy: all connection slots are taken")
-                    .with_header("Retry-After", "1");
-                let _ = http::send(&mut stream, &resp);
+                reject_busy(stream, &rejecting);
             }
         }
     }
