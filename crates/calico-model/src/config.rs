@@ -530,6 +530,10 @@ impl CalicoConfig {
                 enc.depth
             ));
         }
+        if let Some(ch) = &enc.conv_stem {
+            crate::conv_stem::ConvStem::check_patch(ch, enc.patch_size, "sam_encoder")
+                .map_err(|e| e.to_string())?;
+        }
         let c = md.transformer_dim;
         for (what, v) in [
             ("sam_encoder.out_chans", enc.out_chans),

@@ -99,6 +99,18 @@ impl ConvStem {
         })
     }
 
+    /// Checks that `channels` stages make patches of `patch` pixels
+    /// (`what` names the config in the message).
+    pub fn check_patch(channels: &[usize], patch: usize, what: &str) -> Result<()> {
+        let k = channels.len();
+        if k == 0 || k >= usize::BITS as usize || patch != 1 << k {
+            candle_core::bail!(
+                "{what}: a conv_stem of {k} stages makes patches of 2^{k} pixels, but patch_size is {patch}"
+            );
+        }
+        Ok(())
+    }
+
     /// Pixels per output cell: `2^stages`.
     pub fn stride(&self) -> usize {
         1 << self.stages.len()

@@ -51,6 +51,31 @@ fn ln(d: usize) -> u64 {
     2 * d as u64
 }
 
+/// A convolutional stem ([`crate::conv_stem::ConvStem`]) of `channels`
+/// projected to `d`, its running statistics included.
+fn conv_stem_params(channels: &[usize], d: usize) -> usize {
+    let mut c_in = 3;
+    let mut n = 0;
+    for &o in channels {
+        n += o * c_in * 9 + 4 * o;
+        c_in = o;
+    }
+    n + c_in * d + d
+}
+
+/// The stem's convolutions on one `image`-px image, projected to `d` on a
+/// `grid` × `grid` map.
+fn conv_stem_flops(channels: &[usize], image: usize, grid: usize, d: usize) -> f64 {
+    let mut stem = 0.0;
+    let (mut c_in, mut side) = (3, image);
+    for &o in channels {
+        side = side.div_ceil(2);
+        stem += mm(side * side, c_in * 9, o);
+        c_in = o;
+    }
+    stem + mm(grid * grid, c_in, d)
+}
+
 /// EVA-CLIP ViT (as [`crate::eva_vit::EvaVit`] reads it, LAVIS biases;
 /// a conv stem's running statistics count, as checkpoint tensors).
 pub fn eva_vit_params(c: &EvaVitConfig) -> u64 {
@@ -58,15 +83,7 @@ pub fn eva_vit_params(c: &EvaVitConfig) -> u64 {
     let p = c.patch_size;
     let patches = match &c.conv_stem {
         None => d * 3 * p * p + d,
-        Some(ch) => {
-            let mut c_in = 3;
-            let mut n = 0;
-            for &o in ch {
-                n += o * c_in * 9 + 4 * o;
-                c_in = o;
-            }
-            n + c_in * d + d
-        }
+        Some(ch) => conv_stem_params(ch, d),
     };
     let emb = d + c.num_positions() * d + patches;
     let bias = if c.qkv_bias { 2 * d } else { 0 };
@@ -207,7 +224,11 @@ pub fn sam_encoder_params(c: &SamEncoderConfig) -> u64 {
     let g = c.grid_size();
     let hd = e / c.num_heads.max(1);
     let m = (e as f64 * c.mlp_ratio) as usize;
-    let mut total = (e * 3 * c.patch_size * c.patch_size + e + g * g * e) as u64;
+    let patches = match &c.conv_stem {
+        None => e * 3 * c.patch_size * c.patch_size + e,
+        Some(ch) => conv_stem_params(ch, e),
+    };
+    let mut total = (patches + g * g * e) as u64;
     for i in 0..c.depth {
         let windowed = c.window_size > 0 && !c.global_attn_indexes.contains(&i);
         let side = if windowed { c.window_size } else { g };
@@ -492,15 +513,8 @@ pub fn eva_vit_flops(c: &EvaVitConfig) -> f64 {
         return vit;
     };
     let g = c.grid();
-    let mut stem = 0.0;
-    let (mut c_in, mut side) = (3, c.image_size);
-    for &o in ch {
-        side = side.div_ceil(2);
-        stem += mm(side * side, c_in * 9, o);
-        c_in = o;
-    }
-    stem += mm(g * g, c_in, c.hidden_size);
-    vit - mm(g * g, 3 * c.patch_size * c.patch_size, c.hidden_size) + stem
+    vit - mm(g * g, 3 * c.patch_size * c.patch_size, c.hidden_size)
+        + conv_stem_flops(ch, c.image_size, g, c.hidden_size)
 }
 
 /// A CLIP tower on one image of side `image_size`.
@@ -601,7 +615,10 @@ pub fn sam_encoder_flops(c: &SamEncoderConfig) -> f64 {
     let g = c.grid_size();
     let n = g * g;
     let m = (e as f64 * c.mlp_ratio) as usize;
-    let mut total = mm(n, 3 * c.patch_size * c.patch_size, e);
+    let mut total = match &c.conv_stem {
+        None => mm(n, 3 * c.patch_size * c.patch_size, e),
+        Some(ch) => conv_stem_flops(ch, c.img_size, g, e),
+    };
     for i in 0..c.depth {
         let windowed = c.window_size > 0 && !c.global_attn_indexes.contains(&i);
         // Windowed blocks pad the grid to a multiple of the window and run
@@ -883,6 +900,16 @@ mod tests {
             ImageEncoderViT::new(&enc_cfg, vb).unwrap();
         });
         assert_eq!(enc, sam_encoder_params(&enc_cfg));
+        // With a conv stem in place of the patch projection.
+        let stem_cfg = SamEncoderConfig {
+            conv_stem: Some(vec![4, 8, 8]),
+            ..enc_cfg
+        };
+        let with_stem = built(|vb| {
+            ImageEncoderViT::new(&stem_cfg, vb).unwrap();
+        });
+        assert_eq!(with_stem, sam_encoder_params(&stem_cfg));
+        assert_ne!(with_stem, enc);
     }
 
     #[test]

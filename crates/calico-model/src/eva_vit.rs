@@ -128,15 +128,7 @@ impl EvaVitConfig {
             );
         }
         if let Some(ch) = &self.conv_stem {
-            if ch.is_empty() || ch.len() >= usize::BITS as usize || self.patch_size != 1 << ch.len()
-            {
-                candle_core::bail!(
-                    "EvaVitConfig: a conv_stem of {} stages makes patches of 2^{} pixels, but patch_size is {}",
-                    ch.len(),
-                    ch.len(),
-                    self.patch_size
-                );
-            }
+            crate::conv_stem::ConvStem::check_patch(ch, self.patch_size, "EvaVitConfig")?;
         }
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
             candle_core::bail!(

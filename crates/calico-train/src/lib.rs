@@ -14,6 +14,7 @@ pub mod plot;
 pub mod predict;
 pub mod pretrain;
 pub mod schedule;
+pub mod stem;
 pub mod trainer;
 pub mod workers;
 

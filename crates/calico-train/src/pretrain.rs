@@ -27,7 +27,6 @@ use std::sync::Arc;
 
 use calico_data::samples::MaskRole;
 use calico_model::calico::{Calico, GlobalFeatures, ImageInput};
-use calico_model::conv_stem::ConvStem;
 use candle_core::{DType, Device, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +36,7 @@ use crate::data::Dataset;
 use crate::dense::Encoder;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
+use crate::stem::{InferenceOnDrop, Tower};
 use crate::trainer::{mix, Observer, Order};
 use crate::TrainError;
 
@@ -581,8 +581,14 @@ pub fn pretrain_vision(
     // A convolutional stem normalises with batch statistics while it
     // trains; whatever happens, the model leaves stage 1 in inference mode.
     let stem = model.eva_stem();
-    let _inference_after = StemMode(stem);
+    let _eva_inference_after = InferenceOnDrop(stem);
     if let Some(s) = stem {
+        s.set_batch_statistics(true);
+    }
+    // SAM's stem trains here only with `sam`.
+    let sam_stem = model.sam_stem().filter(|_| cfg.sam);
+    let _sam_inference_after = InferenceOnDrop(sam_stem);
+    if let Some(s) = sam_stem {
         s.set_batch_statistics(true);
     }
     let mut order = Order::tagged(seed, n, (6, 7));
@@ -672,8 +678,9 @@ pub fn pretrain_vision(
         }
     }
     let (loss, train_accuracy) = window(&recent, cfg.batch_size);
-    if let Some(s) = stem {
-        calibrate_stem(s, named, train, &labels.files, obs)?;
+    crate::stem::calibrate(Tower::Eva, model, named, train, &labels.files, obs)?;
+    if sam_stem.is_some() {
+        crate::stem::calibrate(Tower::Sam, model, named, train, &labels.files, obs)?;
     }
     let (val_heads, val_images, val_dense) = match val {
         Some(v) => accuracy(model, &heads, v, &labels.classes, dense.as_ref())?,
@@ -710,73 +717,6 @@ pub fn pretrain_vision(
         val_dense,
         elapsed_s: t0.elapsed().as_secs_f64(),
     })
-}
-
-/// Puts a convolutional stem back in inference mode when dropped.
-struct StemMode<'a>(Option<&'a ConvStem>);
-
-impl Drop for StemMode<'_> {
-    fn drop(&mut self) {
-        if let Some(s) = self.0 {
-            s.set_batch_statistics(false);
-        }
-    }
-}
-
-/// Images measured for the stem's running statistics.
-const CALIBRATION_IMAGES: usize = 1024;
-
-/// Sets the stem's running statistics to the average batch statistics of
-/// the first training images (batches of [`SLICE`], as stage 1 trained
-/// with), then switches it to them.
-fn calibrate_stem(
-    stem: &ConvStem,
-    named: &[(String, Var)],
-    train: &Dataset,
-    files: &[String],
-    obs: &mut dyn Observer,
-) -> Result<()> {
-    let prefix = format!("{}embeddings.stem.", GLOBAL_ENCODERS[0]);
-    let mut sums: Vec<(Tensor, Tensor)> = Vec::new();
-    let mut batches = 0usize;
-    let take = files.len().min(CALIBRATION_IMAGES);
-    for chunk in files[..take].chunks(SLICE) {
-        let views: Vec<Tensor> = chunk
-            .iter()
-            .map(|f| Ok(train.image_input(f)?.clip.clone()))
-            .collect::<Result<_>>()?;
-        let stats = stem.batch_statistics(&Tensor::stack(&views, 0)?)?;
-        sums = match sums.is_empty() {
-            true => stats,
-            false => sums
-                .iter()
-                .zip(&stats)
-                .map(|((m, v), (bm, bv))| Ok(((m + bm)?, (v + bv)?)))
-                .collect::<Result<_>>()?,
-        };
-        batches += 1;
-    }
-    let running = stem.running_statistics();
-    let values = sums.iter().flat_map(|(m, v)| [m, v]);
-    for ((name, current), value) in running.iter().zip(values) {
-        let full = format!("{prefix}{name}");
-        let var = named
-            .iter()
-            .find(|(n, _)| *n == full)
-            .map(|(_, v)| v)
-            .ok_or_else(|| {
-                TrainError::Config(format!(
-                    "stage 1: the model's conv stem has no variable `{full}` to store its running statistics in"
-                ))
-            })?;
-        let avg = (value / batches.max(1) as f64)?.to_dtype(current.dtype())?;
-        var.set(&avg)?;
-    }
-    stem.set_batch_statistics(false);
-    obs.message(&format!(
-        "stage 1: EVA's conv stem normalises with statistics measured on {take} training images"
-    ));
-    Ok(())
 }
 
 /// The batch's dense targets, in [`dense_logits`]' order.

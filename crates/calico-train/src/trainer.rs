@@ -52,6 +52,7 @@ use crate::objective::batch_loss;
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator};
 use crate::predict::{greedy, predict_sample};
 use crate::schedule::LrSchedule;
+use crate::stem::{InferenceOnDrop, Tower};
 use crate::{plot, TrainError};
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -491,6 +492,9 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         .map(|n| (start + n).min(total))
         .unwrap_or(total);
     let mut step = start;
+    let mut train_files: Option<Vec<String>> = None;
+    // Whatever ends the loop, the stem is left on its running statistics.
+    let _sam_inference_after = InferenceOnDrop(model.sam_stem());
     while step < stop_at {
         let mut acc = GradAccumulator::new();
         let (mut text, mut focal, mut dice, mut loss) = (0.0, 0.0, 0.0, 0.0);
@@ -522,6 +526,11 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                 global.all(|(n, _)| tc.frozen_at(step + 1, n))
             },
         );
+        // SAM's conv stem normalises with batch statistics while it trains.
+        let sam_stem_trains = sam_stem_trains_at(&model, &named, &tc, step + 1);
+        if let Some(s) = model.sam_stem() {
+            s.set_batch_statistics(sam_stem_trains);
+        }
         let outcomes =
             micro_batch_gradients(&model, &micro_batches, &tok, &tc, step, spec.workers.max(1))?;
         for (micro, o) in outcomes.into_iter().enumerate() {
@@ -578,6 +587,12 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         });
         last = Some(record);
         let val_due = tc.validate_every > 0 && step % tc.validate_every == 0 || step == total;
+        // Validation and the exported model read SAM's stem with running
+        // statistics measured now; the next step switches back.
+        if sam_stem_trains && (step == total || val_due && val_ds.is_some()) {
+            let files = train_files.get_or_insert_with(|| crate::stem::image_files(&train_ds));
+            crate::stem::calibrate(Tower::Sam, &model, &named, &train_ds, files, obs)?;
+        }
         if let (true, Some(v)) = (val_due, &val_ds) {
             obs.message(&format!("validating on {} samples", cfg_val(&tc, v)));
             let table = validate(&model, &tok, v, &tc, sim, run)?;
@@ -687,6 +702,20 @@ fn micro_batch_gradients(
         |m| micro_outcome(model, &batches[m], tok, tc, step, m),
         |m| format!("micro-batch {m} of step {}", step + 1),
     )
+}
+
+/// Whether SAM's conv stem trains at `step` (1-based): the model has one
+/// and its weights are trainable and not held by `freeze`.
+fn sam_stem_trains_at(
+    model: &Calico,
+    named: &[(String, Var)],
+    tc: &TrainConfig,
+    step: u64,
+) -> bool {
+    model.sam_stem().is_some()
+        && named.iter().any(|(n, _)| {
+            n.starts_with(Tower::Sam.prefix()) && !n.contains(".running_") && !tc.frozen_at(step, n)
+        })
 }
 
 fn cfg_val(tc: &TrainConfig, v: &Dataset) -> usize {

@@ -257,13 +257,42 @@ fn dense_stage_one_also_trains_sam_and_scores_patches() {
     }
 }
 
+/// `tiny`'s training settings for a run of `steps` steps of 2 micro-batches
+/// of `batch` samples, without warm-up.
+fn short_run(steps: u64, batch: usize, checkpoint_every: u64) -> TrainConfig {
+    let mut tc = TrainConfig::for_preset("tiny");
+    tc.epochs = 1;
+    tc.steps_per_epoch = steps;
+    tc.batch_size = batch;
+    tc.grad_accumulation = 2;
+    tc.warmup_steps = 0;
+    tc.checkpoint_every = checkpoint_every;
+    tc
+}
+
 fn run(dir: &Path, train_file: &Path, tc: TrainConfig, workers: usize) -> PathBuf {
+    run_model(
+        dir,
+        train_file,
+        CalicoConfig::preset("tiny").unwrap(),
+        tc,
+        workers,
+    )
+}
+
+fn run_model(
+    dir: &Path,
+    train_file: &Path,
+    model: CalicoConfig,
+    tc: TrainConfig,
+    workers: usize,
+) -> PathBuf {
     let out = dir.join(format!("run-w{workers}"));
     let spec = RunSpec {
         run_dir: out.clone(),
         train: train_file.to_path_buf(),
         val: None,
-        model: CalicoConfig::preset("tiny").unwrap(),
+        model,
         weights: None,
         config: tc,
         resume: false,
@@ -286,13 +315,7 @@ fn tensors(path: &Path) -> HashMap<String, Tensor> {
 fn staged_run_freezes_encoders_and_workers_do_not_change_it() {
     let d = tmp("staged");
     let data_file = samples(&d);
-    let mut tc = TrainConfig::for_preset("tiny");
-    tc.epochs = 1;
-    tc.steps_per_epoch = 2;
-    tc.batch_size = 1;
-    tc.grad_accumulation = 2;
-    tc.warmup_steps = 0;
-    tc.checkpoint_every = 2;
+    let mut tc = short_run(2, 1, 2);
     tc.vision_pretrain = Some(VisionPretrain {
         steps: 2,
         batch_size: 2,
@@ -339,5 +362,51 @@ fn staged_run_freezes_encoders_and_workers_do_not_change_it() {
         let a: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
         let b: Vec<f32> = other[n].flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(a, b, "`{n}` differs between 1 and 2 workers");
+    }
+}
+
+#[test]
+fn sam_stem_trains_in_stage_two_and_exports_measured_statistics() {
+    let d = tmp("sam-stem");
+    let data_file = samples(&d);
+    // SAM with a convolutional stem: 3 stride-2 stages for its 8-px patches.
+    let mut cfg = CalicoConfig::preset("tiny").unwrap();
+    cfg.sam_encoder.conv_stem = Some(vec![4, 8, 8]);
+    // The learning rate reaches 0 at the last step, so three steps make
+    // two updates after step 1's checkpoint.
+    let tc = short_run(3, 2, 1);
+    let one = run_model(&d, &data_file, cfg.clone(), tc.clone(), 1);
+    let two = run_model(&d, &data_file, cfg, tc, 2);
+    let prefix = "model.grounding_encoder.image_encoder.patch_embed.stem.";
+    let first = tensors(&one.join("checkpoints/step-00000001/trainable.safetensors"));
+    let last = tensors(&one.join("model/trainable.safetensors"));
+    let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    // The stem's weights learn. Its running statistics are not trained but
+    // measured before the export: step 1's checkpoint (no validation ran,
+    // so nothing was measured then) still has the initial ones.
+    let conv = format!("{prefix}0.conv.weight");
+    assert_ne!(
+        values(&first[&conv]),
+        values(&last[&conv]),
+        "`{conv}` did not learn"
+    );
+    for stat in ["running_mean", "running_var"] {
+        let name = format!("{prefix}0.bn.{stat}");
+        assert_ne!(
+            values(&first[&name]),
+            values(&last[&name]),
+            "`{name}` was not measured"
+        );
+    }
+    let var = values(&last[&format!("{prefix}0.bn.running_var")]);
+    assert!(var.iter().all(|v| *v > 0.0), "{var:?}");
+    // Batch statistics are per micro-batch, so workers do not change the run.
+    let other = tensors(&two.join("model/trainable.safetensors"));
+    for (n, t) in &last {
+        assert_eq!(
+            values(t),
+            values(&other[n]),
+            "`{n}` differs between 1 and 2 workers"
+        );
     }
 }

@@ -265,6 +265,12 @@ impl Calico {
         }
     }
 
+    /// SAM's convolutional stem, when the config has one
+    /// (`sam_encoder.conv_stem`).
+    pub fn sam_stem(&self) -> Option<&crate::conv_stem::ConvStem> {
+        self.sam_encoder.stem()
+    }
+
     /// SAM's image encoder alone on a batch: `(n, C, h, w)` embeddings.
     pub fn sam_features(&self, images: &[&ImageInput]) -> Result<Tensor> {
         self.sam_encoder

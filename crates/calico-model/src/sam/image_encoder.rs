@@ -9,7 +9,8 @@
 //! Tensor names are the original checkpoint's below `image_encoder.`:
 //! `patch_embed.proj`, `pos_embed`, `blocks.N.{norm1, attn.qkv, attn.proj,
 //! attn.rel_pos_h, attn.rel_pos_w, norm2, mlp.lin1, mlp.lin2}`,
-//! `neck.{0,1,2,3}`.
+//! `neck.{0,1,2,3}`. With `conv_stem` (not in SAM, for encoders trained
+//! from scratch) `patch_embed.stem.*` replaces `patch_embed.proj`.
 //!
 //! Inside the blocks the activations stay channels-last, `(B, H, W, C)`,
 //! so every projection is one contiguous matmul and windows are a batch
@@ -57,6 +58,11 @@ pub struct SamEncoderConfig {
     pub window_size: usize,
     /// Blocks that attend over the whole grid.
     pub global_attn_indexes: Vec<usize>,
+    /// Channels of a convolutional stem replacing the patch projection
+    /// (`patch_size` must be `2^stages`), for encoders trained from scratch;
+    /// see [`crate::conv_stem`]. Not in SAM; off unless a config sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conv_stem: Option<Vec<usize>>,
 }
 
 impl Default for SamEncoderConfig {
@@ -79,6 +85,7 @@ impl SamEncoderConfig {
             use_rel_pos: true,
             window_size: 14,
             global_attn_indexes: global.to_vec(),
+            conv_stem: None,
         }
     }
 
@@ -122,6 +129,9 @@ impl SamEncoderConfig {
                 "SAM image encoder: global attention index {i} is not below depth {}",
                 self.depth
             );
+        }
+        if let Some(ch) = &self.conv_stem {
+            crate::conv_stem::ConvStem::check_patch(ch, self.patch_size, "SAM image encoder")?;
         }
         Ok(())
     }
@@ -477,12 +487,30 @@ impl Neck {
     }
 }
 
+/// Pixels → the patch grid `(B, grid, grid, C)`.
+#[derive(Debug, Clone)]
+enum Patches {
+    /// SAM's `patch_size` × `patch_size` convolution.
+    Linear(PatchEmbed),
+    /// `sam_encoder.conv_stem` (`patch_embed.stem.*`).
+    Stem(crate::conv_stem::ConvStem),
+}
+
+impl Patches {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Patches::Linear(p) => p.forward(x),
+            Patches::Stem(s) => s.forward(x)?.permute((0, 2, 3, 1)),
+        }
+    }
+}
+
 /// SAM's ViT image encoder: `(B, 3, img, img)` normalised, padded pixels →
 /// `(B, out_chans, img/patch, img/patch)` image embeddings.
 #[derive(Debug, Clone)]
 pub struct ImageEncoderViT {
     cfg: SamEncoderConfig,
-    patch_embed: PatchEmbed,
+    patch_embed: Patches,
     /// `(1, grid, grid, C)`.
     pos_embed: Tensor,
     blocks: Vec<Block>,
@@ -495,7 +523,18 @@ impl ImageEncoderViT {
     pub fn new(cfg: &SamEncoderConfig, vb: VarBuilder) -> Result<Self> {
         cfg.validate()?;
         let grid = cfg.grid_size();
-        let patch_embed = PatchEmbed::new(cfg.patch_size, cfg.embed_dim, vb.pp("patch_embed"))?;
+        let patch_embed = match &cfg.conv_stem {
+            Some(ch) => Patches::Stem(crate::conv_stem::ConvStem::new(
+                ch,
+                cfg.embed_dim,
+                vb.pp("patch_embed").pp("stem"),
+            )?),
+            None => Patches::Linear(PatchEmbed::new(
+                cfg.patch_size,
+                cfg.embed_dim,
+                vb.pp("patch_embed"),
+            )?),
+        };
         let pos_embed = vb.get((1, grid, grid, cfg.embed_dim), "pos_embed")?;
         let blocks = (0..cfg.depth)
             .map(|i| {
@@ -519,6 +558,14 @@ impl ImageEncoderViT {
 
     pub fn config(&self) -> &SamEncoderConfig {
         &self.cfg
+    }
+
+    /// The convolutional stem, when the config has one.
+    pub fn stem(&self) -> Option<&crate::conv_stem::ConvStem> {
+        match &self.patch_embed {
+            Patches::Stem(s) => Some(s),
+            Patches::Linear(_) => None,
+        }
     }
 
     /// `(B, 3, img_size, img_size)` → `(B, out_chans, grid, grid)`.
@@ -806,6 +853,7 @@ mod tests {
             use_rel_pos: true,
             window_size: 3,
             global_attn_indexes: vec![1],
+            conv_stem: None,
         };
         let mut m = HashMap::new();
         let mut put = |name: &str, shape: &[usize]| {
@@ -904,5 +952,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not below depth"), "{e}");
+    }
+
+    #[test]
+    fn a_conv_stem_replaces_the_patch_projection() {
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = SamEncoderConfig {
+            use_rel_pos: false,
+            conv_stem: Some(vec![4, 6, 8]),
+            ..tiny().0
+        };
+        let enc = ImageEncoderViT::new(&cfg, vb.pp("image_encoder")).unwrap();
+        let stem = enc.stem().expect("the config has a stem");
+        assert_eq!(stem.stride(), 8);
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu).unwrap();
+        assert_eq!(enc.forward(&x).unwrap().dims(), [2, 4, 4, 4]);
+        let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+        assert!(names
+            .iter()
+            .any(|n| n == "image_encoder.patch_embed.stem.0.bn.running_var"));
+        assert!(!names
+            .iter()
+            .any(|n| n.starts_with("image_encoder.patch_embed.proj")));
+        // Two stages make 4-px patches, not the config's 8.
+        let bad = SamEncoderConfig {
+            conv_stem: Some(vec![4, 8]),
+            ..cfg
+        };
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let err = ImageEncoderViT::new(&bad, vb).unwrap_err().to_string();
+        assert!(
+            err.contains("2 stages") && err.contains("patch_size is 8"),
+            "{err}"
+        );
     }
 }
