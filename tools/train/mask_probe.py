@@ -96,18 +96,17 @@ class Data:
             pad = np.zeros((side, side, 3))
             pad[:nh, :nw] = arr
             self.views.append(torch.tensor(pad.transpose(2, 0, 1), dtype=torch.float32))
+            # Each low-res cell takes the mask at its centre, mapped back
+            # through the resize (the same scale on both axes); the padding
+            # is background.
+            centres = ((np.arange(low) + 0.5) * (side / low) / s).astype(int)
+            vy, vx = centres < h, centres < w
             for label, rle in masks[file].items():
                 if label not in labels:
                     continue
                 m = decode(rle)
-                # Each low-res cell takes the mask at its centre, mapped back
-                # through the resize; the padding is background.
-                cell = side / low
-                ys = ((np.arange(low) + 0.5) * cell / s).astype(int)
-                xs = ((np.arange(low) + 0.5) * cell / s).astype(int)
                 t = np.zeros((low, low), dtype=np.float32)
-                vy, vx = ys < h, xs < w
-                t[np.ix_(vy, vx)] = m[np.ix_(ys[vy], xs[vx])]
+                t[np.ix_(vy, vx)] = m[np.ix_(centres[vy], centres[vx])]
                 self.items.append((i, labels[label], torch.tensor(t), roles[(file, label)]))
                 if keep_full:
                     self.full.append((m, (nh, nw)))

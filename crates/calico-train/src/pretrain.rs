@@ -54,7 +54,7 @@ pub const GLOBAL_ENCODERS: [&str; 4] = [
 pub const SAM_ENCODER: &str = "model.grounding_encoder.image_encoder.";
 
 /// Images per autograd graph in stage 1; a step's slices run on the workers.
-const SLICE: usize = 16;
+pub(crate) const SLICE: usize = 16;
 
 /// Stage-1 settings (`vision_pretrain` in the training config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,8 +27,8 @@ type Result<T> = std::result::Result<T, TrainError>;
 /// Images measured for a stem's running statistics.
 pub const CALIBRATION_IMAGES: usize = 1024;
 
-/// Images per measured batch (stage 1's slice).
-pub const CALIBRATION_BATCH: usize = 16;
+/// Images per measured batch: stage 1's slice, the batch its stems train on.
+pub const CALIBRATION_BATCH: usize = crate::pretrain::SLICE;
 
 /// The two towers that can have a stem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,7 +149,7 @@ pub fn image_files(ds: &Dataset) -> Vec<String> {
     ds.samples
         .iter()
         .flat_map(|s| s.images.iter())
-        .filter(|im| seen.insert(im.file.clone()))
+        .filter(|im| seen.insert(im.file.as_str()))
         .map(|im| im.file.clone())
         .collect()
 }
