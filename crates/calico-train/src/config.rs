@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::mask_pretrain::MaskPretrain;
 use crate::model::TrainableSet;
 use crate::objective::LossConfig;
 use crate::optim::AdamWConfig;
@@ -50,6 +51,9 @@ pub struct TrainConfig {
     /// Stage 1 of a from-scratch run: the global encoders learn the
     /// training images' object classes before step 1 (`None`: no stage 1).
     pub vision_pretrain: Option<VisionPretrain>,
+    /// Stage 1b: SAM learns the training images' label-prompted masks
+    /// after stage 1, before step 1 (`None`: no stage 1b).
+    pub mask_pretrain: Option<MaskPretrain>,
 }
 
 /// Variables held still: the optimizer does not update a variable whose
@@ -96,6 +100,7 @@ impl Default for TrainConfig {
             max_new_tokens: 320,
             freeze: Vec::new(),
             vision_pretrain: None,
+            mask_pretrain: None,
         }
     }
 }
@@ -173,6 +178,11 @@ impl TrainConfig {
         }
         if let Some(v) = &self.vision_pretrain {
             if let Err(e) = v.validate() {
+                bad.push(e);
+            }
+        }
+        if let Some(m) = &self.mask_pretrain {
+            if let Err(e) = m.validate() {
                 bad.push(e);
             }
         }

@@ -182,7 +182,7 @@ impl Dataset {
     }
 
     /// The low-resolution mask side and the SAM view's side.
-    fn mask_geometry(&self) -> Result<((usize, usize), usize)> {
+    pub(crate) fn mask_geometry(&self) -> Result<((usize, usize), usize)> {
         let [gh, gw] = self.cfg.sam_prompt_encoder.image_embedding_size;
         let target = match &self.cfg.views.sam {
             View::Sam(v) => v.target,

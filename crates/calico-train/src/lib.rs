@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dense;
+pub mod mask_pretrain;
 pub mod metrics;
 pub mod model;
 pub mod objective;

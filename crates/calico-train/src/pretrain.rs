@@ -266,7 +266,7 @@ struct Batch {
 
 /// Mirrors an image's views left–right: EVA's and DINOv2's whole, SAM's
 /// inside its padding (the image stays top-left, as SAM expects).
-fn flipped(im: &ImageInput) -> Result<ImageInput> {
+pub(crate) fn flipped(im: &ImageInput) -> Result<ImageInput> {
     let flip = |t: &Tensor, span: usize| -> Result<Tensor> {
         let w = t.dim(D::Minus1)?;
         let span = span.min(w) as u32;
@@ -442,6 +442,62 @@ fn chunk_gradients(
     Ok((value, grads, hits(&all[0], &batch.labels[range])?))
 }
 
+/// The optimizer of a pretraining stage: AdamW (no weight decay) with
+/// linear warm-up and decay, gradients summed over a step's slices in
+/// order and clipped to norm 1.
+pub(crate) struct StageOptimizer {
+    vars: Vec<(String, Var)>,
+    opt: AdamW,
+    schedule: LrSchedule,
+}
+
+impl StageOptimizer {
+    pub(crate) fn new(vars: Vec<(String, Var)>, lr: f64, warmup: u64, steps: u64) -> Result<Self> {
+        let opt = AdamW::new(
+            vars.clone(),
+            AdamWConfig {
+                lr,
+                ..AdamWConfig::default()
+            },
+        )?;
+        Ok(Self {
+            vars,
+            opt,
+            schedule: LrSchedule {
+                base_lr: lr,
+                warmup_steps: warmup,
+                total_steps: steps,
+            },
+        })
+    }
+
+    /// Step `step` (0-based) with the slices' gradients; a non-finite
+    /// `loss` (`what` names it) stops the run instead.
+    pub(crate) fn step(
+        &mut self,
+        step: u64,
+        loss: f64,
+        slices: &[candle_core::backprop::GradStore],
+        what: &str,
+    ) -> Result<()> {
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: step + 1,
+                what: what.into(),
+                value: loss,
+            });
+        }
+        let mut acc = GradAccumulator::new();
+        for g in slices {
+            acc.add(&self.vars, g)?;
+        }
+        let mut grads = acc.sum();
+        clip_grad_norm(&mut grads, 1.0)?;
+        self.opt.step(&grads, self.schedule.lr_at(step + 1))?;
+        Ok(())
+    }
+}
+
 /// Runs stage 1 on `train`'s images, updating the encoder variables among
 /// `named` in place; `val` (if any) is only scored.
 #[allow(clippy::too_many_arguments)]
@@ -559,18 +615,7 @@ pub fn pretrain_vision(
         vars.push((format!("pretrain_head.{name}.weight"), h.w.clone()));
         vars.push((format!("pretrain_head.{name}.bias"), h.b.clone()));
     }
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig {
-            lr: cfg.lr,
-            ..AdamWConfig::default()
-        },
-    )?;
-    let schedule = LrSchedule {
-        base_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps,
-        total_steps: cfg.steps,
-    };
+    let mut opt = StageOptimizer::new(vars, cfg.lr, cfg.warmup_steps, cfg.steps)?;
     obs.message(&format!(
         "stage 1: training the encoders to recognise {n_classes} object classes on {} images ({} steps of {})",
         labels.files.len(),
@@ -644,24 +689,15 @@ pub fn pretrain_vision(
             },
             |c| format!("slice {c} of stage-1 step {}", step + 1),
         )?;
-        let mut acc = GradAccumulator::new();
         let (mut loss, mut hit) = (0.0, 0);
+        let mut grads = Vec::with_capacity(outcomes.len());
         for (l, g, h) in outcomes {
             loss += l;
             hit += h;
-            acc.add(&vars, &g)?;
-        }
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: step + 1,
-                what: "stage-1 (encoder pretraining) loss".into(),
-                value: loss,
-            });
+            grads.push(g);
         }
         // The slices' losses are already divided by the batch size.
-        let mut grads = acc.sum();
-        clip_grad_norm(&mut grads, 1.0)?;
-        opt.step(&grads, schedule.lr_at(step + 1))?;
+        opt.step(step, loss, &grads, "stage-1 (encoder pretraining) loss")?;
         recent.push((loss, hit));
         if recent.len() > 20 {
             recent.remove(0);

@@ -10,8 +10,9 @@
 //!
 //! EVA's stem (`eva_vit.conv_stem`) trains in stage 1 and is calibrated at
 //! its end. SAM's (`sam_encoder.conv_stem`) trains in stage 2 (and in stage
-//! 1 with `"sam": true`); it is calibrated before every validation and
-//! before the model is exported, and goes back to batch statistics after a
+//! 1 with `"sam": true`, and in stage 1b, `mask_pretrain`, calibrated at the
+//! end of each); it is calibrated before every validation and before the
+//! model is exported, and goes back to batch statistics after a
 //! validation, so validating never changes the training run's losses.
 
 use calico_model::calico::{Calico, ImageInput};

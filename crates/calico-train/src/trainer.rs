@@ -64,6 +64,8 @@ pub const FROZEN_FILE: &str = "frozen.safetensors";
 pub const VAL_PREDICTIONS_FILE: &str = "val_predictions.jsonl";
 pub const MODEL_DIR: &str = "model";
 pub const PRETRAIN_FILE: &str = "pretrain.json";
+/// Stage 1b's summary in the run directory.
+pub const MASK_PRETRAIN_FILE: &str = "mask_pretrain.json";
 
 /// What to train on and where to write.
 #[derive(Debug, Clone)]
@@ -436,34 +438,52 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         start = ck.state.step;
         obs.message(&format!("resuming {} at step {start}", run.display()));
     }
-    if let (Some(vp), None) = (&tc.vision_pretrain, &resume_from) {
-        let summary = crate::pretrain::pretrain_vision(
-            &model,
-            &named,
-            &train_ds,
-            val_ds.as_ref(),
-            vp,
-            tc.seed,
-            spec.workers.max(1),
-            obs,
-        )?;
-        write_json(&run.join(PRETRAIN_FILE), &summary)?;
-        // A checkpoint at step 0, so that --resume never repeats stage 1.
-        save_checkpoint(
-            run,
-            &var_tensors(&named),
-            &opt.state_tensors(),
-            &TrainState {
-                step: 0,
-                epoch: 0,
-                samples_seen: 0,
-                seed: tc.seed,
-                optimizer_steps: opt.steps(),
-                config: serde_json::to_value(&tc).unwrap_or_default(),
-                extra: serde_json::json!({"stage": "after vision_pretrain"}),
-            },
-            tc.keep_last,
-        )?;
+    if resume_from.is_none() {
+        if let Some(vp) = &tc.vision_pretrain {
+            let summary = crate::pretrain::pretrain_vision(
+                &model,
+                &named,
+                &train_ds,
+                val_ds.as_ref(),
+                vp,
+                tc.seed,
+                spec.workers.max(1),
+                obs,
+            )?;
+            write_json(&run.join(PRETRAIN_FILE), &summary)?;
+        }
+        if let Some(mp) = &tc.mask_pretrain {
+            let summary = crate::mask_pretrain::pretrain_masks(
+                &model,
+                &named,
+                &train_ds,
+                val_ds.as_ref(),
+                mp,
+                &tc.loss,
+                tc.seed,
+                spec.workers.max(1),
+                obs,
+            )?;
+            write_json(&run.join(MASK_PRETRAIN_FILE), &summary)?;
+        }
+        if tc.vision_pretrain.is_some() || tc.mask_pretrain.is_some() {
+            // A checkpoint at step 0, so that --resume never repeats them.
+            save_checkpoint(
+                run,
+                &var_tensors(&named),
+                &opt.state_tensors(),
+                &TrainState {
+                    step: 0,
+                    epoch: 0,
+                    samples_seen: 0,
+                    seed: tc.seed,
+                    optimizer_steps: opt.steps(),
+                    config: serde_json::to_value(&tc).unwrap_or_default(),
+                    extra: serde_json::json!({"stage": "after pretraining"}),
+                },
+                tc.keep_last,
+            )?;
+        }
     }
     let total = tc.total_steps();
     let schedule = LrSchedule {

@@ -1,7 +1,7 @@
 //! Staged training: stage 1 (`vision_pretrain`) updates the global
-//! encoders and nothing else, `freeze` holds variables still through the
-//! paper's recipe, and micro-batches computed on several threads give the
-//! same run as on one.
+//! encoders and nothing else, stage 1b (`mask_pretrain`) SAM and nothing
+//! else, `freeze` holds variables still through the paper's recipe, and
+//! micro-batches computed on several threads give the same run as on one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use calico_model::prompt::PromptFormat;
 use calico_model::tokenizer::CalicoTokenizer;
 use calico_train::config::{FreezeStage, TrainConfig};
 use calico_train::data;
+use calico_train::mask_pretrain::{pretrain_masks, MaskPretrain, SAM};
 use calico_train::model::{build_random, TrainableSet};
 use calico_train::pretrain::{
     image_labels, pretrain_vision, VisionPretrain, GLOBAL_ENCODERS, SAM_ENCODER,
@@ -409,4 +410,109 @@ fn sam_stem_trains_in_stage_two_and_exports_measured_statistics() {
             "`{n}` differs between 1 and 2 workers"
         );
     }
+}
+
+/// Variables' values by name.
+type Values = HashMap<String, Vec<f32>>;
+
+/// Stage 1b on the four box/ball images: `steps` steps of 16 images (two
+/// slices) on a fresh seeded model; the summary and the variables before
+/// and after.
+fn mask_stage(
+    d: &Path,
+    steps: u64,
+    workers: usize,
+) -> (
+    calico_train::mask_pretrain::MaskPretrainSummary,
+    Values,
+    Values,
+) {
+    let cfg = CalicoConfig::preset("tiny").unwrap();
+    let (ds, b, named) = everything_trainable(d, &cfg);
+    let before = values(&named);
+    let mp = MaskPretrain {
+        steps,
+        images: 16,
+        lr: 1e-2,
+        warmup_steps: 0,
+        flip: true,
+        val_images: 4,
+    };
+    let loss = TrainConfig::for_preset("tiny").loss;
+    let s = pretrain_masks(
+        &b.model,
+        &named,
+        &ds,
+        Some(&ds),
+        &mp,
+        &loss,
+        4,
+        workers,
+        &mut Quiet,
+    )
+    .unwrap();
+    (s, before, values(&named))
+}
+
+#[test]
+fn mask_stage_trains_sam_alone_and_learns_the_masks() {
+    let d = tmp("masks");
+    let (first, _, _) = mask_stage(&d, 1, 1);
+    let (s, before, after) = mask_stage(&d, 30, 1);
+    assert_eq!((s.images, s.labels, s.masks), (4, 2, 4));
+    // Only SAM moved: its image encoder, prompt encoder and mask decoder.
+    for part in ["image_encoder.", "prompt_encoder.", "mask_decoder."] {
+        assert!(
+            before
+                .keys()
+                .any(|n| n.starts_with(&format!("{SAM}{part}")) && after[n] != before[n]),
+            "SAM's {part} did not learn"
+        );
+    }
+    for (n, v) in &before {
+        if !n.starts_with(SAM) {
+            assert_eq!(after[n], *v, "stage 1b changed `{n}`");
+        }
+    }
+    // The loss of the last 20 of 30 steps is below step 1's.
+    assert!(
+        s.loss < 0.9 * first.loss,
+        "stage 1b did not learn: loss {} after 30 steps, {} at step 1",
+        s.loss,
+        first.loss
+    );
+    assert_eq!(s.val.len(), 1, "{:?}", s.val);
+    assert_eq!((s.val[0].role.as_str(), s.val[0].masks), ("objects", 4));
+    assert!((0.0..=1.0).contains(&s.val[0].iou), "{:?}", s.val);
+    // Two slices per step on two threads: the same variables, bit for bit.
+    let (_, _, two) = mask_stage(&d, 30, 2);
+    for (n, v) in &after {
+        assert_eq!(two[n], *v, "`{n}` differs between 1 and 2 workers");
+    }
+}
+
+#[test]
+fn a_run_with_a_mask_stage_saves_it_as_step_zero_without_its_prompts() {
+    let d = tmp("mask-run");
+    let data_file = samples(&d);
+    let mut tc = short_run(1, 1, 1);
+    tc.mask_pretrain = Some(MaskPretrain {
+        steps: 2,
+        images: 4,
+        val_images: 0,
+        ..MaskPretrain::default()
+    });
+    let out = run(&d, &data_file, tc, 1);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("mask_pretrain.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["steps"], 2);
+    let step0 = tensors(&out.join("checkpoints/step-00000000/trainable.safetensors"));
+    let last = tensors(&out.join("model/trainable.safetensors"));
+    // The label prompts are stage 1b's own, like stage 1's heads.
+    assert!(step0.keys().all(|n| !n.starts_with("mask_pretrain")));
+    assert_eq!(
+        step0.keys().collect::<std::collections::BTreeSet<_>>(),
+        last.keys().collect()
+    );
 }

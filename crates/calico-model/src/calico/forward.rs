@@ -221,15 +221,7 @@ impl Calico {
             }
             let h = Tensor::stack(&rows, 0)?;
             let prompts = self.text_hidden_fcs(&h)?.unsqueeze(1)?; // (n, 1, C)
-            let (sparse, dense) = self.prompt_encoder.forward_text(&prompts)?;
-            let pe = self.prompt_encoder.get_dense_pe()?;
-            let (masks, _iou) = self.mask_decoder.forward(
-                &img.sam_embeddings,
-                &pe,
-                &sparse.to_dtype(img.sam_embeddings.dtype())?,
-                &dense.to_dtype(img.sam_embeddings.dtype())?,
-                false,
-            )?;
+            let masks = self.decode_prompted_masks(&img.sam_embeddings, &prompts)?;
             for (k, &r) in mine.iter().enumerate() {
                 out[r] = Some(masks.get(k)?);
             }
@@ -245,6 +237,23 @@ impl Calico {
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// SAM's masks for prompts already in its prompt space: `embeddings`
+    /// `(1, C, h, w)` one image's SAM image embeddings, `prompts` `(n, 1, C)`
+    /// one sparse prompt each (what f_segmentation makes of a `[SEG]`).
+    /// Returns `(n, 1, lh, lw)` low-resolution logits.
+    pub fn decode_prompted_masks(&self, embeddings: &Tensor, prompts: &Tensor) -> Result<Tensor> {
+        let (sparse, dense) = self.prompt_encoder.forward_text(prompts)?;
+        let pe = self.prompt_encoder.get_dense_pe()?;
+        let (masks, _iou) = self.mask_decoder.forward(
+            embeddings,
+            &pe,
+            &sparse.to_dtype(embeddings.dtype())?,
+            &dense.to_dtype(embeddings.dtype())?,
+            false,
+        )?;
+        Ok(masks)
     }
 
     /// The teacher-forced forward pass of a batch (see the module docs).
