@@ -6,7 +6,7 @@ use crate::rle::Rle;
 use serde::{Deserialize, Serialize};
 
 /// `counts` of a COCO RLE: the compressed string or the raw list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum CocoCounts {
     /// pycocotools' compressed string form.
@@ -16,7 +16,7 @@ pub enum CocoCounts {
 }
 
 /// A COCO RLE object: `{"size": [height, width], "counts": …}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CocoRle {
     /// `[height, width]`.
     pub size: [u32; 2],

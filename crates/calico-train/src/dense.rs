@@ -18,7 +18,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use calico_data::samples::MaskRole;
-use calico_masks::Mask;
+use calico_masks::{CocoRle, Mask};
 use calico_model::config::CalicoConfig;
 use calico_model::preprocess::{crop_start, View};
 
@@ -232,7 +232,7 @@ pub fn dense_labels(
         .collect();
     let mut painted: Vec<Painted> = vec![Vec::new(); files.len()];
     let mut sizes: Vec<Option<(usize, usize)>> = vec![None; files.len()];
-    let mut seen: HashSet<(usize, bool, usize, String)> = HashSet::new();
+    let mut seen: HashSet<(usize, bool, usize, &CocoRle)> = HashSet::new();
     for s in &ds.samples {
         for (k, m) in s.masks.iter().enumerate() {
             let Some(img) = s.images.get(m.image) else {
@@ -252,8 +252,7 @@ pub fn dense_labels(
             let Some(class) = class else {
                 continue;
             };
-            let key = serde_json::to_string(&m.rle.counts).unwrap_or_default();
-            if !seen.insert((fi, part, class, key)) {
+            if !seen.insert((fi, part, class, &m.rle)) {
                 continue;
             }
             let mask = m.rle.to_rle().and_then(|r| r.decode()).map_err(|e| {

@@ -144,7 +144,7 @@ impl Prompted {
         let mut files: Vec<String> = Vec::new();
         let mut file_index: HashMap<String, usize> = HashMap::new();
         let mut targets: Vec<Vec<Target>> = Vec::new();
-        let mut seen: HashSet<(usize, usize, String)> = HashSet::new();
+        let mut seen: HashSet<(usize, usize, &CocoRle)> = HashSet::new();
         for s in &ds.samples {
             for m in &s.masks {
                 let (Some(role), Some(&label), Some(img)) =
@@ -157,8 +157,7 @@ impl Prompted {
                     targets.push(Vec::new());
                     files.len() - 1
                 });
-                let key = serde_json::to_string(&m.rle.counts).unwrap_or_default();
-                if seen.insert((fi, label, key)) {
+                if seen.insert((fi, label, &m.rle)) {
                     targets[fi].push(Target {
                         label,
                         role,
