@@ -101,6 +101,45 @@ fn a_killed_run_resumes_to_the_same_losses() {
 }
 
 #[test]
+fn val_samples_zero_turns_validation_off() {
+    let d = tmp("train-no-val");
+    let s = synth(&d, 12);
+    let mp = d.join("mp");
+    let o = build(&s, &mp, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cfg = d.join("train.json");
+    std::fs::write(
+        &cfg,
+        r#"{"epochs": 1, "steps_per_epoch": 1, "batch_size": 2, "warmup_steps": 0,
+            "val_samples": 0}"#,
+    )
+    .unwrap();
+    let out = d.join("run");
+    let mut args = train_args(
+        mp.join("train.jsonl").to_str().unwrap(),
+        cfg.to_str().unwrap(),
+        out.to_str().unwrap(),
+    )
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
+    args.extend([
+        "--val".into(),
+        mp.join("val.jsonl").to_str().unwrap().into(),
+    ]);
+    let o = calico(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("validating"), "{}", stderr(&o));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(losses(&out).len(), 1);
+    let vals = metrics
+        .lines()
+        .filter(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"] == "val")
+        .count();
+    assert_eq!(vals, 0, "{metrics}");
+}
+
+#[test]
 fn bad_training_inputs_are_refused() {
     let d = tmp("train-bad");
     let out = d.join("run");

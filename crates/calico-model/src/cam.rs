@@ -192,7 +192,7 @@ impl CamLayer {
                     .collect::<Result<Vec<_>>>()?;
                 let last = Tensor::cat(&rows, 0)?; // (B, D_llm)
                 let guide = f.forward(&last)?.unsqueeze(1)?; // (B, 1, D_q)
-                queries.broadcast_add(&guide)?
+                calico_nn::broadcast::add(queries, &guide)?
             }
             None => queries.clone(),
         };

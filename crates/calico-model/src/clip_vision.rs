@@ -228,11 +228,12 @@ impl ClipVisionEmbeddings {
         )?
         .flatten_from(2)?
         .transpose(1, 2)?;
-        let cls = self
-            .class_embedding
-            .reshape((1, 1, d))?
-            .broadcast_as((b, 1, d))?;
-        Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embedding.unsqueeze(0)?)
+        let cls =
+            calico_nn::broadcast::expand(&self.class_embedding.reshape((1, 1, d))?, (b, 1, d))?;
+        calico_nn::broadcast::add(
+            &Tensor::cat(&[&cls, &patches], 1)?,
+            &self.position_embedding.unsqueeze(0)?,
+        )
     }
 }
 

@@ -189,9 +189,8 @@ impl ConvStem {
             h = rows.reshape((b, hh, ww, c))?;
         }
         let d = self.proj_bias.dim(0)?;
-        calico_nn::conv::conv2d_nhwc(&h, &self.proj_weight, 0, 1)?
-            .broadcast_add(&self.proj_bias.reshape((1, 1, 1, d))?)?
-            .permute((0, 3, 1, 2))
+        let h = calico_nn::conv::conv2d_nhwc(&h, &self.proj_weight, 0, 1)?;
+        calico_nn::broadcast::add(&h, &self.proj_bias.reshape((1, 1, 1, d))?)?.permute((0, 3, 1, 2))
     }
 }
 

@@ -232,13 +232,16 @@ impl EvaVitEmbeddings {
                 weight,
                 0,
                 *patch_size,
-            )?
-            .broadcast_add(&bias.reshape((1, d, 1, 1))?)?,
+            )
+            .and_then(|p| calico_nn::broadcast::add(&p, &bias.reshape((1, d, 1, 1))?))?,
             PatchEmbedding::Stem(stem) => stem.forward(pixel_values)?,
         };
         let patches = patches.flatten_from(2)?.transpose(1, 2)?;
-        let cls = self.class_embedding.broadcast_as((b, 1, d))?;
-        Tensor::cat(&[&cls, &patches], 1)?.broadcast_add(&self.position_embedding)
+        let cls = calico_nn::broadcast::expand(&self.class_embedding, (b, 1, d))?;
+        calico_nn::broadcast::add(
+            &Tensor::cat(&[&cls, &patches], 1)?,
+            &self.position_embedding,
+        )
     }
 }
 

@@ -296,7 +296,7 @@ impl QFormer {
         let queries = if qb == b {
             query_embeds.clone()
         } else {
-            query_embeds.broadcast_as((b, nq, qd))?.contiguous()?
+            calico_nn::broadcast::expand(query_embeds, (b, nq, qd))?.contiguous()?
         };
         let mask = match encoder_mask {
             None => None,

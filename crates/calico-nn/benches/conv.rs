@@ -9,10 +9,11 @@
 //! Prints a markdown table of the best of R runs (default 5) per case, in
 //! milliseconds, and the largest relative difference of the two outputs.
 
-use std::time::Instant;
+mod common;
 
 use calico_nn::{batch_norm, conv};
 use candle_core::{DType, Device, Result, Tensor, Var};
+use common::best;
 
 /// One convolution layer as a stage-1 or stage-2 step runs it.
 struct ConvCase {
@@ -78,17 +79,6 @@ const CONVS: &[ConvCase] = &[
     case("16-px patches, 3→64, 112 px", 32, (3, 112, 64), (16, 16, 0)),
 ];
 
-fn best(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut best = f64::INFINITY;
-    for _ in 0..repeats {
-        let t = Instant::now();
-        f()?;
-        best = best.min(t.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(best)
-}
-
 fn rel_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
     let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
     let m = b.abs()?.max_all()?.to_scalar::<f32>()? as f64;
@@ -111,13 +101,7 @@ fn time_pair(
 }
 
 fn main() -> Result<()> {
-    let mut repeats = 5usize;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        if a == "--repeats" {
-            repeats = args.next().and_then(|v| v.parse().ok()).unwrap_or(5).max(1);
-        }
-    }
+    let repeats = common::repeats();
     let dev = Device::Cpu;
     println!(
         "| op | candle fwd ms | candle fwd+bwd ms | calico fwd ms | calico fwd+bwd ms | speed-up (fwd+bwd) | rel. diff |"

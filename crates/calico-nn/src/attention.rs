@@ -17,7 +17,7 @@ pub fn scaled_dot_product_attention(
     let q = (q * scale)?;
     let mut scores = q.contiguous()?.matmul(&k.t()?.contiguous()?)?;
     if let Some(m) = mask {
-        scores = scores.broadcast_add(m)?;
+        scores = crate::broadcast::add(&scores, m)?;
     }
     let probs = ops::softmax_last_dim(&scores)?;
     probs.matmul(&v.contiguous()?)

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod batch_norm;
+pub mod broadcast;
 pub mod conv;
 pub mod linear;
 pub mod loss;

@@ -182,8 +182,14 @@ impl Linear {
     // candle-nn 0.11.1's Linear takes a broadcast-matmul route for
     // non-contiguous batched inputs (e.g. after a transpose) that gives wrong
     // results, so inputs are made contiguous first (a no-op when they are).
+    // The bias goes through `broadcast::add`, whose backward pass sums the
+    // rows quickly (candle's `broadcast_add` in its `Linear` does not).
     fn base(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(&x.contiguous()?)
+        let y = candle_nn::Linear::new(self.weight.clone(), None).forward(&x.contiguous()?)?;
+        match &self.bias {
+            Some(b) => crate::broadcast::add(&y, b),
+            None => Ok(y),
+        }
     }
 
     fn adapter(&self, l: &Lora, x: &Tensor) -> Result<Tensor> {

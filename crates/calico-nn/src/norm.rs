@@ -75,11 +75,11 @@ impl LayerNorm2d {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let u = x.mean_keepdim(1)?;
-        let centred = x.broadcast_sub(&u)?;
+        let centred = crate::broadcast::sub(x, &u)?;
         let s = centred.sqr()?.mean_keepdim(1)?;
-        let y = centred.broadcast_div(&(s + self.eps)?.sqrt()?)?;
+        let y = crate::broadcast::div(&centred, &(s + self.eps)?.sqrt()?)?;
         let c = self.weight.dim(0)?;
-        y.broadcast_mul(&self.weight.reshape((1, c, 1, 1))?)?
-            .broadcast_add(&self.bias.reshape((1, c, 1, 1))?)
+        let y = crate::broadcast::mul(&y, &self.weight.reshape((1, c, 1, 1))?)?;
+        crate::broadcast::add(&y, &self.bias.reshape((1, c, 1, 1))?)
     }
 }

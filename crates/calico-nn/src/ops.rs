@@ -33,10 +33,10 @@ pub fn layer_norm(
     let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
     let mut y = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
     if let Some(w) = weight {
-        y = y.broadcast_mul(w)?;
+        y = crate::broadcast::mul(&y, w)?;
     }
     if let Some(b) = bias {
-        y = y.broadcast_add(b)?;
+        y = crate::broadcast::add(&y, b)?;
     }
     Ok(y)
 }
@@ -48,7 +48,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
     }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight)
+    crate::broadcast::mul(&x.broadcast_div(&(ms + eps)?.sqrt()?)?, weight)
 }
 
 /// Softmax over the last dimension, numerically stabilised.

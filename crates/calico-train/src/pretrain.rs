@@ -200,8 +200,10 @@ impl Head {
 
     /// `(n, dim)` → `(n, classes)`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.w.as_tensor().t()?)?
-            .broadcast_add(self.b.as_tensor())?)
+        Ok(calico_nn::broadcast::add(
+            &x.matmul(&self.w.as_tensor().t()?)?,
+            self.b.as_tensor(),
+        )?)
     }
 
     /// `(n, t, dim)` → `(n, t, classes)`.

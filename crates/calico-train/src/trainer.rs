@@ -606,7 +606,8 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             eta_s: (stop_at - step) as f64 / rate.max(1e-9),
         });
         last = Some(record);
-        let val_due = tc.validate_every > 0 && step % tc.validate_every == 0 || step == total;
+        let val_due = tc.val_samples > 0
+            && (tc.validate_every > 0 && step % tc.validate_every == 0 || step == total);
         // Validation and the exported model read SAM's stem with running
         // statistics measured now; the next step switches back.
         if sam_stem_trains && (step == total || val_due && val_ds.is_some()) {

@@ -185,7 +185,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let sim: Box<dyn Similarity> = match a.similarity.as_str() {
         "exact" => Box::new(ExactMatch),
-        _ if a.val.is_none() => Box::new(ExactMatch),
+        // No validation runs, so no similarity is ever computed.
+        _ if a.val.is_none() || config.val_samples == 0 => Box::new(ExactMatch),
         _ => {
             let dir = calico_eval::embed::default_dir();
             let m = SentenceEmbedder::load(&dir, &candle_core::Device::Cpu).map_err(|e| {

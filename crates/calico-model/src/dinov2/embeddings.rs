@@ -241,7 +241,7 @@ impl Embeddings {
             .to_dtype(patches.dtype())?;
         let x = Tensor::cat(&[&cls, &patches], 1)?;
         let pos = self.position_embeddings(h, w)?.to_dtype(x.dtype())?;
-        let x = x.broadcast_add(&pos)?;
+        let x = calico_nn::broadcast::add(&x, &pos)?;
         match &self.register_tokens {
             None => Ok(x),
             Some(r) => {

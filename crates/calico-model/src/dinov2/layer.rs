@@ -122,7 +122,7 @@ impl LayerScale {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_mul(&self.gamma)
+        calico_nn::broadcast::mul(x, &self.gamma)
     }
 }
 

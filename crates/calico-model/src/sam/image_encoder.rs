@@ -334,6 +334,8 @@ impl Attention {
                     )?;
                     scores.matmul(&v)?
                 } else {
+                    // candle's broadcast here: `calico_nn::broadcast` measured
+                    // slower on this shape (benches/broadcast.rs).
                     let bias = rel_h
                         .unsqueeze(4)?
                         .broadcast_add(&rel_w.unsqueeze(3)?)?
@@ -577,10 +579,7 @@ impl ImageEncoderViT {
                 "SAM image encoder: expected pixels of shape (B, 3, {s}, {s}), got {d:?}"
             ),
         }
-        let mut x = self
-            .patch_embed
-            .forward(x)?
-            .broadcast_add(&self.pos_embed)?;
+        let mut x = calico_nn::broadcast::add(&self.patch_embed.forward(x)?, &self.pos_embed)?;
         for block in &self.blocks {
             x = block.forward(&x)?;
         }

@@ -161,10 +161,10 @@ impl ConvTranspose2x2 {
             .matmul(&self.weight.reshape((cin, cout * 4))?)?
             .reshape((b, h, w, cout, 2, 2))?;
         // → (B, out, H, 2, W, 2) → (B, out, 2H, 2W)
-        patches
+        let up = patches
             .permute((0, 3, 1, 4, 2, 5))?
-            .reshape((b, cout, 2 * h, 2 * w))?
-            .broadcast_add(&self.bias.reshape((1, cout, 1, 1))?)
+            .reshape((b, cout, 2 * h, 2 * w))?;
+        calico_nn::broadcast::add(&up, &self.bias.reshape((1, cout, 1, 1))?)
     }
 }
 
@@ -291,19 +291,18 @@ impl MaskDecoder {
         let (_, _, h, w) = image_embeddings.dims4()?;
         let output_tokens = Tensor::cat(&[&self.iou_token, &self.mask_tokens], 0)?;
         let t = output_tokens.dim(0)?;
-        let output_tokens = output_tokens
-            .unsqueeze(0)?
-            .broadcast_as((n, t, c))?
-            .contiguous()?;
+        let output_tokens =
+            calico_nn::broadcast::expand(&output_tokens.unsqueeze(0)?, (n, t, c))?.contiguous()?;
         let tokens = Tensor::cat(
             &[&output_tokens, &sparse.to_dtype(output_tokens.dtype())?],
             1,
         )?;
 
-        let src = image_embeddings
-            .broadcast_as((n, c, h, w))?
-            .broadcast_add(dense)?;
-        let pos_src = image_pe.broadcast_as((n, c, h, w))?.contiguous()?;
+        let src = calico_nn::broadcast::add(
+            &calico_nn::broadcast::expand(image_embeddings, (n, c, h, w))?,
+            dense,
+        )?;
+        let pos_src = calico_nn::broadcast::expand(image_pe, (n, c, h, w))?.contiguous()?;
         let (hs, src) = self.transformer.forward(&src, &pos_src, &tokens)?;
         let iou_token_out = hs.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
         let num_mask_tokens = self.output_hypernetworks_mlps.len();

@@ -241,9 +241,7 @@ impl PromptEncoder {
     pub fn no_mask_dense(&self, b: usize) -> Result<Tensor> {
         let [h, w] = self.cfg.image_embedding_size;
         let c = self.cfg.embed_dim;
-        self.no_mask_embed
-            .reshape((1, c, 1, 1))?
-            .broadcast_as((b, c, h, w))
+        calico_nn::broadcast::expand(&self.no_mask_embed.reshape((1, c, 1, 1))?, (b, c, h, w))
     }
 
     /// LISA/GLaMM's path: text embeddings `(n, T, C)` (T = 1 for one `[SEG]`
