@@ -45,15 +45,18 @@ pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 /// copy with a fast backward pass otherwise).
 pub fn expand<S: Into<Shape>>(x: &Tensor, shape: S) -> Result<Tensor> {
     let shape: Shape = shape.into();
-    if !uses_expand(x, &shape)? {
-        return x.broadcast_as(shape);
+    match expansion(x, &shape)? {
+        Some(from) => expand_from(x, from, &shape),
+        None => x.broadcast_as(shape),
     }
-    let to = shape.dims().to_vec();
-    let mut from = vec![1; to.len() - x.rank()];
-    from.extend_from_slice(x.dims());
-    x.contiguous()?
-        .reshape(from.as_slice())?
-        .apply_op1(Expand { from, to })
+}
+
+/// `x`, reshaped to `from` (its dims padded to `to`'s rank), through [`Expand`].
+fn expand_from(x: &Tensor, from: Vec<usize>, to: &Shape) -> Result<Tensor> {
+    x.contiguous()?.reshape(from.as_slice())?.apply_op1(Expand {
+        from,
+        to: to.dims().to_vec(),
+    })
 }
 
 fn binary(
@@ -65,24 +68,25 @@ fn binary(
     let shape = a
         .shape()
         .broadcast_shape_binary_op(b.shape(), "broadcast op")?;
-    let (ea, eb) = (uses_expand(a, &shape)?, uses_expand(b, &shape)?);
-    if !ea && !eb {
+    let (ea, eb) = (expansion(a, &shape)?, expansion(b, &shape)?);
+    if ea.is_none() && eb.is_none() {
         return candle(a, b);
     }
     // The operand that needs no expansion keeps candle's (lazy) broadcast.
-    let side = |x: &Tensor, e: bool| match e {
-        true => expand(x, shape.clone()),
-        false => x.broadcast_as(shape.clone()),
+    let side = |x: &Tensor, e: Option<Vec<usize>>| match e {
+        Some(from) => expand_from(x, from, &shape),
+        None => x.broadcast_as(shape.clone()),
     };
     same(&side(a, ea)?, &side(b, eb)?)
 }
 
-/// Whether broadcasting `x` to `shape` should go through [`Expand`]: a
+/// Whether broadcasting `x` to `shape` should go through [`Expand`] — a
 /// tracked CPU `f32` tensor broadcast over at least one dimension that is
-/// not part of the trailing run of broadcast dimensions.
-fn uses_expand(x: &Tensor, shape: &Shape) -> Result<bool> {
+/// not part of the trailing run of broadcast dimensions — and if so, `x`'s
+/// dims padded with leading 1s to `shape`'s rank.
+fn expansion(x: &Tensor, shape: &Shape) -> Result<Option<Vec<usize>>> {
     if !x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 {
-        return Ok(false);
+        return Ok(None);
     }
     let to = shape.dims();
     if x.rank() > to.len() {
@@ -94,11 +98,11 @@ fn uses_expand(x: &Tensor, shape: &Shape) -> Result<bool> {
     // candle's fast case: the summed dimensions are exactly the last k.
     let k = summed.iter().filter(|s| **s).count();
     let trailing = summed.iter().rev().take(k).all(|s| *s);
-    Ok(k > 0 && !trailing)
+    Ok((k > 0 && !trailing).then_some(from))
 }
 
-/// Broadcast of a contiguous tensor of dims `from` (same rank) to `to`,
-/// materialised; its gradient is [`SumTo`].
+/// Broadcast of a contiguous tensor of dims `from` (same rank, at least 1)
+/// to `to`, materialised; its gradient is [`SumTo`].
 #[derive(Debug, Clone)]
 struct Expand {
     from: Vec<usize>,
@@ -106,11 +110,7 @@ struct Expand {
 }
 
 fn strides(dims: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; dims.len()];
-    for d in (0..dims.len().saturating_sub(1)).rev() {
-        s[d] = s[d + 1] * dims[d + 1];
-    }
-    s
+    Layout::contiguous(dims).stride().to_vec()
 }
 
 fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -186,11 +186,7 @@ impl CustomOp1 for Expand {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = f32_slice(storage, layout, "expand")?;
         let mut out = Vec::with_capacity(self.to.iter().product());
-        if self.to.is_empty() {
-            out.extend_from_slice(src);
-        } else {
-            fill(src, &self.from, &strides(&self.from), &self.to, 0, &mut out);
-        }
+        fill(src, &self.from, &strides(&self.from), &self.to, 0, &mut out);
         Ok((CpuStorage::F32(out), Shape::from(self.to.as_slice())))
     }
 
@@ -221,19 +217,15 @@ impl CustomOp1 for SumTo {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let grad = f32_slice(storage, layout, "sum_to")?;
         let mut dst = vec![0f32; self.from.iter().product()];
-        if self.to.is_empty() {
-            dst.copy_from_slice(grad);
-        } else {
-            accumulate(
-                grad,
-                &strides(&self.to),
-                &mut dst,
-                &self.from,
-                &strides(&self.from),
-                &self.to,
-                0,
-            );
-        }
+        accumulate(
+            grad,
+            &strides(&self.to),
+            &mut dst,
+            &self.from,
+            &strides(&self.from),
+            &self.to,
+            0,
+        );
         Ok((CpuStorage::F32(dst), Shape::from(self.from.as_slice())))
     }
 }
@@ -300,12 +292,17 @@ mod tests {
     fn takes_the_fast_path_only_where_candle_is_slow() {
         let v = Var::from_tensor(&uniform(&[1, 3, 1, 1], 1)).unwrap();
         let to = Shape::from((2, 3, 4, 4));
-        assert!(uses_expand(v.as_tensor(), &to).unwrap());
-        assert!(!uses_expand(&v.as_tensor().detach(), &to).unwrap());
+        assert!(expansion(v.as_tensor(), &to).unwrap().is_some());
+        assert!(expansion(&v.as_tensor().detach(), &to).unwrap().is_none());
         let bias = Var::from_tensor(&uniform(&[4], 1)).unwrap();
-        assert!(uses_expand(bias.as_tensor(), &Shape::from((5, 4))).unwrap());
+        assert_eq!(
+            expansion(bias.as_tensor(), &Shape::from((5, 4))).unwrap(),
+            Some(vec![1, 4])
+        );
         let col = Var::from_tensor(&uniform(&[5, 1], 1)).unwrap();
-        assert!(!uses_expand(col.as_tensor(), &Shape::from((5, 4))).unwrap());
+        assert!(expansion(col.as_tensor(), &Shape::from((5, 4)))
+            .unwrap()
+            .is_none());
         assert!(expand(bias.as_tensor(), (3, 5)).is_err());
     }
 
