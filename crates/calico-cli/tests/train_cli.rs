@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,18 @@ const CONFIG: &str = r#"{"epochs": 1, "steps_per_epoch": 6, "batch_size": 2,
   "grad_accumulation": 2, "warmup_steps": 2, "checkpoint_every": 1, "keep_last": 2,
   "validate_every": 0}"#;
 
-fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, f64)> {
+/// The records of `run`'s metrics.jsonl whose `kind` is `kind`.
+fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     text.lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "train")
+        .filter(|v| v["kind"] == kind)
+        .collect()
+}
+
+fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, f64)> {
+    records(run, "train")
+        .iter()
         .map(|v| {
             let f = |k: &str| v[k].as_f64().unwrap();
             (
@@ -33,6 +40,16 @@ fn losses(run: &Path) -> Vec<(u64, f64, f64, f64, f64)> {
         .collect()
 }
 
+/// SynthParts (12 images per source) built into MixedParts samples in
+/// `d/mp`, which is returned.
+fn mixed_parts(d: &Path) -> PathBuf {
+    let s = synth(d, 12);
+    let mp = d.join("mp");
+    let o = build(&s, &mp, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    mp
+}
+
 fn train_args<'a>(data: &'a str, cfg: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "train", "--preset", "tiny", "--data", data, "--config", cfg, "--out", out,
@@ -42,10 +59,7 @@ fn train_args<'a>(data: &'a str, cfg: &'a str, out: &'a str) -> Vec<&'a str> {
 #[test]
 fn a_killed_run_resumes_to_the_same_losses() {
     let d = tmp("train-resume");
-    let s = synth(&d, 12);
-    let mp = d.join("mp");
-    let o = build(&s, &mp, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let mp = mixed_parts(&d);
     let data = mp.join("train.jsonl");
     let cfg = d.join("train.json");
     std::fs::write(&cfg, CONFIG).unwrap();
@@ -103,10 +117,7 @@ fn a_killed_run_resumes_to_the_same_losses() {
 #[test]
 fn val_samples_zero_turns_validation_off() {
     let d = tmp("train-no-val");
-    let s = synth(&d, 12);
-    let mp = d.join("mp");
-    let o = build(&s, &mp, &[]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let mp = mixed_parts(&d);
     let cfg = d.join("train.json");
     std::fs::write(
         &cfg,
@@ -114,29 +125,19 @@ fn val_samples_zero_turns_validation_off() {
             "val_samples": 0}"#,
     )
     .unwrap();
-    let out = d.join("run");
+    let (data, val, out) = (mp.join("train.jsonl"), mp.join("val.jsonl"), d.join("run"));
     let mut args = train_args(
-        mp.join("train.jsonl").to_str().unwrap(),
+        data.to_str().unwrap(),
         cfg.to_str().unwrap(),
         out.to_str().unwrap(),
-    )
-    .into_iter()
-    .map(String::from)
-    .collect::<Vec<_>>();
-    args.extend([
-        "--val".into(),
-        mp.join("val.jsonl").to_str().unwrap().into(),
-    ]);
-    let o = calico(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    );
+    args.extend(["--val", val.to_str().unwrap()]);
+    let o = calico(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(!stderr(&o).contains("validating"), "{}", stderr(&o));
-    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(losses(&out).len(), 1);
-    let vals = metrics
-        .lines()
-        .filter(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["kind"] == "val")
-        .count();
-    assert_eq!(vals, 0, "{metrics}");
+    let vals = records(&out, "val");
+    assert_eq!(vals.len(), 0, "{vals:?}");
 }
 
 #[test]
