@@ -1,6 +1,6 @@
 //! `calico train`: a run killed with SIGKILL and resumed gives the losses
-//! of an uninterrupted run; bad inputs are refused before anything is
-//! written.
+//! of an uninterrupted run, in stage 2 and inside the pretraining stages;
+//! bad inputs are refused before anything is written.
 
 mod common;
 
@@ -75,26 +75,12 @@ fn a_killed_run_resumes_to_the_same_losses() {
 
     // Killed with SIGKILL once a few steps are checkpointed, then resumed.
     let b = d.join("b");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_calico"))
-        .args(train_args(data, cfg, b.to_str().unwrap()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    loop {
-        let latest = std::fs::read_to_string(b.join("checkpoints/latest")).unwrap_or_default();
-        if latest.trim() >= "step-00000003" || t.elapsed() > Duration::from_secs(600) {
-            break;
-        }
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let killed = child.try_wait().unwrap().is_none();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let killed = kill_at(
+        &train_args(data, cfg, b.to_str().unwrap()),
+        &b.join("checkpoints"),
+        "step-00000003",
+        None,
+    );
     assert!(killed, "the run finished before it could be killed");
     let mut args = train_args(data, cfg, b.to_str().unwrap());
     args.push("--resume");
@@ -112,6 +98,110 @@ fn a_killed_run_resumes_to_the_same_losses() {
     let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+}
+
+/// Runs `calico args` and kills it with SIGKILL once `ckdir/latest` names
+/// `at` or a later step; whether it was still running then. Its standard
+/// error goes to `log` if given.
+fn kill_at(args: &[&str], ckdir: &Path, at: &str, log: Option<&Path>) -> bool {
+    let err = match log {
+        Some(p) => std::process::Stdio::from(std::fs::File::create(p).unwrap()),
+        None => std::process::Stdio::null(),
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calico"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let latest = std::fs::read_to_string(ckdir.join("latest")).unwrap_or_default();
+        if latest.trim() >= at || t.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    running
+}
+
+#[test]
+fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
+    let d = tmp("train-resume-stages");
+    let mp = mixed_parts(&d);
+    let data = mp.join("train.jsonl");
+    let cfg = d.join("train.json");
+    std::fs::write(
+        &cfg,
+        r#"{"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "warmup_steps": 1,
+            "checkpoint_every": 4, "keep_last": 2, "validate_every": 0,
+            "vision_pretrain": {"steps": 40, "batch_size": 4, "warmup_steps": 2},
+            "mask_pretrain": {"steps": 40, "images": 2, "warmup_steps": 2, "val_images": 0}}"#,
+    )
+    .unwrap();
+    let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+    let summaries = |run: &Path| -> Vec<f64> {
+        let read = |f: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(run.join(f)).unwrap()).unwrap()
+        };
+        let (p, m) = (read("pretrain.json"), read("mask_pretrain.json"));
+        ["loss", "train_accuracy"]
+            .iter()
+            .map(|k| p[*k].as_f64().unwrap())
+            .chain(
+                ["loss", "focal", "dice"]
+                    .iter()
+                    .map(|k| m[*k].as_f64().unwrap()),
+            )
+            .collect()
+    };
+
+    let a = d.join("a");
+    let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (want, want_summaries) = (losses(&a), summaries(&a));
+    assert_eq!(want.len(), 2);
+    // Once the step-0 checkpoint exists, the stages' own are gone.
+    assert!(!a.join("checkpoints/stage1").exists() && !a.join("checkpoints/stage1b").exists());
+
+    // Killed in stage 1, resumed and killed in stage 1b, resumed to the end.
+    let b = d.join("b");
+    let args = train_args(data, cfg, b.to_str().unwrap());
+    let killed = kill_at(&args, &b.join("checkpoints/stage1"), "step-00000008", None);
+    assert!(
+        killed && !b.join("checkpoints/latest").exists(),
+        "not killed in stage 1"
+    );
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let log = d.join("second.log");
+    let killed = kill_at(
+        &resume,
+        &b.join("checkpoints/stage1b"),
+        "step-00000008",
+        Some(&log),
+    );
+    assert!(
+        killed && !b.join("checkpoints/latest").exists(),
+        "not killed in stage 1b"
+    );
+    let second = std::fs::read_to_string(&log).unwrap();
+    assert!(second.contains("resuming stage 1 of"), "{second}");
+    let o = calico(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming stage 1b of"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(summaries(&b), want_summaries);
+    assert_eq!(losses(&b), want);
 }
 
 #[test]

@@ -7,6 +7,7 @@
 //! RUN/checkpoints/step-00000123/optimizer.safetensors   optimizer state
 //! RUN/checkpoints/step-00000123/state.json              TrainState
 //! RUN/checkpoints/latest                                "step-00000123"
+//! RUN/checkpoints/stage1/…, RUN/checkpoints/stage1b/…   the same inside stages 1 and 1b
 //! ```
 //!
 //! A save writes everything into `RUN/checkpoints/.tmp-step-…-PID`, fsyncs
@@ -146,7 +147,26 @@ pub fn save_checkpoint(
     state: &TrainState,
     keep_last: usize,
 ) -> Result<PathBuf> {
-    save_with_hook(run, trainable, optimizer, state, keep_last, &|_| Ok(()))
+    save_checkpoint_in(
+        &run.join(CHECKPOINTS_DIR),
+        trainable,
+        optimizer,
+        state,
+        keep_last,
+    )
+}
+
+/// [`save_checkpoint`] into the checkpoints folder `ckdir` itself (its
+/// `step-…` directories and `latest`), created with its parent if need be:
+/// the pretraining stages keep theirs below `RUN/checkpoints/`.
+pub fn save_checkpoint_in(
+    ckdir: &Path,
+    trainable: &HashMap<String, Tensor>,
+    optimizer: &HashMap<String, Tensor>,
+    state: &TrainState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    save_with_hook(ckdir, trainable, optimizer, state, keep_last, &|_| Ok(()))
 }
 
 /// Points of a save at which tests inject failures.
@@ -161,14 +181,13 @@ enum Stage {
 }
 
 fn save_with_hook(
-    run: &Path,
+    ckdir: &Path,
     trainable: &HashMap<String, Tensor>,
     optimizer: &HashMap<String, Tensor>,
     state: &TrainState,
     keep_last: usize,
     hook: &dyn Fn(Stage) -> io::Result<()>,
 ) -> Result<PathBuf> {
-    let ckdir = run.join(CHECKPOINTS_DIR);
     let name = checkpoint_dir_name(state.step);
     let final_dir = ckdir.join(&name);
     let trainable_path = final_dir.join(TRAINABLE_FILE);
@@ -186,10 +205,12 @@ fn save_with_hook(
     state_bytes.push(b'\n');
 
     if !ckdir.is_dir() {
-        fs::create_dir_all(&ckdir).map_err(io_err(&ckdir))?;
-        sync_dir(run)?;
+        fs::create_dir_all(ckdir).map_err(io_err(ckdir))?;
+        if let Some(parent) = ckdir.parent() {
+            sync_dir(parent)?;
+        }
     }
-    remove_leftovers(&ckdir);
+    remove_leftovers(ckdir);
 
     let pid = std::process::id();
     let tmp = ckdir.join(format!("{TMP_PREFIX}{name}-{pid}"));
@@ -214,7 +235,7 @@ fn save_with_hook(
             fs::rename(&final_dir, &aside).map_err(io_err(&final_dir))?;
         }
         fs::rename(&tmp, &final_dir).map_err(io_err(&final_dir))?;
-        sync_dir(&ckdir)
+        sync_dir(ckdir)
     })();
     if let Err(e) = written {
         let _ = fs::remove_dir_all(&tmp);
@@ -222,10 +243,10 @@ fn save_with_hook(
     }
 
     hook(Stage::BeforeLatest).map_err(io_err(&ckdir.join(LATEST_FILE)))?;
-    write_latest(&ckdir, &name, hook)?;
-    hook(Stage::BeforePrune).map_err(io_err(&ckdir))?;
-    remove_leftovers(&ckdir);
-    prune(&ckdir, state.step, keep_last.max(1));
+    write_latest(ckdir, &name, hook)?;
+    hook(Stage::BeforePrune).map_err(io_err(ckdir))?;
+    remove_leftovers(ckdir);
+    prune(ckdir, state.step, keep_last.max(1));
     Ok(final_dir)
 }
 
@@ -414,7 +435,8 @@ pub fn is_complete(dir: &Path) -> bool {
         && read_state(&dir.join(STATE_FILE)).is_ok()
 }
 
-fn list_checkpoints_in(ckdir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+/// [`list_checkpoints`] of the checkpoints folder `ckdir` itself.
+pub fn list_checkpoints_in(ckdir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(ckdir).map_err(io_err(ckdir))? {
         let entry = entry.map_err(io_err(ckdir))?;
@@ -443,7 +465,11 @@ pub fn list_checkpoints(run: &Path) -> Result<Vec<(u64, PathBuf)>> {
 /// if that is a complete checkpoint, otherwise the highest-numbered complete
 /// checkpoint; `None` if there is none.
 pub fn latest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
-    let ckdir = run.join(CHECKPOINTS_DIR);
+    latest_checkpoint_in(&run.join(CHECKPOINTS_DIR))
+}
+
+/// [`latest_checkpoint`] of the checkpoints folder `ckdir` itself.
+pub fn latest_checkpoint_in(ckdir: &Path) -> Result<Option<PathBuf>> {
     if !ckdir.is_dir() {
         return Ok(None);
     }
@@ -456,7 +482,7 @@ pub fn latest_checkpoint(run: &Path) -> Result<Option<PathBuf>> {
             }
         }
     }
-    Ok(list_checkpoints_in(&ckdir)?.pop().map(|(_, dir)| dir))
+    Ok(list_checkpoints_in(ckdir)?.pop().map(|(_, dir)| dir))
 }
 
 #[cfg(test)]
@@ -743,7 +769,14 @@ mod tests {
                     Ok(())
                 }
             };
-            let res = save_with_hook(&run.0, &tensors(2.0), &opt_tensors(), &state(2), 1, &hook);
+            let res = save_with_hook(
+                &run.0.join(CHECKPOINTS_DIR),
+                &tensors(2.0),
+                &opt_tensors(),
+                &state(2),
+                1,
+                &hook,
+            );
             let e = res.unwrap_err().to_string();
             assert!(e.contains("injected"), "{stage:?}: {e}");
             assert_eq!(latest_step(&run.0), Some(expect), "{stage:?}");

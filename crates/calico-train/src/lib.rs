@@ -15,6 +15,7 @@ pub mod plot;
 pub mod predict;
 pub mod pretrain;
 pub mod schedule;
+pub mod stage_checkpoint;
 pub mod stem;
 pub mod trainer;
 pub mod workers;

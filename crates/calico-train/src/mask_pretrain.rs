@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{low_res_target, Dataset};
 use crate::objective::LossConfig;
 use crate::pretrain::StageOptimizer;
+use crate::stage_checkpoint::{self, Resumed, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
 use crate::trainer::{mix, Observer, Order};
 use crate::TrainError;
@@ -290,19 +291,21 @@ fn slice_gradients(
 }
 
 /// Runs stage 1b on `train`'s images, updating SAM's variables among
-/// `named` in place; `val` (if any) is only scored.
-#[allow(clippy::too_many_arguments)]
+/// `named` in place; `val` (if any) is only scored. With checkpoints in
+/// `run`, it saves its progress and continues a resumed stage.
 pub fn pretrain_masks(
     model: &Calico,
     named: &[(String, Var)],
-    train: &Dataset,
-    val: Option<&Dataset>,
-    cfg: &MaskPretrain,
-    loss_cfg: &LossConfig,
-    seed: u64,
-    workers: usize,
+    (train, val): (&Dataset, Option<&Dataset>),
+    (cfg, loss_cfg): (&MaskPretrain, &LossConfig),
+    run: StageRun,
     obs: &mut dyn Observer,
 ) -> Result<MaskPretrainSummary> {
+    let StageRun {
+        seed,
+        workers,
+        checkpoints,
+    } = run;
     cfg.validate().map_err(TrainError::Config)?;
     let t0 = std::time::Instant::now();
     let p = Prompted::collect(train, None);
@@ -348,8 +351,13 @@ pub fn pretrain_masks(
         s.set_batch_statistics(true);
     }
     let mut order = Order::tagged(seed, p.files.len(), (11, 12));
-    let mut recent: Vec<[f64; 3]> = Vec::new();
-    for step in 0..cfg.steps {
+    let Resumed {
+        step: first,
+        mut recent,
+        elapsed_s: elapsed_before,
+    } = stage_checkpoint::start::<Vec<[f64; 3]>>(checkpoints.as_ref(), &mut opt)?;
+    let elapsed = || elapsed_before + t0.elapsed().as_secs_f64();
+    for step in first..cfg.steps {
         let mut items = Vec::with_capacity(cfg.images);
         for k in step * cfg.images as u64..(step + 1) * cfg.images as u64 {
             let (i, coin) = order.at(k);
@@ -396,8 +404,11 @@ pub fn pretrain_masks(
                 m[0],
                 m[1],
                 m[2],
-                t0.elapsed().as_secs_f64()
+                elapsed()
             ));
+        }
+        if let Some(c) = &checkpoints {
+            c.after_step((step + 1, cfg.steps), seed, &opt, &recent, elapsed())?;
         }
     }
     crate::stem::calibrate(Tower::Sam, model, named, train, &p.files, obs)?;
@@ -426,7 +437,7 @@ pub fn pretrain_masks(
         focal: m[1],
         dice: m[2],
         val,
-        elapsed_s: t0.elapsed().as_secs_f64(),
+        elapsed_s: elapsed(),
     })
 }
 

@@ -22,7 +22,7 @@
 //! `⌊k/n⌋`'s permutation drawn from `(seed, epoch)`, its horizontal flip
 //! from `(seed, k)`; the heads' initial values from the seed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use calico_data::samples::MaskRole;
@@ -36,6 +36,7 @@ use crate::data::Dataset;
 use crate::dense::Encoder;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
+use crate::stage_checkpoint::{self, Resumed, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
 use crate::trainer::{mix, Observer, Order};
 use crate::TrainError;
@@ -473,6 +474,30 @@ impl StageOptimizer {
         })
     }
 
+    /// The variables it trains, the stage's heads among them.
+    pub(crate) fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// AdamW's moments by name (for a checkpoint).
+    pub(crate) fn state_tensors(&self) -> HashMap<String, Tensor> {
+        self.opt.state_tensors()
+    }
+
+    /// Updates applied so far.
+    pub(crate) fn steps(&self) -> u64 {
+        self.opt.steps()
+    }
+
+    /// Restores AdamW's moments and update count from a checkpoint.
+    pub(crate) fn load_state(
+        &mut self,
+        tensors: &HashMap<String, Tensor>,
+        steps: u64,
+    ) -> Result<()> {
+        Ok(self.opt.load_state(tensors, steps)?)
+    }
+
     /// Step `step` (0-based) with the slices' gradients; a non-finite
     /// `loss` (`what` names it) stops the run instead.
     pub(crate) fn step(
@@ -501,18 +526,21 @@ impl StageOptimizer {
 }
 
 /// Runs stage 1 on `train`'s images, updating the encoder variables among
-/// `named` in place; `val` (if any) is only scored.
-#[allow(clippy::too_many_arguments)]
+/// `named` in place; `val` (if any) is only scored. With checkpoints in
+/// `run`, it saves its progress and continues a resumed stage.
 pub fn pretrain_vision(
     model: &Calico,
     named: &[(String, Var)],
-    train: &Dataset,
-    val: Option<&Dataset>,
+    (train, val): (&Dataset, Option<&Dataset>),
     cfg: &VisionPretrain,
-    seed: u64,
-    workers: usize,
+    run: StageRun,
     obs: &mut dyn Observer,
 ) -> Result<PretrainSummary> {
+    let StageRun {
+        seed,
+        workers,
+        checkpoints,
+    } = run;
     cfg.validate().map_err(TrainError::Config)?;
     let t0 = std::time::Instant::now();
     let labels = image_labels(train);
@@ -639,8 +667,13 @@ pub fn pretrain_vision(
         s.set_batch_statistics(true);
     }
     let mut order = Order::tagged(seed, n, (6, 7));
-    let mut recent: Vec<(f64, usize)> = Vec::new();
-    for step in 0..cfg.steps {
+    let Resumed {
+        step: first,
+        mut recent,
+        elapsed_s: elapsed_before,
+    } = stage_checkpoint::start::<Vec<(f64, usize)>>(checkpoints.as_ref(), &mut opt)?;
+    let elapsed = || elapsed_before + t0.elapsed().as_secs_f64();
+    for step in first..cfg.steps {
         let mut inputs = Vec::with_capacity(cfg.batch_size);
         let mut rows: Vec<Vec<usize>> = Vec::with_capacity(cfg.batch_size);
         let mut picks = Vec::with_capacity(cfg.batch_size);
@@ -711,8 +744,11 @@ pub fn pretrain_vision(
                 step + 1,
                 cfg.steps,
                 100.0 * a,
-                t0.elapsed().as_secs_f64()
+                elapsed()
             ));
+        }
+        if let Some(c) = &checkpoints {
+            c.after_step((step + 1, cfg.steps), seed, &opt, &recent, elapsed())?;
         }
     }
     let (loss, train_accuracy) = window(&recent, cfg.batch_size);
@@ -753,7 +789,7 @@ pub fn pretrain_vision(
         val_heads,
         val_images,
         val_dense,
-        elapsed_s: t0.elapsed().as_secs_f64(),
+        elapsed_s: elapsed(),
     })
 }
 

@@ -20,6 +20,7 @@
 //! RUN/frozen.safetensors                   frozen tensors made at random (presets without weights)
 //! RUN/metrics.jsonl  RUN/curve.svg         per-step losses, validation scores, the plot
 //! RUN/checkpoints/step-00000100/…          trainable tensors, optimizer moments, state.json
+//! RUN/checkpoints/stage1{,b}/step-…/       inside stages 1 and 1b (crate::stage_checkpoint)
 //! RUN/val_predictions.jsonl                the last validation's predictions
 //! RUN/feature_cache/<hash>.safetensors     frozen encoders' outputs per image (paper trainable set)
 //! RUN/model/                               the final weights directory (`--weights RUN/model`)
@@ -43,7 +44,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::checkpoint::{latest_checkpoint, load_checkpoint, save_checkpoint, TrainState};
+use crate::checkpoint::{
+    latest_checkpoint, latest_checkpoint_in, load_checkpoint, save_checkpoint, LoadedCheckpoint,
+    TrainState,
+};
 use crate::config::TrainConfig;
 use crate::data::{self, Dataset, Example};
 use crate::metrics::{MetricsLog, Record, TrainRecord, ValRecord};
@@ -52,6 +56,7 @@ use crate::objective::batch_loss;
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator};
 use crate::predict::{greedy, predict_sample};
 use crate::schedule::LrSchedule;
+use crate::stage_checkpoint::{self, restore_vars, var_tensors, Stage, StageCheckpoints, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
 use crate::{plot, TrainError};
 
@@ -254,12 +259,6 @@ fn named_vars(map: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
-fn var_tensors(vars: &[(String, Var)]) -> HashMap<String, Tensor> {
-    vars.iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect()
-}
-
 /// Evenly spaced validation indices (all tasks appear when the file mixes them).
 fn val_indices(n: usize, k: usize) -> Vec<usize> {
     let k = k.min(n);
@@ -311,6 +310,105 @@ fn finite_or_stop(step: u64, what: &str, v: f64) -> Result<()> {
     }
 }
 
+/// Stages 1 and 1b, as the config asks, each continued from its own
+/// checkpoint when the run resumes inside it and skipped when its
+/// checkpoint marks it done.
+fn pretrain_stages(
+    run: &Path,
+    tc: &TrainConfig,
+    model: &Calico,
+    named: &[(String, Var)],
+    data: (&Dataset, Option<&Dataset>),
+    workers: usize,
+    obs: &mut dyn Observer,
+) -> Result<()> {
+    // Stage 1b's checkpoints hold stage 1's results: with one, stage 1 is over.
+    let masks = stage_checkpoint::latest(run, Stage::Masks)?;
+    let stage_run = |stage, resume| StageRun {
+        seed: tc.seed,
+        workers,
+        checkpoints: Some(StageCheckpoints {
+            run,
+            stage,
+            every: tc.checkpoint_every,
+            keep_last: tc.keep_last,
+            named,
+            resume,
+        }),
+    };
+    if let (Some(vp), None) = (&tc.vision_pretrain, &masks) {
+        let latest = stage_checkpoint::latest(run, Stage::Vision)?;
+        if let StageStart::Run(resume) = stage_start(run, Stage::Vision, latest, named, obs)? {
+            let summary = crate::pretrain::pretrain_vision(
+                model,
+                named,
+                data,
+                vp,
+                stage_run(Stage::Vision, resume),
+                obs,
+            )?;
+            stage_checkpoint::save_done(run, Stage::Vision, named, vp.steps, tc.seed, &summary)?;
+            write_json(&run.join(Stage::Vision.summary_file()), &summary)?;
+        }
+    }
+    if let Some(mp) = &tc.mask_pretrain {
+        if let StageStart::Run(resume) = stage_start(run, Stage::Masks, masks, named, obs)? {
+            let summary = crate::mask_pretrain::pretrain_masks(
+                model,
+                named,
+                data,
+                (mp, &tc.loss),
+                stage_run(Stage::Masks, resume),
+                obs,
+            )?;
+            stage_checkpoint::save_done(run, Stage::Masks, named, mp.steps, tc.seed, &summary)?;
+            write_json(&run.join(Stage::Masks.summary_file()), &summary)?;
+        }
+    }
+    Ok(())
+}
+
+/// What a run does with a pretraining stage.
+enum StageStart {
+    /// Run it, from this checkpoint if any.
+    Run(Option<LoadedCheckpoint>),
+    /// It finished before the resume: the model holds its results.
+    Done,
+}
+
+/// Reads the stage's newest checkpoint `latest`: a finished stage's results
+/// go into the model (and its summary file is written again), an
+/// unfinished one is continued.
+fn stage_start(
+    run: &Path,
+    stage: Stage,
+    latest: Option<LoadedCheckpoint>,
+    named: &[(String, Var)],
+    obs: &mut dyn Observer,
+) -> Result<StageStart> {
+    let Some(ck) = latest else {
+        return Ok(StageStart::Run(None));
+    };
+    match stage_checkpoint::done_summary(&ck) {
+        Some(summary) => {
+            let what = format!("{}'s final checkpoint", stage.title());
+            stage_checkpoint::restore_vars(named, &ck.trainable, &what)?;
+            write_json(&run.join(stage.summary_file()), &summary)?;
+            obs.message(&format!("{} was done before the resume", stage.title()));
+            Ok(StageStart::Done)
+        }
+        None => {
+            obs.message(&format!(
+                "resuming {} of {} after its step {}",
+                stage.title(),
+                run.display(),
+                ck.state.step
+            ));
+            Ok(StageStart::Run(Some(ck)))
+        }
+    }
+}
+
 /// Trains (or resumes) a run; see the module docs.
 pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Result<Summary> {
     let device = Device::Cpu;
@@ -331,15 +429,23 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     };
     tc.validate()
         .map_err(|e| TrainError::Config(format!("training config: {e}")))?;
-    let resume_from = if spec.resume {
+    // A run killed inside stage 1 or 1b has only the stage's checkpoints.
+    let mut in_stage = false;
+    for s in [Stage::Vision, Stage::Masks] {
+        in_stage |= latest_checkpoint_in(&s.dir(run))?.is_some();
+    }
+    in_stage &= latest_checkpoint(run)?.is_none();
+    let resume_from = if spec.resume && !in_stage {
         Some(latest_checkpoint(run)?.ok_or_else(|| {
             TrainError::Config(format!(
                 "{}: no checkpoint to resume from (start without --resume)",
                 run.display()
             ))
         })?)
+    } else if spec.resume {
+        None
     } else {
-        if latest_checkpoint(run)?.is_some() {
+        if in_stage || latest_checkpoint(run)?.is_some() {
             return Err(TrainError::Config(format!(
                 "{} already holds a run; pass --resume to continue it or choose another --out",
                 run.display()
@@ -420,52 +526,21 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     let mut start = 0u64;
     if let Some(dir) = &resume_from {
         let ck = load_checkpoint(dir)?;
-        for (name, var) in &named {
-            let t = ck.trainable.get(name).ok_or_else(|| {
-                TrainError::Data(format!("{}: no tensor `{name}`", dir.display()))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(TrainError::Data(format!(
-                    "{}: `{name}` is {:?}, the model has {:?}",
-                    dir.display(),
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(t)?;
-        }
+        restore_vars(&named, &ck.trainable, &dir.display().to_string())?;
         opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
         start = ck.state.step;
         obs.message(&format!("resuming {} at step {start}", run.display()));
     }
     if resume_from.is_none() {
-        if let Some(vp) = &tc.vision_pretrain {
-            let summary = crate::pretrain::pretrain_vision(
-                &model,
-                &named,
-                &train_ds,
-                val_ds.as_ref(),
-                vp,
-                tc.seed,
-                spec.workers.max(1),
-                obs,
-            )?;
-            write_json(&run.join(PRETRAIN_FILE), &summary)?;
-        }
-        if let Some(mp) = &tc.mask_pretrain {
-            let summary = crate::mask_pretrain::pretrain_masks(
-                &model,
-                &named,
-                &train_ds,
-                val_ds.as_ref(),
-                mp,
-                &tc.loss,
-                tc.seed,
-                spec.workers.max(1),
-                obs,
-            )?;
-            write_json(&run.join(MASK_PRETRAIN_FILE), &summary)?;
-        }
+        pretrain_stages(
+            run,
+            &tc,
+            &model,
+            &named,
+            (&train_ds, val_ds.as_ref()),
+            spec.workers.max(1),
+            obs,
+        )?;
         if tc.vision_pretrain.is_some() || tc.mask_pretrain.is_some() {
             // A checkpoint at step 0, so that --resume never repeats them.
             save_checkpoint(
@@ -483,6 +558,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                 },
                 tc.keep_last,
             )?;
+            stage_checkpoint::remove_all(run);
         }
     }
     let total = tc.total_steps();

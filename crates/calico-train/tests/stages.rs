@@ -11,6 +11,7 @@ use calico_masks::{CocoRle, Mask, Rle};
 use calico_model::config::CalicoConfig;
 use calico_model::prompt::PromptFormat;
 use calico_model::tokenizer::CalicoTokenizer;
+use calico_train::checkpoint::load_checkpoint;
 use calico_train::config::{FreezeStage, TrainConfig};
 use calico_train::data;
 use calico_train::mask_pretrain::{pretrain_masks, MaskPretrain, SAM};
@@ -18,6 +19,7 @@ use calico_train::model::{build_random, TrainableSet};
 use calico_train::pretrain::{
     image_labels, pretrain_vision, VisionPretrain, GLOBAL_ENCODERS, SAM_ENCODER,
 };
+use calico_train::stage_checkpoint::{Stage, StageCheckpoints, StageRun};
 use calico_train::trainer::{train, Quiet, RunSpec};
 use candle_core::{Device, Tensor};
 
@@ -144,7 +146,15 @@ fn stage_one_updates_the_global_encoders_and_nothing_else() {
         flip: true,
         ..VisionPretrain::default()
     };
-    let s = pretrain_vision(&b.model, &named, &ds, Some(&ds), &vp, 4, 2, &mut Quiet).unwrap();
+    let s = pretrain_vision(
+        &b.model,
+        &named,
+        (&ds, Some(&ds)),
+        &vp,
+        StageRun::new(4, 2),
+        &mut Quiet,
+    )
+    .unwrap();
     assert_eq!((s.steps, s.images, s.classes, s.val_images), (3, 4, 2, 4));
     assert!(s.loss.is_finite() && s.loss > 0.0);
     // Every image-level head is scored, the Q-Former's first (it is the
@@ -211,7 +221,15 @@ fn dense_stage_one_also_trains_sam_and_scores_patches() {
         sam: true,
         ..VisionPretrain::default()
     };
-    let s = pretrain_vision(&b.model, &named, &ds, Some(&ds), &vp, 4, 1, &mut Quiet).unwrap();
+    let s = pretrain_vision(
+        &b.model,
+        &named,
+        (&ds, Some(&ds)),
+        &vp,
+        StageRun::new(4, 1),
+        &mut Quiet,
+    )
+    .unwrap();
     assert!(s.loss.is_finite() && s.loss > 0.0);
     let after = values(&named);
     let trained =
@@ -442,12 +460,9 @@ fn mask_stage(
     let s = pretrain_masks(
         &b.model,
         &named,
-        &ds,
-        Some(&ds),
-        &mp,
-        &loss,
-        4,
-        workers,
+        (&ds, Some(&ds)),
+        (&mp, &loss),
+        StageRun::new(4, workers),
         &mut Quiet,
     )
     .unwrap();
@@ -515,4 +530,95 @@ fn a_run_with_a_mask_stage_saves_it_as_step_zero_without_its_prompts() {
         step0.keys().collect::<std::collections::BTreeSet<_>>(),
         last.keys().collect()
     );
+}
+
+/// Runs stage 1 or 1b for 4 steps on a fresh seeded model, saving a
+/// checkpoint every 2 steps into `run` and starting from `resume`; the
+/// stage's loss and the variables after it.
+fn checkpointed_stage(
+    d: &Path,
+    stage: Stage,
+    run: &Path,
+    resume: Option<calico_train::checkpoint::LoadedCheckpoint>,
+) -> (f64, Values) {
+    let cfg = CalicoConfig::preset("tiny").unwrap();
+    let (ds, b, named) = everything_trainable(d, &cfg);
+    let stage_run = StageRun {
+        seed: 4,
+        workers: 1,
+        checkpoints: Some(StageCheckpoints {
+            run,
+            stage,
+            every: 2,
+            keep_last: 5,
+            named: &named,
+            resume,
+        }),
+    };
+    let loss = match stage {
+        Stage::Vision => {
+            let vp = VisionPretrain {
+                steps: 4,
+                batch_size: 4,
+                lr: 1e-2,
+                warmup_steps: 1,
+                flip: true,
+                ..VisionPretrain::default()
+            };
+            pretrain_vision(&b.model, &named, (&ds, None), &vp, stage_run, &mut Quiet)
+                .unwrap()
+                .loss
+        }
+        Stage::Masks => {
+            let mp = MaskPretrain {
+                steps: 4,
+                images: 4,
+                lr: 1e-2,
+                warmup_steps: 1,
+                flip: true,
+                val_images: 0,
+            };
+            let loss = TrainConfig::for_preset("tiny").loss;
+            pretrain_masks(
+                &b.model,
+                &named,
+                (&ds, None),
+                (&mp, &loss),
+                stage_run,
+                &mut Quiet,
+            )
+            .unwrap()
+            .loss
+        }
+    };
+    (loss, values(&named))
+}
+
+#[test]
+fn a_stage_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one() {
+    for stage in [Stage::Vision, Stage::Masks] {
+        let d = tmp(&format!("resume-{}", stage.dir_name()));
+        let (a, b) = (d.join("a"), d.join("b"));
+        let (loss, whole) = checkpointed_stage(&d, stage, &a, None);
+        // Steps 2 saved (4 is the stage's end: the trainer saves that).
+        let dir = stage.dir(&a);
+        let saved: Vec<_> = calico_train::checkpoint::list_checkpoints_in(&dir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(saved, vec![2], "{}", stage.title());
+        let ck = load_checkpoint(&dir.join("step-00000002")).unwrap();
+        assert_eq!(ck.state.step, 2);
+        let (resumed_loss, resumed) = checkpointed_stage(&d, stage, &b, Some(ck));
+        assert_eq!(resumed_loss, loss, "{}", stage.title());
+        for (n, v) in &whole {
+            assert_eq!(
+                resumed[n],
+                *v,
+                "{}: `{n}` differs after resuming",
+                stage.title()
+            );
+        }
+    }
 }
