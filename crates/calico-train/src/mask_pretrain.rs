@@ -42,7 +42,7 @@ use crate::objective::LossConfig;
 use crate::pretrain::StageOptimizer;
 use crate::stage_checkpoint::{self, Resumed, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
-use crate::trainer::{mix, Observer, Order};
+use crate::trainer::{mix, Observer, Order, StageProgress};
 use crate::TrainError;
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -395,18 +395,18 @@ pub fn pretrain_masks(
         if recent.len() > 20 {
             recent.remove(0);
         }
+        let m = mean(&recent);
+        let text = format!("loss {:.4} (focal {:.4}, dice {:.4})", m[0], m[1], m[2]);
         if (step + 1) % 50 == 0 || step + 1 == cfg.steps {
-            let m = mean(&recent);
-            obs.message(&format!(
-                "stage 1b step {}/{}: loss {:.4} (focal {:.4}, dice {:.4}) ({:.0} s)",
-                step + 1,
-                cfg.steps,
-                m[0],
-                m[1],
-                m[2],
-                elapsed()
-            ));
+            let at = format!("stage 1b step {}/{}", step + 1, cfg.steps);
+            obs.message(&format!("{at}: {text} ({:.0} s)", elapsed()));
         }
+        obs.stage_step(&StageProgress::new(
+            "stage 1b",
+            (step + 1, cfg.steps),
+            (step + 1 - first, t0.elapsed().as_secs_f64()),
+            text,
+        ));
         if let Some(c) = &checkpoints {
             c.after_step((step + 1, cfg.steps), seed, &opt, &recent, elapsed())?;
         }

@@ -38,7 +38,7 @@ use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
 use crate::stage_checkpoint::{self, Resumed, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
-use crate::trainer::{mix, Observer, Order};
+use crate::trainer::{mix, Observer, Order, StageProgress};
 use crate::TrainError;
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -737,16 +737,18 @@ pub fn pretrain_vision(
         if recent.len() > 20 {
             recent.remove(0);
         }
+        let (l, a) = window(&recent, cfg.batch_size);
+        let text = format!("loss {l:.4}, top-1 accuracy {:.1} %", 100.0 * a);
         if (step + 1) % 50 == 0 || step + 1 == cfg.steps {
-            let (l, a) = window(&recent, cfg.batch_size);
-            obs.message(&format!(
-                "stage 1 step {}/{}: loss {l:.4}, top-1 accuracy {:.1} % ({:.0} s)",
-                step + 1,
-                cfg.steps,
-                100.0 * a,
-                elapsed()
-            ));
+            let at = format!("stage 1 step {}/{}", step + 1, cfg.steps);
+            obs.message(&format!("{at}: {text} ({:.0} s)", elapsed()));
         }
+        obs.stage_step(&StageProgress::new(
+            "stage 1",
+            (step + 1, cfg.steps),
+            (step + 1 - first, t0.elapsed().as_secs_f64()),
+            text,
+        ));
         if let Some(c) = &checkpoints {
             c.after_step((step + 1, cfg.steps), seed, &opt, &recent, elapsed())?;
         }

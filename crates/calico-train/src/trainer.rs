@@ -109,9 +109,45 @@ pub struct Progress {
     pub eta_s: f64,
 }
 
+/// One step of a pretraining stage (stage 1 or 1b).
+#[derive(Debug, Clone)]
+pub struct StageProgress {
+    /// `stage 1` or `stage 1b`.
+    pub stage: &'static str,
+    /// Steps done, of `total`.
+    pub step: u64,
+    pub total: u64,
+    /// The stage's recent numbers, e.g. `loss 6.2274, top-1 accuracy 48.6 %`.
+    pub text: String,
+    /// Seconds left at this invocation's pace.
+    pub eta_s: f64,
+}
+
+impl StageProgress {
+    /// Step `step` of `total`, this invocation having done `done` steps in
+    /// `elapsed_s` seconds.
+    pub fn new(
+        stage: &'static str,
+        (step, total): (u64, u64),
+        (done, elapsed_s): (u64, f64),
+        text: String,
+    ) -> Self {
+        let rate = done as f64 / elapsed_s.max(1e-9);
+        Self {
+            stage,
+            step,
+            total,
+            text,
+            eta_s: total.saturating_sub(step) as f64 / rate.max(1e-9),
+        }
+    }
+}
+
 /// Receives the run's events (the CLI draws a progress bar).
 pub trait Observer {
     fn step(&mut self, _p: &Progress) {}
+    /// A step of stage 1 or 1b (their messages say the same every 50 steps).
+    fn stage_step(&mut self, _p: &StageProgress) {}
     fn validation(&mut self, _step: u64, _table: &TaskTable) {}
     fn message(&mut self, _text: &str) {}
 }

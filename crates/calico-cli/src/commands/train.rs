@@ -9,7 +9,7 @@ use calico_eval::evaluate::TaskTable;
 use calico_eval::{ExactMatch, Similarity};
 use calico_model::config::{Ablation, CalicoConfig};
 use calico_train::config::TrainConfig;
-use calico_train::trainer::{train, Observer, Progress, RunSpec};
+use calico_train::trainer::{train, Observer, Progress, RunSpec, StageProgress};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -129,6 +129,14 @@ impl Observer for Bar {
             eprintln!("step {}/{}: {msg}", p.step, p.total);
         }
         self.bar.set_message(msg);
+    }
+
+    fn stage_step(&mut self, p: &StageProgress) {
+        // Without a terminal the stage's own lines (every 50 steps) suffice.
+        self.bar.set_length(p.total);
+        self.bar.set_position(p.step);
+        self.bar
+            .set_message(format!("{}: {} eta {:.0}s", p.stage, p.text, p.eta_s));
     }
 
     fn validation(&mut self, step: u64, t: &TaskTable) {
