@@ -47,7 +47,7 @@ pub struct TrainArgs {
     /// Override the seed of the training config.
     #[arg(long)]
     seed: Option<u64>,
-    /// Stop after this many steps of this invocation (a checkpoint is written; --resume continues).
+    /// Stop after this many stage-2 steps of this invocation (a checkpoint is written; --resume continues). Stages 1 and 1b, when configured, run to their end first.
     #[arg(long)]
     stop_after: Option<u64>,
     /// Cache of the frozen encoders' features (paper trainable set); default OUT/feature_cache.
