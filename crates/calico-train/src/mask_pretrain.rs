@@ -40,9 +40,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::{low_res_target, Dataset};
 use crate::objective::LossConfig;
 use crate::pretrain::StageOptimizer;
-use crate::stage_checkpoint::{self, Resumed, StageRun};
+use crate::stage_checkpoint::{Stage, StageLoop, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
-use crate::trainer::{mix, Observer, Order, StageProgress};
+use crate::trainer::{mix, Observer, Order};
 use crate::TrainError;
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -351,13 +351,13 @@ pub fn pretrain_masks(
         s.set_batch_statistics(true);
     }
     let mut order = Order::tagged(seed, p.files.len(), (11, 12));
-    let Resumed {
-        step: first,
-        mut recent,
-        elapsed_s: elapsed_before,
-    } = stage_checkpoint::start::<Vec<[f64; 3]>>(checkpoints.as_ref(), &mut opt)?;
-    let elapsed = || elapsed_before + t0.elapsed().as_secs_f64();
-    for step in first..cfg.steps {
+    let (stage, mut recent) = StageLoop::start::<Vec<[f64; 3]>>(
+        (Stage::Masks, cfg.steps),
+        (seed, t0),
+        checkpoints,
+        &mut opt,
+    )?;
+    for step in stage.steps() {
         let mut items = Vec::with_capacity(cfg.images);
         for k in step * cfg.images as u64..(step + 1) * cfg.images as u64 {
             let (i, coin) = order.at(k);
@@ -397,19 +397,7 @@ pub fn pretrain_masks(
         }
         let m = mean(&recent);
         let text = format!("loss {:.4} (focal {:.4}, dice {:.4})", m[0], m[1], m[2]);
-        if (step + 1) % 50 == 0 || step + 1 == cfg.steps {
-            let at = format!("stage 1b step {}/{}", step + 1, cfg.steps);
-            obs.message(&format!("{at}: {text} ({:.0} s)", elapsed()));
-        }
-        obs.stage_step(&StageProgress::new(
-            "stage 1b",
-            (step + 1, cfg.steps),
-            (step + 1 - first, t0.elapsed().as_secs_f64()),
-            text,
-        ));
-        if let Some(c) = &checkpoints {
-            c.after_step((step + 1, cfg.steps), seed, &opt, &recent, elapsed())?;
-        }
+        stage.after_step((step + 1, text), &opt, &recent, obs)?;
     }
     crate::stem::calibrate(Tower::Sam, model, named, train, &p.files, obs)?;
     let val = match (val, cfg.val_images) {
@@ -437,7 +425,7 @@ pub fn pretrain_masks(
         focal: m[1],
         dice: m[2],
         val,
-        elapsed_s: elapsed(),
+        elapsed_s: stage.elapsed(),
     })
 }
 

@@ -36,9 +36,9 @@ use crate::data::Dataset;
 use crate::dense::Encoder;
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
-use crate::stage_checkpoint::{self, Resumed, StageRun};
+use crate::stage_checkpoint::{Stage, StageLoop, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
-use crate::trainer::{mix, Observer, Order, StageProgress};
+use crate::trainer::{mix, Observer, Order};
 use crate::TrainError;
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -667,13 +667,13 @@ pub fn pretrain_vision(
         s.set_batch_statistics(true);
     }
     let mut order = Order::tagged(seed, n, (6, 7));
-    let Resumed {
-        step: first,
-        mut recent,
-        elapsed_s: elapsed_before,
-    } = stage_checkpoint::start::<Vec<(f64, usize)>>(checkpoints.as_ref(), &mut opt)?;
-    let elapsed = || elapsed_before + t0.elapsed().as_secs_f64();
-    for step in first..cfg.steps {
+    let (stage, mut recent) = StageLoop::start::<Vec<(f64, usize)>>(
+        (Stage::Vision, cfg.steps),
+        (seed, t0),
+        checkpoints,
+        &mut opt,
+    )?;
+    for step in stage.steps() {
         let mut inputs = Vec::with_capacity(cfg.batch_size);
         let mut rows: Vec<Vec<usize>> = Vec::with_capacity(cfg.batch_size);
         let mut picks = Vec::with_capacity(cfg.batch_size);
@@ -739,19 +739,7 @@ pub fn pretrain_vision(
         }
         let (l, a) = window(&recent, cfg.batch_size);
         let text = format!("loss {l:.4}, top-1 accuracy {:.1} %", 100.0 * a);
-        if (step + 1) % 50 == 0 || step + 1 == cfg.steps {
-            let at = format!("stage 1 step {}/{}", step + 1, cfg.steps);
-            obs.message(&format!("{at}: {text} ({:.0} s)", elapsed()));
-        }
-        obs.stage_step(&StageProgress::new(
-            "stage 1",
-            (step + 1, cfg.steps),
-            (step + 1 - first, t0.elapsed().as_secs_f64()),
-            text,
-        ));
-        if let Some(c) = &checkpoints {
-            c.after_step((step + 1, cfg.steps), seed, &opt, &recent, elapsed())?;
-        }
+        stage.after_step((step + 1, text), &opt, &recent, obs)?;
     }
     let (loss, train_accuracy) = window(&recent, cfg.batch_size);
     crate::stem::calibrate(Tower::Eva, model, named, train, &labels.files, obs)?;
@@ -791,7 +779,7 @@ pub fn pretrain_vision(
         val_heads,
         val_images,
         val_dense,
-        elapsed_s: elapsed(),
+        elapsed_s: stage.elapsed(),
     })
 }
 

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use candle_core::{Tensor, Var};
 use serde::de::DeserializeOwned;
@@ -34,6 +35,7 @@ use crate::checkpoint::{
     CHECKPOINTS_DIR,
 };
 use crate::pretrain::StageOptimizer;
+use crate::trainer::{Observer, StageProgress};
 use crate::TrainError;
 
 type Result<T> = std::result::Result<T, TrainError>;
@@ -105,8 +107,6 @@ impl StageRun<'_> {
 pub struct StageCheckpoints<'a> {
     /// The run directory.
     pub run: &'a Path,
-    /// Which stage.
-    pub stage: Stage,
     /// Save after every this many of the stage's steps.
     pub every: u64,
     /// Keep this many of the stage's checkpoints.
@@ -118,142 +118,190 @@ pub struct StageCheckpoints<'a> {
     pub resume: Option<LoadedCheckpoint>,
 }
 
-/// What an unfinished stage saves besides tensors (`state.json`'s `extra`).
+/// What a stage checkpoint holds besides tensors (`state.json`'s `extra`):
+/// an unfinished stage's recent losses and elapsed time, or a finished
+/// stage's summary.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct Progress<R> {
-    stage: String,
-    done: bool,
-    /// The losses of the last steps, for the stage's messages and summary.
-    recent: R,
-    /// Seconds the stage has run so far, over all invocations.
-    elapsed_s: f64,
+#[serde(tag = "state", rename_all = "snake_case")]
+enum Saved<R> {
+    Running {
+        /// The losses of the last steps, for the stage's messages and summary.
+        recent: R,
+        /// Seconds the stage has run so far, over all invocations.
+        elapsed_s: f64,
+    },
+    Done {
+        summary: serde_json::Value,
+    },
 }
 
-/// Where a stage starts: at step 0, or where its checkpoint left it.
-pub(crate) struct Resumed<R> {
-    /// Steps already done.
-    pub step: u64,
-    /// Their recent losses.
-    pub recent: R,
-    /// Seconds spent on them.
-    pub elapsed_s: f64,
-}
-
-/// Where the stage starts. Resuming, it sets the model's variables and
-/// `opt`'s (the stage's heads among them) and its moments from the
-/// checkpoint.
-pub(crate) fn start<R: DeserializeOwned + Default>(
-    checkpoints: Option<&StageCheckpoints>,
-    opt: &mut StageOptimizer,
-) -> Result<Resumed<R>> {
-    let Some((c, ck)) = checkpoints.and_then(|c| Some((c, c.resume.as_ref()?))) else {
-        return Ok(Resumed {
-            step: 0,
-            recent: R::default(),
-            elapsed_s: 0.0,
-        });
+/// Saves `tensors`, the optimizer's state and `saved` as the stage's
+/// checkpoint at `step`, keeping the newest `keep_last`.
+fn save<R: Serialize>(
+    (run, stage): (&Path, Stage),
+    (step, seed): (u64, u64),
+    tensors: &HashMap<String, Tensor>,
+    (optimizer, optimizer_steps): (&HashMap<String, Tensor>, u64),
+    saved: &Saved<R>,
+    keep_last: usize,
+) -> Result<()> {
+    let extra = serde_json::to_value(saved)
+        .map_err(|e| TrainError::Data(format!("{}: checkpoint state: {e}", stage.title())))?;
+    let state = TrainState {
+        step,
+        epoch: 0,
+        samples_seen: 0,
+        seed,
+        optimizer_steps,
+        config: serde_json::Value::Null,
+        extra,
     };
-    let what = format!("{} checkpoint at step {}", c.stage.title(), ck.state.step);
-    restore_vars(c.named, &ck.trainable, &what)?;
-    restore_vars(opt.vars(), &ck.trainable, &what)?;
-    opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
-    let p: Progress<R> = serde_json::from_value(ck.state.extra.clone())
-        .map_err(|e| TrainError::Data(format!("{what}: state.json's `extra`: {e}")))?;
-    Ok(Resumed {
-        step: ck.state.step,
-        recent: p.recent,
-        elapsed_s: p.elapsed_s,
-    })
+    save_checkpoint_in(&stage.dir(run), tensors, optimizer, &state, keep_last)?;
+    Ok(())
 }
 
-impl StageCheckpoints<'_> {
-    /// Saves the stage after `done` of its `total` steps when a checkpoint
-    /// is due (every `every` steps, not after the last: the trainer saves
-    /// the finished stage with its summary).
+/// A stage's step loop: where it starts (0, or where its checkpoint left
+/// it), its clock, and what follows each step (a line every 50 steps, the
+/// progress bar, a checkpoint when one is due).
+pub(crate) struct StageLoop<'a> {
+    stage: Stage,
+    total: u64,
+    seed: u64,
+    first: u64,
+    elapsed_before: f64,
+    t0: Instant,
+    checkpoints: Option<StageCheckpoints<'a>>,
+}
+
+impl<'a> StageLoop<'a> {
+    /// The loop of `stage`'s `total` steps, timed from `t0`, with the
+    /// stage's recent losses. Resuming, it sets the model's variables and
+    /// `opt`'s (the stage's heads among them) and its moments from the
+    /// checkpoint.
+    pub(crate) fn start<R: DeserializeOwned + Default>(
+        (stage, total): (Stage, u64),
+        (seed, t0): (u64, Instant),
+        checkpoints: Option<StageCheckpoints<'a>>,
+        opt: &mut StageOptimizer,
+    ) -> Result<(Self, R)> {
+        let resumed = match checkpoints
+            .as_ref()
+            .and_then(|c| Some((c, c.resume.as_ref()?)))
+        {
+            Some((c, ck)) => Some(resume_from(stage, c.named, ck, opt)?),
+            None => None,
+        };
+        let (first, elapsed_before, recent) = resumed.unwrap_or((0, 0.0, R::default()));
+        let lp = Self {
+            stage,
+            total,
+            seed,
+            first,
+            elapsed_before,
+            t0,
+            checkpoints,
+        };
+        Ok((lp, recent))
+    }
+
+    /// The steps left to run (0-based).
+    pub(crate) fn steps(&self) -> std::ops::Range<u64> {
+        self.first..self.total
+    }
+
+    /// Seconds the stage has run, over all invocations.
+    pub(crate) fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.t0.elapsed().as_secs_f64()
+    }
+
+    /// After `done` steps, whose recent numbers read `text`: a line every 50
+    /// steps and at the end, the progress bar, and every `every` steps
+    /// (not after the last: the trainer saves the finished stage with its
+    /// summary) a checkpoint.
     pub(crate) fn after_step<R: Serialize>(
         &self,
-        (done, total): (u64, u64),
-        seed: u64,
+        (done, text): (u64, String),
         opt: &StageOptimizer,
         recent: &R,
-        elapsed_s: f64,
+        obs: &mut dyn Observer,
     ) -> Result<()> {
-        if done % self.every.max(1) != 0 || done >= total {
+        let title = self.stage.title();
+        if done % 50 == 0 || done == self.total {
+            let at = format!("{title} step {done}/{}", self.total);
+            obs.message(&format!("{at}: {text} ({:.0} s)", self.elapsed()));
+        }
+        obs.stage_step(&StageProgress::new(
+            title,
+            (done, self.total),
+            (done - self.first, self.t0.elapsed().as_secs_f64()),
+            text,
+        ));
+        let Some(c) = &self.checkpoints else {
+            return Ok(());
+        };
+        if done % c.every.max(1) != 0 || done >= self.total {
             return Ok(());
         }
-        let mut tensors = var_tensors(self.named);
+        let mut tensors = var_tensors(c.named);
         tensors.extend(var_tensors(opt.vars()));
-        let progress = Progress {
-            stage: self.stage.title().into(),
-            done: false,
+        let running = Saved::Running {
             recent,
-            elapsed_s,
+            elapsed_s: self.elapsed(),
         };
-        let state = TrainState {
-            step: done,
-            epoch: 0,
-            samples_seen: 0,
-            seed,
-            optimizer_steps: opt.steps(),
-            config: serde_json::Value::Null,
-            extra: serde_json::to_value(&progress)
-                .map_err(|e| TrainError::Data(format!("{}: progress: {e}", self.stage.title())))?,
-        };
-        save_checkpoint_in(
-            &self.stage.dir(self.run),
+        save(
+            (c.run, self.stage),
+            (done, self.seed),
             &tensors,
-            &opt.state_tensors(),
-            &state,
-            self.keep_last,
-        )?;
-        Ok(())
+            (&opt.state_tensors(), opt.steps()),
+            &running,
+            c.keep_last,
+        )
     }
 }
 
-/// The finished stage's summary, as [`save_done`] stored it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct Done {
-    stage: String,
-    done: bool,
-    summary: serde_json::Value,
+/// Sets the model's variables and `opt`'s (the stage's heads among them)
+/// and its moments from the stage checkpoint `ck`; the steps done, the
+/// seconds spent on them and their recent losses.
+fn resume_from<R: DeserializeOwned>(
+    stage: Stage,
+    named: &[(String, Var)],
+    ck: &LoadedCheckpoint,
+    opt: &mut StageOptimizer,
+) -> Result<(u64, f64, R)> {
+    let what = format!("{} checkpoint at step {}", stage.title(), ck.state.step);
+    restore_vars(named, &ck.trainable, &what)?;
+    restore_vars(opt.vars(), &ck.trainable, &what)?;
+    opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
+    let saved: Saved<R> = serde_json::from_value(ck.state.extra.clone())
+        .map_err(|e| TrainError::Data(format!("{what}: state.json's `extra`: {e}")))?;
+    match saved {
+        Saved::Running { recent, elapsed_s } => Ok((ck.state.step, elapsed_s, recent)),
+        Saved::Done { .. } => Err(TrainError::Data(format!(
+            "{what}: the stage is done; there is nothing to continue"
+        ))),
+    }
 }
 
 /// Saves a finished stage: every model variable as the stage left them and
-/// its summary, so that a resumed run skips it.
+/// its summary, so that a resumed run skips it. Only this state is needed
+/// from here on, so it is the one stage checkpoint kept.
 pub(crate) fn save_done(
     run: &Path,
     stage: Stage,
     named: &[(String, Var)],
-    steps: u64,
-    seed: u64,
+    (steps, seed): (u64, u64),
     summary: &impl Serialize,
 ) -> Result<()> {
     let summary = serde_json::to_value(summary)
         .map_err(|e| TrainError::Data(format!("{}: summary: {e}", stage.title())))?;
-    let done = Done {
-        stage: stage.title().into(),
-        done: true,
-        summary,
-    };
-    let state = TrainState {
-        step: steps,
-        epoch: 0,
-        samples_seen: 0,
-        seed,
-        optimizer_steps: 0,
-        config: serde_json::Value::Null,
-        extra: serde_json::to_value(&done)
-            .map_err(|e| TrainError::Data(format!("{}: summary: {e}", stage.title())))?,
-    };
-    // Only the finished state is needed from here on.
-    save_checkpoint_in(
-        &stage.dir(run),
+    save::<()>(
+        (run, stage),
+        (steps, seed),
         &var_tensors(named),
-        &HashMap::new(),
-        &state,
+        (&HashMap::new(), 0),
+        &Saved::Done { summary },
         1,
-    )?;
-    Ok(())
+    )
 }
 
 /// The stage's newest complete checkpoint in `run`, if any.
@@ -266,10 +314,10 @@ pub(crate) fn latest(run: &Path, stage: Stage) -> Result<Option<LoadedCheckpoint
 
 /// The summary of a stage's checkpoint if it marks the stage done.
 pub(crate) fn done_summary(ck: &LoadedCheckpoint) -> Option<serde_json::Value> {
-    serde_json::from_value::<Done>(ck.state.extra.clone())
-        .ok()
-        .filter(|d| d.done)
-        .map(|d| d.summary)
+    match serde_json::from_value::<Saved<serde_json::Value>>(ck.state.extra.clone()) {
+        Ok(Saved::Done { summary }) => Some(summary),
+        _ => None,
+    }
 }
 
 /// Removes the stages' checkpoints (best-effort: they are never read once

@@ -360,12 +360,11 @@ fn pretrain_stages(
 ) -> Result<()> {
     // Stage 1b's checkpoints hold stage 1's results: with one, stage 1 is over.
     let masks = stage_checkpoint::latest(run, Stage::Masks)?;
-    let stage_run = |stage, resume| StageRun {
+    let stage_run = |resume| StageRun {
         seed: tc.seed,
         workers,
         checkpoints: Some(StageCheckpoints {
             run,
-            stage,
             every: tc.checkpoint_every,
             keep_last: tc.keep_last,
             named,
@@ -375,15 +374,9 @@ fn pretrain_stages(
     if let (Some(vp), None) = (&tc.vision_pretrain, &masks) {
         let latest = stage_checkpoint::latest(run, Stage::Vision)?;
         if let StageStart::Run(resume) = stage_start(run, Stage::Vision, latest, named, obs)? {
-            let summary = crate::pretrain::pretrain_vision(
-                model,
-                named,
-                data,
-                vp,
-                stage_run(Stage::Vision, resume),
-                obs,
-            )?;
-            stage_checkpoint::save_done(run, Stage::Vision, named, vp.steps, tc.seed, &summary)?;
+            let summary =
+                crate::pretrain::pretrain_vision(model, named, data, vp, stage_run(resume), obs)?;
+            stage_checkpoint::save_done(run, Stage::Vision, named, (vp.steps, tc.seed), &summary)?;
             write_json(&run.join(Stage::Vision.summary_file()), &summary)?;
         }
     }
@@ -394,10 +387,10 @@ fn pretrain_stages(
                 named,
                 data,
                 (mp, &tc.loss),
-                stage_run(Stage::Masks, resume),
+                stage_run(resume),
                 obs,
             )?;
-            stage_checkpoint::save_done(run, Stage::Masks, named, mp.steps, tc.seed, &summary)?;
+            stage_checkpoint::save_done(run, Stage::Masks, named, (mp.steps, tc.seed), &summary)?;
             write_json(&run.join(Stage::Masks.summary_file()), &summary)?;
         }
     }
@@ -466,22 +459,21 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     tc.validate()
         .map_err(|e| TrainError::Config(format!("training config: {e}")))?;
     // A run killed inside stage 1 or 1b has only the stage's checkpoints.
+    let latest = latest_checkpoint(run)?;
     let mut in_stage = false;
     for s in [Stage::Vision, Stage::Masks] {
         in_stage |= latest_checkpoint_in(&s.dir(run))?.is_some();
     }
-    in_stage &= latest_checkpoint(run)?.is_none();
-    let resume_from = if spec.resume && !in_stage {
-        Some(latest_checkpoint(run)?.ok_or_else(|| {
-            TrainError::Config(format!(
+    let resume_from = if spec.resume {
+        if latest.is_none() && !in_stage {
+            return Err(TrainError::Config(format!(
                 "{}: no checkpoint to resume from (start without --resume)",
                 run.display()
-            ))
-        })?)
-    } else if spec.resume {
-        None
+            )));
+        }
+        latest
     } else {
-        if in_stage || latest_checkpoint(run)?.is_some() {
+        if in_stage || latest.is_some() {
             return Err(TrainError::Config(format!(
                 "{} already holds a run; pass --resume to continue it or choose another --out",
                 run.display()

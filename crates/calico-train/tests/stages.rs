@@ -548,7 +548,6 @@ fn checkpointed_stage(
         workers: 1,
         checkpoints: Some(StageCheckpoints {
             run,
-            stage,
             every: 2,
             keep_last: 5,
             named: &named,
