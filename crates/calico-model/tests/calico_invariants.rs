@@ -442,7 +442,7 @@ fn cached_frozen_features_give_the_same_outputs() {
     let dir = std::env::temp_dir().join(format!("calico-feature-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let cache = Arc::new(FeatureCache::on_disk(&dir).unwrap());
-    cached.set_feature_cache(Some(cache.clone()));
+    cached.set_feature_cache(Some(cache.clone())).unwrap();
     let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
     let want = plain.forward(&b, &Bytes, None).unwrap();
     for round in 0..2 {
@@ -455,7 +455,7 @@ fn cached_frozen_features_give_the_same_outputs() {
     assert_eq!(cache.stats(), (2, 2), "two misses, then two hits");
     // A fresh cache over the same directory reads the files.
     let again = Arc::new(FeatureCache::on_disk(&dir).unwrap());
-    cached.set_feature_cache(Some(again.clone()));
+    cached.set_feature_cache(Some(again.clone())).unwrap();
     let got = cached.forward(&b, &Bytes, None).unwrap();
     assert!(max_diff(&want.logits, &got.logits) < 1e-6);
     assert_eq!(again.stats(), (2, 0));
@@ -463,4 +463,19 @@ fn cached_frozen_features_give_the_same_outputs() {
     let other = batch(&cfg, TWO_SEGS, vec![image(3), image(2)]);
     cached.forward(&other, &Bytes, None).unwrap();
     assert_eq!(again.stats(), (3, 1));
+    // Other weights of the same config share the directory without
+    // reading the first model's features.
+    let (mut other_weights, _, _) = model(&cfg, 8);
+    let want = other_weights.forward(&b, &Bytes, None).unwrap();
+    let third = Arc::new(FeatureCache::on_disk(&dir).unwrap());
+    other_weights
+        .set_feature_cache(Some(third.clone()))
+        .unwrap();
+    let got = other_weights.forward(&b, &Bytes, None).unwrap();
+    assert!(max_diff(&want.logits, &got.logits) < 1e-6);
+    assert_eq!(
+        third.stats(),
+        (0, 2),
+        "the first weights' entries are not hits"
+    );
 }

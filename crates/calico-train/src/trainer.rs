@@ -516,7 +516,11 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             .clone()
             .unwrap_or_else(|| run.join("feature_cache"));
         let cache = FeatureCache::on_disk(&dir).map_err(|e| io(&dir, e))?;
-        model.set_feature_cache(Some(std::sync::Arc::new(cache)));
+        model
+            .set_feature_cache(Some(std::sync::Arc::new(cache)))
+            .map_err(|e| {
+                TrainError::Model(e.context("fingerprinting the frozen encoders' weights"))
+            })?;
     }
     let format = model.prompt_format().clone();
     let special = *model.special_ids();
@@ -648,6 +652,15 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                         .any(|p| n.starts_with(p))
                 });
                 global.all(|(n, _)| tc.frozen_at(step + 1, n))
+            },
+        );
+        // Likewise SAM's image encoder, as the paper's recipe holds it.
+        model.set_sam_encoder_frozen(
+            !tc.freeze.is_empty() && {
+                let mut sam = named
+                    .iter()
+                    .filter(|(n, _)| n.starts_with(crate::pretrain::SAM_ENCODER));
+                sam.all(|(n, _)| tc.frozen_at(step + 1, n))
             },
         );
         // SAM's conv stem normalises with batch statistics while it trains.

@@ -172,14 +172,15 @@ fn one_step_reaches_exactly_the_trainable_set() {
 }
 
 #[test]
-fn frozen_global_encoders_are_cut_from_the_backward_pass_and_nothing_else() {
+fn frozen_encoders_are_cut_from_the_backward_pass_and_nothing_else() {
     let (ds, tok, special, format, b) = tiny_on_samples("frozen-global", TrainableSet::All, 5);
     let examples: Vec<_> = (0..2)
         .map(|i| ds.example(i, false, &tok, &special, &format).unwrap())
         .collect();
     let vars = b.vars.data().lock().unwrap().clone();
-    let gradients = |frozen: bool| {
-        b.model.set_global_encoders_frozen(frozen);
+    let gradients = |global: bool, sam: bool| {
+        b.model.set_global_encoders_frozen(global);
+        b.model.set_sam_encoder_frozen(sam);
         let l = batch_loss(&b.model, &examples, &tok, &LossConfig::default(), None).unwrap();
         let g = l.total.backward().unwrap();
         let out: BTreeMap<String, Vec<f32>> = vars
@@ -191,23 +192,30 @@ fn frozen_global_encoders_are_cut_from_the_backward_pass_and_nothing_else() {
             .collect();
         out
     };
-    let full = gradients(false);
-    let cut = gradients(true);
-    b.model.set_global_encoders_frozen(false);
-    let global = |n: &str| {
+    let full = gradients(false, false);
+    let is_global = |n: &str| {
         calico_train::pretrain::GLOBAL_ENCODERS
             .iter()
             .any(|p| n.starts_with(p))
     };
+    let is_sam = |n: &str| n.starts_with(calico_train::pretrain::SAM_ENCODER);
     assert!(full.keys().any(|n| n.starts_with("model.vision_tower.")));
+    assert!(full.keys().any(|n| is_sam(n)));
     // The CAMs run the Q-Former (and its query tokens) again on trainable
     // inputs; those passes keep their gradients.
     let cam_path = |n: &str| n.starts_with("model.qformer.") || n.starts_with("model.query_tokens");
-    for (n, g) in &full {
-        if global(n) && !cam_path(n) {
-            assert!(!cut.contains_key(n), "frozen `{n}` still got a gradient");
-        } else if !global(n) {
-            assert_eq!(cut.get(n), Some(g), "`{n}`'s gradient changed");
+    for (global, sam) in [(true, false), (false, true), (true, true)] {
+        let cut = gradients(global, sam);
+        for (n, g) in &full {
+            let held = (global && is_global(n) && !cam_path(n)) || (sam && is_sam(n));
+            let touched = (global && is_global(n)) || (sam && is_sam(n));
+            if held {
+                assert!(!cut.contains_key(n), "frozen `{n}` still got a gradient");
+            } else if !touched {
+                assert_eq!(cut.get(n), Some(g), "`{n}`'s gradient changed");
+            }
         }
     }
+    b.model.set_global_encoders_frozen(false);
+    b.model.set_sam_encoder_frozen(false);
 }

@@ -3,9 +3,10 @@
 //! encoder frozen) computes each image's features once, not once per
 //! epoch.
 //!
-//! The key hashes the model config and the bytes of the image's three
-//! views, so a changed image, view or encoder config never hits a stale
-//! entry. Entries live in memory and, with a directory, on disk as
+//! The key hashes the model config, the encoders' outputs on a fixed probe
+//! image (standing for their weights) and the bytes of the image's three
+//! views, so a changed image, view, encoder config or encoder weights never
+//! hits a stale entry. Entries live in memory and, with a directory, on disk as
 //! `<key>.safetensors` (written atomically), shared between runs.
 //!
 //! Only valid while those encoders are frozen: a model whose encoders are
@@ -75,6 +76,23 @@ pub struct FeatureCache {
     misses: AtomicUsize,
 }
 
+/// The fixed image the encoders' weights are fingerprinted on: 64 × 48
+/// pixels of smooth colour ramps crossed by a checkerboard, so every
+/// channel and every region of the views carries signal.
+pub(crate) fn probe_image() -> Result<crate::preprocess::RgbImage> {
+    let (w, h) = (64usize, 48usize);
+    let mut data = Vec::with_capacity(w * h * 3);
+    for y in 0..h {
+        for x in 0..w {
+            let check = if (x / 8 + y / 8) % 2 == 0 { 60 } else { 0 };
+            data.push((x * 3 + check) as u8);
+            data.push((y * 4 + check) as u8);
+            data.push(((x + y) * 2) as u8);
+        }
+    }
+    crate::preprocess::RgbImage::new(w, h, data)
+}
+
 fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
     for &b in bytes {
         h ^= b as u64;
@@ -121,7 +139,25 @@ impl FeatureCache {
         )
     }
 
-    /// The key of an image under a model config fingerprint.
+    /// A digest of features (for [`crate::calico::Calico::set_feature_cache`]'s
+    /// fingerprint of the encoders' weights), 32 hex digits.
+    pub fn digest(f: &FrozenFeatures) -> Result<String> {
+        let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x8422_2325_cbf2_9ce4u64);
+        let parts = [
+            Some(&f.x_global),
+            f.x_semantic.as_ref(),
+            f.qformer.as_ref(),
+            Some(&f.sam),
+        ];
+        for t in parts.into_iter().flatten() {
+            let bytes = tensor_bytes(t)?;
+            a = fnv(a, &bytes);
+            b = fnv(b ^ 0x5bd1_e995, &bytes);
+        }
+        Ok(format!("{a:016x}{b:016x}"))
+    }
+
+    /// The key of an image under a model fingerprint.
     pub fn key(config_fingerprint: &str, image: &ImageInput) -> Result<String> {
         let mut a = fnv(0xcbf2_9ce4_8422_2325, config_fingerprint.as_bytes());
         let mut b = fnv(0x8422_2325_cbf2_9ce4, config_fingerprint.as_bytes());

@@ -182,6 +182,9 @@ pub struct Calico {
     /// Whether EVA, DINOv2 and the Q-Former's first pass are held still
     /// (see [`Calico::set_global_encoders_frozen`]).
     global_frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether SAM's image encoder is held still (see
+    /// [`Calico::set_sam_encoder_frozen`]).
+    sam_frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The encoder + projector that make the LLM's image tokens.
@@ -285,6 +288,7 @@ impl Calico {
             feature_cache: None,
             fingerprint: serde_json::to_string(cfg).unwrap_or_default(),
             global_frozen: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            sam_frozen: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -300,10 +304,41 @@ impl Calico {
             .store(frozen, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Declares SAM's image encoder frozen, or not: while frozen its image
+    /// embeddings are detached, as the paper's recipe holds it (only the
+    /// prompt encoder and mask decoder train). The trainer sets it for the
+    /// steps where `freeze` holds all its variables. Clones of the model
+    /// share the setting.
+    pub fn set_sam_encoder_frozen(&self, frozen: bool) {
+        self.sam_frozen
+            .store(frozen, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Uses `cache` for the frozen encoders' outputs (only while EVA,
     /// DINOv2, the Q-Former and the SAM image encoder are frozen).
-    pub fn set_feature_cache(&mut self, cache: Option<std::sync::Arc<cache::FeatureCache>>) {
+    ///
+    /// The cache keys then cover the encoders' weights too, not only the
+    /// config: the encoders run once on a fixed probe image and their
+    /// outputs join the fingerprint, so a cache directory shared between
+    /// runs never serves features made by other weights of the same config.
+    pub fn set_feature_cache(
+        &mut self,
+        cache: Option<std::sync::Arc<cache::FeatureCache>>,
+    ) -> Result<()> {
+        let config = serde_json::to_string(&self.cfg).unwrap_or_default();
+        // Only the Calico path reads the cache (the baselines' CLIP path
+        // has no cached features).
+        let calico_path = matches!(self.vision, VisionPath::Calico { .. });
+        self.fingerprint = match &cache {
+            Some(_) if calico_path => {
+                let probe = vision::ImageInput::from_image(&self.cfg, &cache::probe_image()?)?;
+                let weights = cache::FeatureCache::digest(&self.frozen_features(&[&probe])?)?;
+                format!("{config}|weights {weights}")
+            }
+            _ => config,
+        };
         self.feature_cache = cache;
+        Ok(())
     }
 
     /// A randomly initialised model for tests and smoke runs (any preset;

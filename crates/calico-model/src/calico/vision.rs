@@ -148,7 +148,7 @@ impl Calico {
             }
             VisionPath::Clip(b) => {
                 let (feats, tokens) = b.forward(&stacked(|i| &i.clip, images)?)?;
-                let ground = self.sam_encoder.forward(&stacked(|i| &i.sam, images)?)?;
+                let ground = self.sam_embed(&stacked(|i| &i.sam, images)?)?;
                 (tokens, feats, ground)
             }
         };
@@ -181,15 +181,23 @@ impl Calico {
         eva: &crate::eva_vit::EvaVit,
     ) -> Result<FrozenFeatures> {
         let (x_global, x_semantic, qformer) = self.global_batch(images, eva)?;
-        let sam = self
-            .sam_encoder
-            .forward(&self.stack_on_device(images, |i| &i.sam)?)?;
+        let sam = self.sam_embed(&self.stack_on_device(images, |i| &i.sam)?)?;
         Ok(FrozenFeatures {
             x_global,
             x_semantic,
             qformer,
             sam,
         })
+    }
+
+    /// SAM's image encoder on a batch of SAM views, detached while it is
+    /// frozen ([`Calico::set_sam_encoder_frozen`]).
+    fn sam_embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let embeddings = self.sam_encoder.forward(pixels)?;
+        if self.sam_frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(embeddings.detach());
+        }
+        Ok(embeddings)
     }
 
     fn stack_on_device(
