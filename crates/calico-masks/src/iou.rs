@@ -133,15 +133,17 @@ struct BitSpan {
 }
 
 impl BitSpan {
+    /// The 64-pixel words `[first, end)` that `m`'s runs span (empty for
+    /// an empty mask).
+    fn words_of(m: &IouRle) -> (usize, usize) {
+        match (m.runs.first(), m.runs.last()) {
+            (Some(r0), Some(r1)) => ((r0.0 / 64) as usize, r1.1.div_ceil(64) as usize),
+            _ => (0, 0),
+        }
+    }
+
     fn new(m: &IouRle) -> Self {
-        let (Some(r0), Some(r1)) = (m.runs.first(), m.runs.last()) else {
-            return BitSpan {
-                first: 0,
-                words: Vec::new(),
-            };
-        };
-        let first = (r0.0 / 64) as usize;
-        let end = r1.1.div_ceil(64) as usize;
+        let (first, end) = Self::words_of(m);
         let mut words = vec![0u64; end - first];
         for &(s, e) in &m.runs {
             let (s, e) = (s - first as u64 * 64, e - first as u64 * 64);
@@ -204,11 +206,14 @@ const BIT_SPAN_BUDGET: usize = 64 << 20;
 pub fn iou_matrix_prepared(dt: &[IouRle], gt: &[IouRle], iscrowd: &[bool]) -> Vec<f64> {
     let n = gt.len();
     let mut out = vec![0.0; dt.len() * n];
-    let span_bytes = |m: &IouRle| match (m.runs.first(), m.runs.last()) {
-        (Some(a), Some(b)) => (b.1.div_ceil(64) - a.0 / 64) as usize * 8,
-        _ => 0,
-    };
-    let bytes: usize = dt.iter().chain(gt).map(span_bytes).sum();
+    let bytes: usize = dt
+        .iter()
+        .chain(gt)
+        .map(|m| {
+            let (first, end) = BitSpan::words_of(m);
+            (end - first) * 8
+        })
+        .sum();
     let bits = (dt.len() * n >= 16 && bytes <= BIT_SPAN_BUDGET).then(|| {
         let dt: Vec<BitSpan> = dt.par_iter().map(BitSpan::new).collect();
         let gt: Vec<BitSpan> = gt.par_iter().map(BitSpan::new).collect();

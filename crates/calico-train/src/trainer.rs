@@ -642,27 +642,21 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             }
             micro_batches.push(examples);
         }
-        // While `freeze` holds every variable of the global encoders, their
+        // While `freeze` holds every variable of the global encoders, or of
+        // SAM's image encoder (as the paper's recipe holds it), their
         // outputs are detached: no backward pass through them.
-        model.set_global_encoders_frozen(
-            !tc.freeze.is_empty() && {
-                let mut global = named.iter().filter(|(n, _)| {
-                    crate::pretrain::GLOBAL_ENCODERS
-                        .iter()
-                        .any(|p| n.starts_with(p))
-                });
-                global.all(|(n, _)| tc.frozen_at(step + 1, n))
-            },
-        );
-        // Likewise SAM's image encoder, as the paper's recipe holds it.
-        model.set_sam_encoder_frozen(
-            !tc.freeze.is_empty() && {
-                let mut sam = named
-                    .iter()
-                    .filter(|(n, _)| n.starts_with(crate::pretrain::SAM_ENCODER));
-                sam.all(|(n, _)| tc.frozen_at(step + 1, n))
-            },
-        );
+        model.set_global_encoders_frozen(freeze_holds_all(
+            &named,
+            &tc,
+            step + 1,
+            &crate::pretrain::GLOBAL_ENCODERS,
+        ));
+        model.set_sam_encoder_frozen(freeze_holds_all(
+            &named,
+            &tc,
+            step + 1,
+            &[crate::pretrain::SAM_ENCODER],
+        ));
         // SAM's conv stem normalises with batch statistics while it trains.
         let sam_stem_trains = sam_stem_trains_at(&model, &named, &tc, step + 1);
         if let Some(s) = model.sam_stem() {
@@ -840,6 +834,21 @@ fn micro_batch_gradients(
         |m| micro_outcome(model, &batches[m], tok, tc, step, m),
         |m| format!("micro-batch {m} of step {}", step + 1),
     )
+}
+
+/// Whether `freeze` holds, at `step` (1-based), every variable whose name
+/// starts with one of `prefixes` (false when the run freezes nothing).
+fn freeze_holds_all(
+    named: &[(String, Var)],
+    tc: &TrainConfig,
+    step: u64,
+    prefixes: &[&str],
+) -> bool {
+    !tc.freeze.is_empty()
+        && named
+            .iter()
+            .filter(|(n, _)| prefixes.iter().any(|p| n.starts_with(p)))
+            .all(|(n, _)| tc.frozen_at(step, n))
 }
 
 /// Whether SAM's conv stem trains at `step` (1-based): the model has one

@@ -116,6 +116,19 @@ fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Two FNV-1a hashes (differently seeded) of `prefix` and then the tensors'
+/// shapes and values, as 32 hex digits.
+fn hash_tensors<'t>(prefix: &str, tensors: impl IntoIterator<Item = &'t Tensor>) -> Result<String> {
+    let mut a = fnv(0xcbf2_9ce4_8422_2325, prefix.as_bytes());
+    let mut b = fnv(0x8422_2325_cbf2_9ce4, prefix.as_bytes());
+    for t in tensors {
+        let bytes = tensor_bytes(t)?;
+        a = fnv(a, &bytes);
+        b = fnv(b ^ 0x5bd1_e995, &bytes);
+    }
+    Ok(format!("{a:016x}{b:016x}"))
+}
+
 impl FeatureCache {
     /// A memory-only cache.
     pub fn in_memory() -> Self {
@@ -142,31 +155,18 @@ impl FeatureCache {
     /// A digest of features (for [`crate::calico::Calico::set_feature_cache`]'s
     /// fingerprint of the encoders' weights), 32 hex digits.
     pub fn digest(f: &FrozenFeatures) -> Result<String> {
-        let (mut a, mut b) = (0xcbf2_9ce4_8422_2325u64, 0x8422_2325_cbf2_9ce4u64);
         let parts = [
             Some(&f.x_global),
             f.x_semantic.as_ref(),
             f.qformer.as_ref(),
             Some(&f.sam),
         ];
-        for t in parts.into_iter().flatten() {
-            let bytes = tensor_bytes(t)?;
-            a = fnv(a, &bytes);
-            b = fnv(b ^ 0x5bd1_e995, &bytes);
-        }
-        Ok(format!("{a:016x}{b:016x}"))
+        hash_tensors("", parts.into_iter().flatten())
     }
 
     /// The key of an image under a model fingerprint.
     pub fn key(config_fingerprint: &str, image: &ImageInput) -> Result<String> {
-        let mut a = fnv(0xcbf2_9ce4_8422_2325, config_fingerprint.as_bytes());
-        let mut b = fnv(0x8422_2325_cbf2_9ce4, config_fingerprint.as_bytes());
-        for t in [&image.clip, &image.dino, &image.sam] {
-            let bytes = tensor_bytes(t)?;
-            a = fnv(a, &bytes);
-            b = fnv(b ^ 0x5bd1_e995, &bytes);
-        }
-        Ok(format!("{a:016x}{b:016x}"))
+        hash_tensors(config_fingerprint, [&image.clip, &image.dino, &image.sam])
     }
 
     /// The cached features for `key`, from memory or disk.
