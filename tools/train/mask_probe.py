@@ -21,6 +21,9 @@ tools/train/tiny-staged.model.json):
   sam_skip   sam_stem whose mask features (4x the token grid) also get a 1x1
              projection of the stem's first stage, which has that resolution
              (a U-Net skip, as HQ-SAM adds early features to SAM's)
+  cnn        no transformer: stride-2 conv stages (16/32/48, batch norm +
+             ReLU) to the token grid, two 64-wide stride-1 stages there, 1x1
+             to the decoder's width (the question: is it the ViT?)
 
 Needs torch, numpy, Pillow, pycocotools and segment-anything
 (pip install --no-deps segment-anything; torchvision is not needed). Example:
@@ -133,6 +136,23 @@ class Stem(nn.Module):
         return x.permute(0, 2, 3, 1)
 
 
+class ConvEncoder(nn.Module):
+    """A CNN in place of SAM's ViT: stride-2 3x3 conv + BN + ReLU stages down to
+    the grid, stride-1 stages there, then 1x1 to the decoder's width (B, C, H, W)."""
+
+    def __init__(self, down, same, dim):
+        super().__init__()
+        layers, c = [], 3
+        for o, s in [(o, 2) for o in down] + [(o, 1) for o in same]:
+            layers += [nn.Conv2d(c, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+            c = o
+        layers.append(nn.Conv2d(c, dim, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
 class Probe(nn.Module):
     def __init__(self, model, n_labels, side, patch, width, depth, dec_dim):
         super().__init__()
@@ -143,6 +163,9 @@ class Probe(nn.Module):
             use_rel_pos=True, window_size=8, global_attn_indexes=[depth - 1],
         )
         self.skip = None
+        if model == "cnn":
+            k = int(np.log2(patch))
+            self.encoder = ConvEncoder([16, 32, 48, 64][:k], [64, 64], dec_dim)
         if model in ("sam_stem", "sam_skip"):
             k = int(np.log2(patch))
             self.encoder.patch_embed = Stem([16, 32, 48][:k], width)
@@ -225,7 +248,7 @@ def evaluate(model, val, side, limit):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="a `calico data build` output directory")
-    ap.add_argument("--model", choices=["sam", "sam_stem", "sam_skip"], default="sam")
+    ap.add_argument("--model", choices=["sam", "sam_stem", "sam_skip", "cnn"], default="sam")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--images", type=int, default=16, help="images per step (all their masks)")
     ap.add_argument("--lr", type=float, default=3e-3)
