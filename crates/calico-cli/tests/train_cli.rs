@@ -205,6 +205,83 @@ fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
 }
 
 #[test]
+fn the_tiny_staged_preset_is_the_staged_recipes_two_files() {
+    // `--preset tiny-staged` with a config that only shortens it runs
+    // exactly what tools/train's two files run with the same shortening.
+    let d = tmp("train-tiny-staged");
+    let mp = mixed_parts(&d);
+    let data = mp.join("train.jsonl");
+    let short = r#"{"epochs": 1, "steps_per_epoch": 2, "warmup_steps": 1, "val_samples": 0,
+        "checkpoint_every": 2, "vision_pretrain": {"steps": 3, "batch_size": 4},
+        "mask_pretrain": {"steps": 2, "images": 2, "val_images": 0}}"#;
+    let cfg = d.join("short.json");
+    std::fs::write(&cfg, short).unwrap();
+    let a = d.join("preset");
+    let o = calico(&[
+        "train",
+        "--preset",
+        "tiny-staged",
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        a.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // The two files, the shortening written over the recipe's settings.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/train");
+    let mut recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("tiny-staged.json")).unwrap())
+            .unwrap();
+    let over: serde_json::Value = serde_json::from_str(short).unwrap();
+    for (k, v) in over.as_object().unwrap() {
+        match (recipe.get_mut(k), v) {
+            (Some(serde_json::Value::Object(r)), serde_json::Value::Object(o)) => {
+                r.extend(o.clone());
+            }
+            _ => recipe[k] = v.clone(),
+        }
+    }
+    let cfg_b = d.join("recipe.json");
+    std::fs::write(&cfg_b, recipe.to_string()).unwrap();
+    let b = d.join("files");
+    let o = calico(&[
+        "train",
+        "--model-config",
+        root.join("tiny-staged.model.json").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        cfg_b.to_str().unwrap(),
+        "--out",
+        b.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let read = |run: &Path, f: &str| std::fs::read(run.join(f)).unwrap();
+    for f in [
+        "calico.json",
+        "train_config.json",
+        "model/trainable.safetensors",
+    ] {
+        assert!(read(&a, f) == read(&b, f), "{f} differs");
+    }
+    assert_eq!(losses(&a), losses(&b));
+    // Both stages ran, and stage 1 trained EVA's conv stem.
+    let model: serde_json::Value = serde_json::from_slice(&read(&a, "calico.json")).unwrap();
+    assert_eq!(
+        model["eva_vit"]["conv_stem"],
+        serde_json::json!([16, 32, 64, 64])
+    );
+    let p: serde_json::Value = serde_json::from_slice(&read(&a, "pretrain.json")).unwrap();
+    assert_eq!(p["steps"], 3);
+    let m: serde_json::Value = serde_json::from_slice(&read(&a, "mask_pretrain.json")).unwrap();
+    assert_eq!(m["steps"], 2);
+}
+
+#[test]
 fn val_samples_zero_turns_validation_off() {
     let d = tmp("train-no-val");
     let mp = mixed_parts(&d);

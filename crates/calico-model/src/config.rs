@@ -26,7 +26,7 @@ use crate::sam::prompt_encoder::PromptEncoderConfig;
 /// A configuration error, naming the field and the values that disagree.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("unknown preset `{0}`; available: tiny, small, paper")]
+    #[error("unknown preset `{0}`; available: tiny, tiny-staged, small, paper")]
     UnknownPreset(String),
     #[error("cannot read model config {path}: {message}")]
     Read { path: String, message: String },
@@ -296,15 +296,23 @@ fn paper_dinov2() -> Dinov2Config {
 const TINY: &str = include_str!("../presets/tiny.json");
 const SMALL: &str = include_str!("../presets/small.json");
 const PAPER: &str = include_str!("../presets/paper.json");
+/// `tiny` as its encoders-first recipe trains it (docs/training.md): EVA on a
+/// convolutional stem, twice tiny's widths on 112-px views. The file the
+/// docs and tools/train/ablations.sh name, so there is one copy.
+const TINY_STAGED: &str = include_str!("../../../tools/train/tiny-staged.model.json");
 
 impl CalicoConfig {
     /// The preset names.
-    pub const PRESETS: [&'static str; 3] = ["tiny", "small", "paper"];
+    pub const PRESETS: [&'static str; 4] = ["tiny", "tiny-staged", "small", "paper"];
 
-    /// A named preset (`tiny`, `small`, `paper`), validated.
+    /// A named preset (`tiny`, `tiny-staged`, `small`, `paper`), validated.
+    /// `tiny-staged` is named `tiny` inside: the same family, with the
+    /// encoders the staged recipe trains (and so the same training defaults
+    /// when it is given as a `--model-config` file).
     pub fn preset(name: &str) -> Result<Self, ConfigError> {
         let text = match name {
             "tiny" => TINY,
+            "tiny-staged" => TINY_STAGED,
             "small" => SMALL,
             "paper" => PAPER,
             other => return Err(ConfigError::UnknownPreset(other.to_string())),
@@ -651,7 +659,8 @@ mod tests {
     fn presets_parse_validate_and_round_trip() {
         for name in CalicoConfig::PRESETS {
             let cfg = CalicoConfig::preset(name).unwrap();
-            assert_eq!(cfg.name, name);
+            let family = if name == "tiny-staged" { "tiny" } else { name };
+            assert_eq!(cfg.name, family);
             let text = serde_json::to_string(&cfg).unwrap();
             let back = CalicoConfig::from_json_str(&text, "round trip").unwrap();
             assert_eq!(back, cfg, "{name}");

@@ -140,8 +140,22 @@ impl TrainConfig {
                 val_samples: 30,
                 ..Self::default()
             },
+            "tiny-staged" => Self::for_preset("tiny")
+                .with_overrides(TINY_STAGED)
+                .unwrap_or_else(|e| unreachable!("tools/train/tiny-staged.json: {e}")),
             _ => Self::default(),
         }
+    }
+
+    /// These settings with the fields of a JSON object replaced (`calico
+    /// train --config`): nested objects merge field by field, anything
+    /// else (numbers, strings, lists such as `freeze`) replaces the value.
+    /// Unknown fields and wrong types are errors.
+    pub fn with_overrides(&self, json: &str) -> Result<Self, String> {
+        let over: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let mut base = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        merge_json(&mut base, over);
+        serde_json::from_value(base).map_err(|e| e.to_string())
     }
 
     /// Optimizer steps of the whole run.
@@ -201,6 +215,28 @@ impl TrainConfig {
     }
 }
 
+/// The `tiny-staged` preset's training settings over `tiny`'s: stage 1 (the
+/// encoders learn the classes), stage 1b (SAM learns label-prompted masks),
+/// then the recipe with the encoders frozen. The file docs/training.md and
+/// tools/train/ablations.sh name, so there is one copy.
+const TINY_STAGED: &str = include_str!("../../../tools/train/tiny-staged.json");
+
+fn merge_json(base: &mut serde_json::Value, over: serde_json::Value) {
+    match (base, over) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge_json(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +255,43 @@ mod tests {
         assert_eq!(c.max_grad_norm, 1.0);
         assert!(c.validate().is_ok());
         assert!(TrainConfig::for_preset("tiny").validate().is_ok());
+    }
+
+    #[test]
+    fn tiny_staged_is_tiny_with_the_staged_recipe_over_it() {
+        let tiny = TrainConfig::for_preset("tiny");
+        let staged = TrainConfig::for_preset("tiny-staged");
+        assert!(staged.validate().is_ok());
+        // What tools/train/tiny-staged.json sets...
+        let vp = staged.vision_pretrain.as_ref().expect("stage 1");
+        assert_eq!((vp.steps, vp.batch_size), (3000, 32));
+        let mp = staged.mask_pretrain.as_ref().expect("stage 1b");
+        assert_eq!((mp.steps, mp.images), (400, 16));
+        assert_eq!(
+            (staged.epochs, staged.steps_per_epoch, staged.warmup_steps),
+            (3, 500, 60)
+        );
+        assert!(staged.frozen_at(1, "model.vision_tower.embeddings.stem.0.conv.weight"));
+        assert!(!staged.frozen_at(1, "model.text_hidden_fcs.0.0.weight"));
+        // ...and tiny's own defaults where it is silent.
+        assert_eq!(staged.loss, tiny.loss);
+        assert_eq!(staged.optimizer, tiny.optimizer);
+        assert_eq!(staged.trainable, tiny.trainable);
+        assert!(tiny.vision_pretrain.is_none() && tiny.mask_pretrain.is_none());
+    }
+
+    #[test]
+    fn overrides_merge_objects_and_reject_unknown_fields() {
+        let base = TrainConfig::for_preset("tiny");
+        let c = base
+            .with_overrides(r#"{"optimizer": {"lr": 0.01}, "epochs": 7}"#)
+            .unwrap();
+        assert_eq!(c.optimizer.lr, 0.01);
+        assert_eq!(c.optimizer.beta2, base.optimizer.beta2);
+        assert_eq!(c.epochs, 7);
+        let e = base.with_overrides(r#"{"epoch": 7}"#).unwrap_err();
+        assert!(e.contains("epoch"), "{e}");
+        assert!(base.with_overrides("{").is_err());
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum ModelCommand {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// A named configuration: tiny, small or paper.
+    /// A named configuration: tiny, tiny-staged, small or paper.
     #[arg(long, default_value = "small", conflicts_with = "config")]
     preset: String,
     /// A model config JSON file instead of a preset.
@@ -58,7 +58,7 @@ pub struct CheckArgs {
 
 #[derive(Args)]
 pub struct InfoArgs {
-    /// A named configuration: tiny, small or paper.
+    /// A named configuration: tiny, tiny-staged, small or paper.
     #[arg(long, default_value = "paper", conflicts_with = "config")]
     preset: String,
     /// A model config JSON file (fields left out take the paper's values).

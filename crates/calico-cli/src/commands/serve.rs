@@ -15,7 +15,7 @@ pub struct ServeArgs {
     /// Weights directory (calico train's model/ or calico model init's output).
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// A preset with seeded random weights (untrained; for trying the UI): tiny, small or paper.
+    /// A preset with seeded random weights (untrained; for trying the UI): tiny, tiny-staged, small or paper.
     #[arg(long)]
     preset: Option<String>,
     /// Seed of the random weights of --preset.

@@ -17,7 +17,9 @@ use crate::exit::bad_input;
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Model preset: tiny, small or paper (ignored with --resume: the run's own config is used).
+    /// Model preset: tiny, tiny-staged (tiny as the encoders-first recipe trains it, with that
+    /// recipe's settings: docs/training.md), small or paper (ignored with --resume: the run's own
+    /// config is used).
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// A model config JSON file instead of a preset.
@@ -167,18 +169,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(ab) = &a.ablation {
         apply_ablation(&mut model.ablation, ab);
     }
+    // The training defaults: the preset's own (`tiny-staged` has the staged
+    // recipe), or those of the family a model config file names.
+    let defaults = TrainConfig::for_preset(match &a.model_config {
+        Some(_) => &model.name,
+        None => &a.preset,
+    });
     let mut config = match &a.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
-            // Fields left out take the preset's defaults.
-            let mut base = serde_json::to_value(TrainConfig::for_preset(&model.name))?;
-            let over: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
-            merge(&mut base, over);
-            serde_json::from_value(base).map_err(|e| bad_input(format!("{}: {e}", p.display())))?
+            // Fields left out take the defaults.
+            defaults
+                .with_overrides(&text)
+                .map_err(|e| bad_input(format!("{}: {e}", p.display())))?
         }
-        None => TrainConfig::for_preset(&model.name),
+        None => defaults,
     };
     if let Some(s) = a.seed {
         config.seed = s;
@@ -268,21 +274,4 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Overlays `over`'s fields onto `base` (objects merge, anything else replaces).
-fn merge(base: &mut serde_json::Value, over: serde_json::Value) {
-    match (base, over) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(o)) => {
-            for (k, v) in o {
-                match b.get_mut(&k) {
-                    Some(slot) => merge(slot, v),
-                    None => {
-                        b.insert(k, v);
-                    }
-                }
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
