@@ -5,9 +5,11 @@
 #
 #   bash tools/train/ablations.sh MIXEDPARTS_DIR OUT_DIR [TRAIN_CONFIG.json] [TEST_LIMIT] [PARALLEL]
 #
-# The model is the `tiny` preset, or MODEL_CONFIG=FILE (e.g. the staged recipe:
+# The model and its training defaults are PRESET's (default `tiny`; e.g.
+# PRESET=tiny-staged for the staged recipe, which TRAIN_CONFIG can shorten),
+# or MODEL_CONFIG=FILE's with its family's defaults (e.g.
 # MODEL_CONFIG=tools/train/tiny-staged.model.json with TRAIN_CONFIG
-# tools/train/tiny-staged.json).
+# tools/train/tiny-staged-short.json: the staged encoders without stage 1b).
 #
 # MIXEDPARTS_DIR holds train.jsonl / val.jsonl / test.jsonl from `calico data
 # build`; the evaluation uses TEST_LIMIT (default 150) samples spread evenly
@@ -20,7 +22,7 @@ calico="${CALICO:-target/release/calico}"
 mkdir -p "$out"
 cfg_args=()
 [ -n "$cfg" ] && cfg_args=(--config "$cfg")
-model_args=(--preset tiny)
+model_args=(--preset "${PRESET:-tiny}")
 [ -n "${MODEL_CONFIG:-}" ] && model_args=(--model-config "$MODEL_CONFIG")
 # Held-out evaluation set: LIMIT samples spread evenly over test.jsonl (all
 # sources and tasks), beside it so image paths stay valid.
