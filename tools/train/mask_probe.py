@@ -116,13 +116,14 @@ class Data:
 
 
 class Stem(nn.Module):
-    """k stride-2 3x3 convolutions with batch norm and ReLU, then 1x1 to `dim`."""
+    """k stride-2 3x3 convolutions with batch norm and ReLU (then any stride-1
+    ones, `same`), then 1x1 to `dim`; channels last, as SAM's patch embedding."""
 
-    def __init__(self, chans, dim):
+    def __init__(self, chans, dim, same=()):
         super().__init__()
         layers, c = [], 3
-        for o in chans:
-            layers += [nn.Conv2d(c, o, 3, 2, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+        for o, s in [(o, 2) for o in chans] + [(o, 1) for o in same]:
+            layers += [nn.Conv2d(c, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
             c = o
         layers.append(nn.Conv2d(c, dim, 1))
         self.net = nn.Sequential(*layers)
@@ -136,21 +137,12 @@ class Stem(nn.Module):
         return x.permute(0, 2, 3, 1)
 
 
-class ConvEncoder(nn.Module):
-    """A CNN in place of SAM's ViT: stride-2 3x3 conv + BN + ReLU stages down to
-    the grid, stride-1 stages there, then 1x1 to the decoder's width (B, C, H, W)."""
-
-    def __init__(self, down, same, dim):
-        super().__init__()
-        layers, c = [], 3
-        for o, s in [(o, 2) for o in down] + [(o, 1) for o in same]:
-            layers += [nn.Conv2d(c, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-            c = o
-        layers.append(nn.Conv2d(c, dim, 1))
-        self.net = nn.Sequential(*layers)
+class ConvEncoder(Stem):
+    """A CNN in place of SAM's ViT: the stem's stride-2 stages down to the
+    grid, stride-1 stages there, 1x1 to the decoder's width, channels first."""
 
     def forward(self, x):
-        return self.net(x)
+        return super().forward(x).permute(0, 3, 1, 2)
 
 
 class Probe(nn.Module):
@@ -165,7 +157,7 @@ class Probe(nn.Module):
         self.skip = None
         if model == "cnn":
             k = int(np.log2(patch))
-            self.encoder = ConvEncoder([16, 32, 48, 64][:k], [64, 64], dec_dim)
+            self.encoder = ConvEncoder([16, 32, 48, 64][:k], dec_dim, same=[64, 64])
         if model in ("sam_stem", "sam_skip"):
             k = int(np.log2(patch))
             self.encoder.patch_embed = Stem([16, 32, 48][:k], width)
