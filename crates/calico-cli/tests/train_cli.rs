@@ -354,3 +354,63 @@ fn bad_training_inputs_are_refused() {
     ]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+#[test]
+fn a_bad_sample_anywhere_stops_the_run_before_it_writes() {
+    let d = tmp("train-bad-sample");
+    let mp = mixed_parts(&d);
+    let cfg = d.join("train.json");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let text = std::fs::read_to_string(mp.join("train.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
+    let id = last["id"].as_str().unwrap().to_string();
+    // Each case spoils the last sample, which six steps of four samples
+    // would never reach.
+    type Spoil = fn(&mut serde_json::Value);
+    let cases: [(&str, Spoil, &str); 4] = [
+        (
+            "missing image",
+            |s| s["images"][1]["file"] = "no/such/image.png".into(),
+            "no/such/image.png",
+        ),
+        (
+            "mask image",
+            |s| s["masks"][0]["image"] = 7.into(),
+            "mask 0 is on image 7 of 2",
+        ),
+        (
+            "mask size",
+            |s| s["masks"][0]["rle"]["size"] = serde_json::json!([3, 4]),
+            "mask 0 is 3x4 but its image is",
+        ),
+        (
+            "answer",
+            |s| s["answer"] = "no masks in this answer".into(),
+            "the answer has 0 [SEG]",
+        ),
+    ];
+    for (what, spoil, expect) in cases {
+        let mut bad = last.clone();
+        spoil(&mut bad);
+        let mut out_lines: Vec<String> = lines[..lines.len() - 1]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        out_lines.push(bad.to_string());
+        let data = mp.join("spoilt.jsonl");
+        std::fs::write(&data, out_lines.join("\n") + "\n").unwrap();
+        let out = d.join("run");
+        let o = calico(&train_args(
+            data.to_str().unwrap(),
+            cfg.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains("spoilt.jsonl"), "{what}: {err}");
+        assert!(err.contains(&format!("sample {id}")), "{what}: {err}");
+        assert!(err.contains(expect), "{what}: {err}");
+        assert!(!out.exists(), "{what}: the run directory was written");
+    }
+}

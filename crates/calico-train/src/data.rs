@@ -152,12 +152,18 @@ impl Dataset {
         self.image(file)
     }
 
-    fn image(&self, file: &str) -> Result<Arc<ImageInput>> {
-        let path = if Path::new(file).is_absolute() {
+    /// The path of image `file` as a sample names it (relative to the
+    /// samples file's folder).
+    fn resolve(&self, file: &str) -> PathBuf {
+        if Path::new(file).is_absolute() {
             PathBuf::from(file)
         } else {
             self.base.join(file)
-        };
+        }
+    }
+
+    fn image(&self, file: &str) -> Result<Arc<ImageInput>> {
+        let path = self.resolve(file);
         if let Some(i) = self.images.lock().ok().and_then(|m| m.get(&path).cloned()) {
             return Ok(i);
         }
@@ -195,6 +201,117 @@ impl Dataset {
         Ok(((4 * gh, 4 * gw), target))
     }
 
+    fn sample_error(&self, s: &Sample, what: impl std::fmt::Display) -> TrainError {
+        TrainError::Data(format!("{}: sample {}: {what}", self.path.display(), s.id))
+    }
+
+    /// The tokenised conversation of sample `s` with `answer`, holding one
+    /// `[SEG]` per mask.
+    fn layout(
+        &self,
+        s: &Sample,
+        answer: &str,
+        tok: &dyn TextEncoder,
+        special: &SpecialIds,
+        format: &PromptFormat,
+    ) -> Result<PromptLayout> {
+        let n = s.images.len();
+        let question = calico_text::templates::multi_image_prefix(n) + &s.question;
+        let layout = build(
+            &question,
+            Some(answer),
+            n,
+            tok,
+            special,
+            format,
+            self.cfg.llm.max_position_embeddings,
+        )
+        .map_err(|e| self.sample_error(s, e))?;
+        let segs = layout
+            .input_ids
+            .iter()
+            .filter(|&&t| t == special.seg)
+            .count();
+        if segs != s.masks.len() {
+            return Err(self.sample_error(
+                s,
+                format!(
+                    "the answer has {segs} [SEG] but the sample has {} masks",
+                    s.masks.len()
+                ),
+            ));
+        }
+        Ok(layout)
+    }
+
+    /// Checks every sample before a run starts, so that a bad line fails
+    /// the run at once rather than when an epoch reaches it: each image file
+    /// is readable as an image (its header only; files are checked once),
+    /// the conversation tokenises within the LLM's context with one `[SEG]`
+    /// per mask, and every mask is on one of its sample's images, with
+    /// counts that cover exactly that image's pixels. Returns the number of
+    /// distinct images and of masks checked.
+    pub fn check(
+        &self,
+        tok: &dyn TextEncoder,
+        special: &SpecialIds,
+        format: &PromptFormat,
+    ) -> Result<(usize, usize)> {
+        let mut sizes: HashMap<PathBuf, (u32, u32)> = HashMap::new();
+        let mut masks = 0;
+        for s in &self.samples {
+            let mut dims = Vec::with_capacity(s.images.len());
+            for (k, im) in s.images.iter().enumerate() {
+                let path = self.resolve(&im.file);
+                let size = match sizes.get(&path) {
+                    Some(&d) => d,
+                    None => {
+                        let d = image_size(&path).map_err(|e| {
+                            self.sample_error(s, format!("image {k} ({}): {e}", path.display()))
+                        })?;
+                        sizes.insert(path, d);
+                        d
+                    }
+                };
+                dims.push(size);
+            }
+            self.layout(s, &s.answer, tok, special, format)?;
+            for (k, m) in s.masks.iter().enumerate() {
+                let Some(&(h, w)) = dims.get(m.image) else {
+                    return Err(self.sample_error(
+                        s,
+                        format!("mask {k} is on image {} of {}", m.image, dims.len()),
+                    ));
+                };
+                let rle = m
+                    .rle
+                    .to_rle()
+                    .map_err(|e| self.sample_error(s, format!("mask {k}: {e}")))?;
+                if (rle.height, rle.width) != (h, w) {
+                    return Err(self.sample_error(
+                        s,
+                        format!(
+                            "mask {k} is {}x{} but its image is {h}x{w}",
+                            rle.height, rle.width
+                        ),
+                    ));
+                }
+                if rle.total() != u64::from(h) * u64::from(w) {
+                    return Err(self.sample_error(
+                        s,
+                        format!(
+                            "mask {k}: RLE counts sum to {} but the mask size {h}x{w} has {} pixels",
+                            rle.total(),
+                            u64::from(h) * u64::from(w)
+                        ),
+                    ));
+                }
+                masks += 1;
+            }
+        }
+        Ok((sizes.len(), masks))
+    }
+
     /// Example `index`, with its images reversed when `swap`.
     pub fn example(
         &self,
@@ -206,9 +323,7 @@ impl Dataset {
     ) -> Result<Example> {
         let s = &self.samples[index];
         let n = s.images.len();
-        let at = |what: String| {
-            TrainError::Data(format!("{}: sample {}: {what}", self.path.display(), s.id))
-        };
+        let at = |what: String| self.sample_error(s, what);
         let mut images = self.images_of(index)?;
         let mut answer = s.answer.clone();
         let remap = |k: usize| if swap { n - 1 - k } else { k };
@@ -216,28 +331,7 @@ impl Dataset {
             images.reverse();
             answer = reverse_image_tags(&answer, n);
         }
-        let question = calico_text::templates::multi_image_prefix(n) + &s.question;
-        let layout = build(
-            &question,
-            Some(&answer),
-            n,
-            tok,
-            special,
-            format,
-            self.cfg.llm.max_position_embeddings,
-        )
-        .map_err(|e| at(e.to_string()))?;
-        let segs = layout
-            .input_ids
-            .iter()
-            .filter(|&&t| t == special.seg)
-            .count();
-        if segs != s.masks.len() {
-            return Err(at(format!(
-                "the answer has {segs} [SEG] but the sample has {} masks",
-                s.masks.len()
-            )));
-        }
+        let layout = self.layout(s, &answer, tok, special, format)?;
         let ((lh, lw), target) = self.mask_geometry()?;
         let mut targets = Vec::with_capacity(s.masks.len());
         for (k, m) in s.masks.iter().enumerate() {
@@ -273,6 +367,20 @@ impl Dataset {
             targets,
         })
     }
+}
+
+/// `(height, width)` of an image file, from its header.
+fn image_size(path: &Path) -> std::result::Result<(u32, u32), String> {
+    let (w, h) = image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .into_dimensions()
+        .map_err(|e| format!("not a readable image: {e}"))?;
+    if w == 0 || h == 0 {
+        return Err(format!("image has zero size ({w}x{h})"));
+    }
+    Ok((h, w))
 }
 
 /// The `(lh, lw)` target of a mask for SAM's low-resolution logits (see the

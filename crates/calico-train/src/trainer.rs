@@ -481,7 +481,6 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         }
         None
     };
-    std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
     let train_ds = data::open(&spec.train, &cfg)?;
     let val_ds = match &spec.val {
         Some(v) => Some(data::open(v, &cfg)?),
@@ -510,6 +509,17 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     } else {
         setup(&spec_eff, &cfg, &train_ds, &device)?
     };
+    // Every sample is checked before the run directory is touched: a bad
+    // line stops the run now, not when an epoch reaches it.
+    for ds in std::iter::once(&train_ds).chain(val_ds.as_ref()) {
+        let (images, masks) = ds.check(&tok, model.special_ids(), model.prompt_format())?;
+        obs.message(&format!(
+            "{}: {} samples checked ({images} images, {masks} masks)",
+            ds.path().display(),
+            ds.len()
+        ));
+    }
+    std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
     if tc.trainable == TrainableSet::Paper {
         let dir = spec
             .feature_cache
