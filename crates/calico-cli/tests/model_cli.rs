@@ -147,4 +147,19 @@ fn init_writes_a_weights_directory_and_check_reports_on_it() {
     let o = calico(&["model", "init", "--gguf", "/no/such.gguf", "--out", ds]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/no/such.gguf"));
+    // A file that is not a GGUF is refused before anything is written.
+    let other = d.with_file_name("other");
+    let fake = d.with_file_name("model.gguf");
+    std::fs::write(&fake, b"PK\x03\x04 not a gguf").unwrap();
+    let o = calico(&[
+        "model",
+        "init",
+        "--gguf",
+        fake.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a GGUF file"), "{}", stderr(&o));
+    assert!(!other.exists());
 }

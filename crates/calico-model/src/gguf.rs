@@ -525,6 +525,35 @@ mod tests {
     }
 
     #[test]
+    fn init_checks_the_llm_against_the_config_from_the_header() {
+        use crate::calico::weights::check_gguf_llm;
+        let path = tiny_file("llm.bin", "", "", GgmlDType::Q8_0);
+        let mut cfg = crate::config::CalicoConfig::preset("tiny").unwrap();
+        let e = check_gguf_llm(&cfg, &path).unwrap_err().to_string();
+        assert!(
+            e.contains("llm.bin") && e.contains("hidden_size: calico.json 64, GGUF 32"),
+            "{e}"
+        );
+        cfg.llm.vocab_size = 32;
+        cfg.llm.hidden_size = 32;
+        cfg.llm.intermediate_size = 64;
+        cfg.llm.num_hidden_layers = 1;
+        cfg.llm.num_attention_heads = 2;
+        cfg.llm.num_key_value_heads = Some(1);
+        // Known by its magic bytes, not its name.
+        check_gguf_llm(&cfg, &path).unwrap();
+        let not_gguf = path.with_file_name("image.gguf");
+        std::fs::write(&not_gguf, b"\xff\xd8 a jpeg").unwrap();
+        let e = check_gguf_llm(&cfg, &not_gguf).unwrap_err().to_string();
+        assert!(
+            e.contains("image.gguf") && e.contains("not a GGUF file"),
+            "{e}"
+        );
+        std::fs::remove_file(&not_gguf).ok();
+        cleanup(&path);
+    }
+
+    #[test]
     fn errors_name_the_file_and_what_is_missing() {
         let path = tiny_file("nokey.gguf", "llama.block_count", "", GgmlDType::Q8_0);
         let e = load_err(&path);

@@ -96,6 +96,10 @@ fn init(a: InitArgs) -> Result<()> {
         if !g.is_file() {
             return Err(bad_input(format!("--gguf {}: no such file", g.display())));
         }
+        // Header and metadata only: a wrong file fails here, not at the
+        // first load.
+        calico_model::calico::weights::check_gguf_llm(&cfg, g)
+            .map_err(|e| bad_input(format!("--gguf: {e}")))?;
     }
     let cfg_path = a.out.join(CONFIG_FILE);
     if cfg_path.exists() {

@@ -297,6 +297,31 @@ fn check_llm(cfg: &CalicoConfig, gguf: &crate::llama::LlamaConfig, path: &Path) 
     Ok(())
 }
 
+/// Checks, from its header and metadata only, that `path` is a GGUF file
+/// holding the LLM that `cfg.llm` describes: what `calico model init
+/// --gguf` verifies before it writes a weights directory naming the file.
+pub fn check_gguf_llm(cfg: &CalicoConfig, path: &Path) -> Result<()> {
+    if !is_gguf(path) {
+        return fail(format!(
+            "{}: not a GGUF file (it does not start with the bytes `GGUF`)",
+            path.display()
+        ));
+    }
+    let file = crate::gguf::GgufFile::open(path)?;
+    let llm = crate::gguf::llama_config(&file)?;
+    check_llm(cfg, &llm, path)
+}
+
+/// Whether `path` starts with GGUF's magic bytes (whatever its name).
+fn is_gguf(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}
+
 type GgufLlm = (PathBuf, crate::llama::LlamaConfig);
 
 fn open_source(path: &Path, device: &Device) -> Result<(Checkpoint, Option<GgufLlm>)> {
@@ -306,7 +331,7 @@ fn open_source(path: &Path, device: &Device) -> Result<(Checkpoint, Option<GgufL
     if !path.exists() {
         return fail(format!("{}: no such file or directory", path.display()));
     }
-    if path.extension().and_then(|e| e.to_str()) == Some("gguf") {
+    if path.extension().and_then(|e| e.to_str()) == Some("gguf") || is_gguf(path) {
         let (cfg, ckpt) = load_llama_gguf(path, device)?;
         return Ok((ckpt, Some((path.to_path_buf(), cfg))));
     }
