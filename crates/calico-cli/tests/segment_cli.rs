@@ -248,6 +248,21 @@ fn bad_input_exits_2_names_the_problem_and_writes_nothing() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("no such weights directory"));
     assert!(files_in(&d.join("y")).is_empty());
+    // No token to answer with would be an empty answer, silently.
+    let o = calico(&[
+        "segment",
+        &s(&a),
+        &s(&b),
+        "--preset",
+        "tiny",
+        "--max-new-tokens",
+        "0",
+        "--out",
+        &s(&d.join("z")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("must be at least 1"), "{}", stderr(&o));
+    assert!(files_in(&d.join("z")).is_empty());
 }
 
 /// Two images with a box and a samples file of two tasks over them.

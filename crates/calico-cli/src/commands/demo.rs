@@ -88,7 +88,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 60, hide = true)]
     eval_samples: usize,
     /// Most tokens to generate per answer.
-    #[arg(long, default_value_t = 256, hide = true)]
+    #[arg(long, default_value_t = 256, hide = true, value_parser = super::at_least_one)]
     max_new_tokens: usize,
 }
 

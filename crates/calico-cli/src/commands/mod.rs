@@ -11,3 +11,13 @@ pub mod report;
 pub mod segment;
 pub mod serve;
 pub mod train;
+
+/// Parses a count that must be at least 1 (`--max-new-tokens`: a model
+/// allowed no token would answer nothing, silently).
+pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}

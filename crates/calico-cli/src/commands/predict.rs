@@ -34,7 +34,7 @@ pub struct PredictArgs {
     #[arg(long)]
     limit: Option<usize>,
     /// Most tokens to generate per answer.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     max_new_tokens: usize,
 }
 

@@ -64,7 +64,7 @@ pub struct SegmentArgs {
     #[arg(long)]
     json: bool,
     /// Most tokens to generate.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     max_new_tokens: usize,
 }
 
