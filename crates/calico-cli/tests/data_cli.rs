@@ -145,6 +145,43 @@ fn bad_arguments_exit_2() {
     assert!(stderr(&o).contains("/nowhere"), "{}", stderr(&o));
     let o = calico(&["data", "stats", "/nowhere.jsonl"]);
     assert_eq!(o.status.code(), Some(2));
+    let empty = d.join("empty_synth");
+    let o = calico(&[
+        "data",
+        "synth",
+        "--images",
+        "0",
+        "--out",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
+    assert!(!empty.exists());
+    // A source with no objects at all: nothing to build, nothing written.
+    let paco = d.join("paco/annotations");
+    std::fs::create_dir_all(&paco).unwrap();
+    std::fs::write(
+        paco.join("paco_lvis_v1_train.json"),
+        r#"{"images": [], "annotations": [], "categories": []}"#,
+    )
+    .unwrap();
+    let out = d.join("built");
+    let src = format!("paco_lvis={}", d.join("paco").display());
+    let o = calico(&[
+        "data",
+        "build",
+        "--source",
+        &src,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no source has a usable object"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
 }
 
 #[test]

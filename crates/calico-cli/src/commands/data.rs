@@ -66,7 +66,7 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Images per source format.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = super::at_least_one)]
     images: usize,
     /// Image width and height in pixels.
     #[arg(long, default_value_t = 256)]
@@ -339,7 +339,21 @@ fn run_build(a: BuildArgs) -> Result<()> {
             d.skipped.total(),
             serde_json::to_string(&d.skipped)?
         );
+        if objects == 0 {
+            eprintln!(
+                "warning: --source {spec}: no usable object (every image or annotation was \
+                 skipped or there are none); it adds no samples"
+            );
+        }
         datasets.push(d);
+    }
+    if datasets
+        .iter()
+        .all(|d| d.images.iter().all(|i| i.objects.is_empty()))
+    {
+        return Err(bad_input(
+            "no source has a usable object, so there is nothing to build; nothing written",
+        ));
     }
     let bars = StageBars::new();
     let summary = build(&datasets, &cfg, &a.out, &|stage, done, total| {
@@ -353,6 +367,13 @@ fn run_build(a: BuildArgs) -> Result<()> {
         a.out.display(),
         t.elapsed().as_secs_f64()
     );
+    if summary.stats.samples == 0 {
+        eprintln!(
+            "warning: no samples: a sample pairs two images of one source and split, and no \
+             two such images show objects of one class or of a comparable pair of classes \
+             (--pairs); add images or check --splits"
+        );
+    }
     Ok(())
 }
 

@@ -13,7 +13,7 @@ pub mod serve;
 pub mod train;
 
 /// Parses a count that must be at least 1 (`--max-new-tokens`: a model
-/// allowed no token would answer nothing, silently).
+/// allowed no token would answer nothing, silently; `data synth --images`).
 pub(crate) fn at_least_one(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
