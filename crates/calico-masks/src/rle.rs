@@ -75,22 +75,30 @@ impl Rle {
         self.counts.iter().map(|&c| c as u64).sum()
     }
 
+    /// Fails unless the counts cover exactly `height × width` pixels, the
+    /// condition [`Rle::decode`] needs (checked without decoding).
+    pub fn check_counts(&self) -> Result<()> {
+        let expected = pixel_count(self.height, self.width);
+        let sum = self.total();
+        if sum != expected {
+            return Err(MaskError::CountsMismatch {
+                sum,
+                height: self.height,
+                width: self.width,
+                expected,
+            });
+        }
+        Ok(())
+    }
+
     /// Decodes into a mask (`maskUtils.decode`).
     ///
     /// Fails when the counts do not cover exactly `height × width` pixels
     /// (pycocotools raises for too many and returns uninitialised memory for
     /// too few).
     pub fn decode(&self) -> Result<Mask> {
+        self.check_counts()?;
         let n = pixel_count(self.height, self.width);
-        let sum = self.total();
-        if sum != n {
-            return Err(MaskError::CountsMismatch {
-                sum,
-                height: self.height,
-                width: self.width,
-                expected: n,
-            });
-        }
         let mut data = vec![0u8; n as usize];
         let mut pos = 0usize;
         for (j, &c) in self.counts.iter().enumerate() {

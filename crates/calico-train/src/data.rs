@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use calico_data::samples::{read_samples, Sample};
+use calico_masks::Rle;
 use calico_model::calico::ImageInput;
 use calico_model::config::CalicoConfig;
 use calico_model::preprocess::{load_rgb, View};
@@ -205,6 +206,34 @@ impl Dataset {
         TrainError::Data(format!("{}: sample {}: {what}", self.path.display(), s.id))
     }
 
+    /// Mask `k` of sample `s` as an RLE, checked against the sample: on one
+    /// of its images, whose `(height, width)` are `dims` (in the sample's
+    /// order), of that image's size, with counts covering its pixels.
+    fn mask_rle(&self, s: &Sample, k: usize, dims: &[(u32, u32)]) -> Result<Rle> {
+        let m = &s.masks[k];
+        let Some(&(h, w)) = dims.get(m.image) else {
+            return Err(self.sample_error(
+                s,
+                format!("mask {k} is on image {} of {}", m.image, dims.len()),
+            ));
+        };
+        let at = |e: calico_masks::MaskError| self.sample_error(s, format!("mask {k}: {e}"));
+        let rle = m.rle.to_rle().map_err(at)?;
+        // The size first: a mask of another image's size says more than
+        // counts that do not add up.
+        if (rle.height, rle.width) != (h, w) {
+            return Err(self.sample_error(
+                s,
+                format!(
+                    "mask {k} is {}x{} but its image is {h}x{w}",
+                    rle.height, rle.width
+                ),
+            ));
+        }
+        rle.check_counts().map_err(at)?;
+        Ok(rle)
+    }
+
     /// The tokenised conversation of sample `s` with `answer`, holding one
     /// `[SEG]` per mask.
     fn layout(
@@ -276,38 +305,10 @@ impl Dataset {
                 dims.push(size);
             }
             self.layout(s, &s.answer, tok, special, format)?;
-            for (k, m) in s.masks.iter().enumerate() {
-                let Some(&(h, w)) = dims.get(m.image) else {
-                    return Err(self.sample_error(
-                        s,
-                        format!("mask {k} is on image {} of {}", m.image, dims.len()),
-                    ));
-                };
-                let rle = m
-                    .rle
-                    .to_rle()
-                    .map_err(|e| self.sample_error(s, format!("mask {k}: {e}")))?;
-                if (rle.height, rle.width) != (h, w) {
-                    return Err(self.sample_error(
-                        s,
-                        format!(
-                            "mask {k} is {}x{} but its image is {h}x{w}",
-                            rle.height, rle.width
-                        ),
-                    ));
-                }
-                if rle.total() != u64::from(h) * u64::from(w) {
-                    return Err(self.sample_error(
-                        s,
-                        format!(
-                            "mask {k}: RLE counts sum to {} but the mask size {h}x{w} has {} pixels",
-                            rle.total(),
-                            u64::from(h) * u64::from(w)
-                        ),
-                    ));
-                }
-                masks += 1;
+            for k in 0..s.masks.len() {
+                self.mask_rle(s, k, &dims)?;
             }
+            masks += s.masks.len();
         }
         Ok((sizes.len(), masks))
     }
@@ -323,8 +324,12 @@ impl Dataset {
     ) -> Result<Example> {
         let s = &self.samples[index];
         let n = s.images.len();
-        let at = |what: String| self.sample_error(s, what);
         let mut images = self.images_of(index)?;
+        // Sizes in the sample's order, before any swap.
+        let dims: Vec<(u32, u32)> = images
+            .iter()
+            .map(|i| (i.original.0 as u32, i.original.1 as u32))
+            .collect();
         let mut answer = s.answer.clone();
         let remap = |k: usize| if swap { n - 1 - k } else { k };
         if swap {
@@ -335,26 +340,13 @@ impl Dataset {
         let ((lh, lw), target) = self.mask_geometry()?;
         let mut targets = Vec::with_capacity(s.masks.len());
         for (k, m) in s.masks.iter().enumerate() {
-            if m.image >= n {
-                return Err(at(format!("mask {k} is on image {} of {n}", m.image)));
-            }
-            let image = &images[remap(m.image)];
-            let decoded = m
-                .rle
-                .to_rle()
-                .and_then(|r| r.decode())
-                .map_err(|e| at(format!("mask {k}: {e}")))?;
-            let (oh, ow) = image.original;
-            if (decoded.height() as usize, decoded.width() as usize) != (oh, ow) {
-                return Err(at(format!(
-                    "mask {k} is {}x{} but its image is {oh}x{ow}",
-                    decoded.height(),
-                    decoded.width()
-                )));
-            }
+            let decoded = self
+                .mask_rle(s, k, &dims)?
+                .decode()
+                .map_err(|e| self.sample_error(s, format!("mask {k}: {e}")))?;
             targets.push(low_res_target(
                 &decoded,
-                image.sam_resized,
+                images[remap(m.image)].sam_resized,
                 target,
                 (lh, lw),
             )?);

@@ -319,6 +319,7 @@ fn run_build(a: BuildArgs) -> Result<()> {
     };
     let t = std::time::Instant::now();
     let mut datasets = Vec::new();
+    let mut usable_objects = 0;
     for spec in &a.sources {
         let (format, dir, name) = parse_source(spec)?;
         let opts = ReadOptions {
@@ -331,6 +332,7 @@ fn run_build(a: BuildArgs) -> Result<()> {
         let d =
             read_source(format, &dir, &opts).with_context(|| format!("reading --source {spec}"))?;
         let objects: usize = d.images.iter().map(|i| i.objects.len()).sum();
+        usable_objects += objects;
         eprintln!(
             "  {}: {} images, {} objects; skipped {} ({})",
             d.name,
@@ -347,10 +349,7 @@ fn run_build(a: BuildArgs) -> Result<()> {
         }
         datasets.push(d);
     }
-    if datasets
-        .iter()
-        .all(|d| d.images.iter().all(|i| i.objects.is_empty()))
-    {
+    if usable_objects == 0 {
         return Err(bad_input(
             "no source has a usable object, so there is nothing to build; nothing written",
         ));
