@@ -50,6 +50,16 @@ fn mixed_parts(d: &Path) -> PathBuf {
     mp
 }
 
+/// [`mixed_parts`] in `d/mp` and [`CONFIG`] in `d/train.json`: the samples
+/// directory, its training file and the config file.
+fn samples_and_config(d: &Path) -> (PathBuf, String, String) {
+    let mp = mixed_parts(d);
+    let cfg = d.join("train.json");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let data = mp.join("train.jsonl").to_str().unwrap().to_string();
+    (mp, data, cfg.to_str().unwrap().to_string())
+}
+
 fn train_args<'a>(data: &'a str, cfg: &'a str, out: &'a str) -> Vec<&'a str> {
     vec![
         "train", "--preset", "tiny", "--data", data, "--config", cfg, "--out", out,
@@ -59,11 +69,8 @@ fn train_args<'a>(data: &'a str, cfg: &'a str, out: &'a str) -> Vec<&'a str> {
 #[test]
 fn a_killed_run_resumes_to_the_same_losses() {
     let d = tmp("train-resume");
-    let mp = mixed_parts(&d);
-    let data = mp.join("train.jsonl");
-    let cfg = d.join("train.json");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+    let (_, data, cfg) = samples_and_config(&d);
+    let (data, cfg) = (data.as_str(), cfg.as_str());
 
     // Uninterrupted.
     let a = d.join("a");
@@ -358,9 +365,7 @@ fn bad_training_inputs_are_refused() {
 #[test]
 fn a_bad_sample_anywhere_stops_the_run_before_it_writes() {
     let d = tmp("train-bad-sample");
-    let mp = mixed_parts(&d);
-    let cfg = d.join("train.json");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    let (mp, _, cfg) = samples_and_config(&d);
     let text = std::fs::read_to_string(mp.join("train.jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
@@ -403,7 +408,7 @@ fn a_bad_sample_anywhere_stops_the_run_before_it_writes() {
         let out = d.join("run");
         let o = calico(&train_args(
             data.to_str().unwrap(),
-            cfg.to_str().unwrap(),
+            &cfg,
             out.to_str().unwrap(),
         ));
         let err = stderr(&o);
@@ -413,4 +418,147 @@ fn a_bad_sample_anywhere_stops_the_run_before_it_writes() {
         assert!(err.contains(expect), "{what}: {err}");
         assert!(!out.exists(), "{what}: the run directory was written");
     }
+}
+
+/// The tensors of a weights directory's `trainable.safetensors`, as raw values.
+fn tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let t = candle_core::safetensors::load(
+        dir.join("trainable.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    t.into_iter()
+        .map(|(n, v)| (n, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
+    let d = tmp("train-fine-tune");
+    let (mp, data, cfg) = samples_and_config(&d);
+    let (data, cfg) = (data.as_str(), cfg.as_str());
+
+    // A: six steps from scratch, without CAM (a model the default preset is not).
+    let a = d.join("a");
+    let mut args = train_args(data, cfg, a.to_str().unwrap());
+    args.extend(["--ablation", "no-cam"]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a_model = a.join("model");
+    let a_model_s = a_model.to_str().unwrap();
+
+    // B: every tensor held by `freeze`: the exported model is A's, tensor
+    // for tensor, and names no source (its own file holds everything).
+    let held = d.join("held.json");
+    std::fs::write(
+        &held,
+        r#"{"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "grad_accumulation": 2,
+            "warmup_steps": 1, "validate_every": 0,
+            "freeze": [{"prefixes": ["model.", "lm_head."]}]}"#,
+    )
+    .unwrap();
+    let b = d.join("b");
+    let mut args = train_args(data, held.to_str().unwrap(), b.to_str().unwrap());
+    args.extend(["--weights", a_model_s]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(tensors(&b.join("model")), tensors(&a_model));
+    assert!(!b.join("model/sources.json").exists());
+    let config = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("calico.json")).unwrap()).unwrap()
+    };
+    // The model is the directory's (no CAM), not the default preset's.
+    assert_eq!(config(&b), config(&a_model));
+    assert_eq!(config(&b)["ablation"]["use_cam"], false);
+
+    // C: trained from A's weights, it starts where A ended (far below A's
+    // first, random-weights loss) and changes every tensor.
+    let c = d.join("c");
+    let mut args = train_args(data, cfg, c.to_str().unwrap());
+    args.extend(["--weights", a_model_s]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (la, lc) = (losses(&a), losses(&c));
+    assert!(
+        lc[0].1 < la[0].1 - 1.0,
+        "C starts at {} against A's {}",
+        lc[0].1,
+        la[0].1
+    );
+    let (ta, tc) = (tensors(&a_model), tensors(&c.join("model")));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tc.keys().collect::<Vec<_>>());
+    // What no loss reads keeps its value: the CEM and DINOv2 (read by the
+    // CAMs only, which A's model has not), the mask tokens, IoU head and
+    // prompts that single-mask output never uses, batch-norm statistics.
+    let unread = [
+        "model.cem.",
+        "model.dinov2.",
+        "iou_prediction_head",
+        "output_hypernetworks_mlps.1.",
+        "output_hypernetworks_mlps.2.",
+        "output_hypernetworks_mlps.3.",
+        "prompt_encoder.mask_downscaling",
+        "prompt_encoder.not_a_point_embed",
+        "prompt_encoder.point_embeddings",
+        "running_",
+    ];
+    let unchanged: Vec<&String> = ta
+        .iter()
+        .filter(|(n, v)| tc[*n] == **v && !unread.iter().any(|u| n.contains(u)))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(unchanged.is_empty(), "unchanged: {unchanged:?}");
+
+    // A model config that is not the directory's is refused.
+    let other = d.join("other.json");
+    let mut tiny = config(&a_model);
+    tiny["ablation"]["use_cam"] = true.into();
+    std::fs::write(&other, tiny.to_string()).unwrap();
+    let out = d.join("mismatch");
+    let o = calico(&[
+        "train",
+        "--model-config",
+        other.to_str().unwrap(),
+        "--weights",
+        a_model_s,
+        "--data",
+        data,
+        "--config",
+        cfg,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("leave out --model-config"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+
+    // Answers with words the directory's word-level tokenizer never saw are
+    // refused before anything is written, naming the words.
+    let text = std::fs::read_to_string(mp.join("train.jsonl")).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let id = lines[1]["id"].as_str().unwrap().to_string();
+    let answer = lines[1]["answer"]
+        .as_str()
+        .unwrap()
+        .replacen("</p>", "zebraish </p>", 1);
+    lines[1]["answer"] = answer.into();
+    let oov = mp.join("oov.jsonl");
+    let body: Vec<String> = lines.iter().map(|v| v.to_string()).collect();
+    std::fs::write(&oov, body.join("\n") + "\n").unwrap();
+    let out = d.join("oov");
+    let mut args = train_args(oov.to_str().unwrap(), cfg, out.to_str().unwrap());
+    args.extend(["--weights", a_model_s]);
+    let o = calico(&args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("sample {id}")), "{err}");
+    assert!(err.contains("`zebraish`") && !err.contains("`a`"), "{err}");
+    assert!(!out.exists());
 }

@@ -73,6 +73,10 @@ impl SpecialIds {
 pub trait TextEncoder {
     fn encode_plain(&self, text: &str) -> Vec<u32>;
     fn decode_plain(&self, ids: &[u32]) -> String;
+    /// The id text outside the vocabulary becomes, if there is one.
+    fn unknown_token(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// How prompts are laid out.

@@ -559,6 +559,17 @@ impl crate::prompt::TextEncoder for CalicoTokenizer {
     fn decode_plain(&self, ids: &[u32]) -> String {
         self.inner.decode(ids, true).unwrap_or_default()
     }
+
+    fn unknown_token(&self) -> Option<u32> {
+        use tokenizers::models::ModelWrapper;
+        let unk = match self.inner.get_model() {
+            ModelWrapper::WordLevel(m) => Some(m.unk_token.clone()),
+            ModelWrapper::WordPiece(m) => Some(m.unk_token.clone()),
+            ModelWrapper::BPE(m) => m.unk_token.clone(),
+            ModelWrapper::Unigram(_) => None,
+        };
+        unk.and_then(|t| self.inner.token_to_id(&t))
+    }
 }
 
 #[cfg(test)]

@@ -277,8 +277,9 @@ impl Dataset {
     /// the run at once rather than when an epoch reaches it: each image file
     /// is readable as an image (its header only; files are checked once),
     /// the conversation tokenises within the LLM's context with one `[SEG]`
-    /// per mask, and every mask is on one of its sample's images, with
-    /// counts that cover exactly that image's pixels. Returns the number of
+    /// per mask, every answer word is in the tokenizer's vocabulary, and
+    /// every mask is on one of its sample's images, with counts that cover
+    /// exactly that image's pixels. Returns the number of
     /// distinct images and of masks checked.
     pub fn check(
         &self,
@@ -288,6 +289,7 @@ impl Dataset {
     ) -> Result<(usize, usize)> {
         let mut sizes: HashMap<PathBuf, (u32, u32)> = HashMap::new();
         let mut masks = 0;
+        let mut unknown: Vec<&Sample> = Vec::new();
         for s in &self.samples {
             let mut dims = Vec::with_capacity(s.images.len());
             for (k, im) in s.images.iter().enumerate() {
@@ -304,13 +306,55 @@ impl Dataset {
                 };
                 dims.push(size);
             }
-            self.layout(s, &s.answer, tok, special, format)?;
+            let layout = self.layout(s, &s.answer, tok, special, format)?;
+            if let Some(unk) = tok.unknown_token() {
+                if layout.labels.contains(&(unk as i64)) {
+                    unknown.push(s);
+                }
+            }
             for k in 0..s.masks.len() {
                 self.mask_rle(s, k, &dims)?;
             }
             masks += s.masks.len();
         }
+        if !unknown.is_empty() {
+            return Err(self.unknown_words_error(&unknown, tok));
+        }
         Ok((sizes.len(), masks))
+    }
+
+    /// The error for answers the tokenizer cannot spell: the model would
+    /// learn `<unk>` where the words are. Names the first sample and up to
+    /// ten of the words.
+    fn unknown_words_error(&self, samples: &[&Sample], tok: &dyn TextEncoder) -> TrainError {
+        let unk = tok.unknown_token();
+        // A word-level piece holds the spaces before the word: a word is
+        // unknown when neither form of it is spelled.
+        let unknown = |text: &str| tok.encode_plain(text).iter().any(|&t| Some(t) == unk);
+        let mut words: Vec<&str> = Vec::new();
+        for s in samples {
+            for w in s.answer.split_whitespace() {
+                if words.len() < 10
+                    && !words.contains(&w)
+                    && unknown(w)
+                    && unknown(&format!(" {w}"))
+                {
+                    words.push(w);
+                }
+            }
+        }
+        let list: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+        self.sample_error(
+            samples[0],
+            format!(
+                "the answer has words outside the tokenizer's vocabulary ({} sample(s) in all; \
+                 words: {}), which the model would learn as `<unk>`; a word-level tokenizer (the \
+                 `tiny` presets') knows only the words of the data it was built from: train \
+                 without --weights to build one from this data",
+                samples.len(),
+                list.join(", ")
+            ),
+        )
     }
 
     /// Example `index`, with its images reversed when `swap`.

@@ -78,11 +78,14 @@ pub struct RunSpec {
     pub run_dir: PathBuf,
     pub train: PathBuf,
     pub val: Option<PathBuf>,
-    /// The model config (preset, with ablations applied).
+    /// The model config (preset, with ablations applied; with `weights`,
+    /// that directory's).
     pub model: CalicoConfig,
-    /// A weights directory to start from (`calico model init`); `None`
-    /// starts from seeded random weights with a word-level tokenizer built
-    /// from the training answers.
+    /// A weights directory to start from (`calico model init`'s, or a
+    /// run's `model/`), with its tokenizer: `TrainableSet::Paper` trains
+    /// the paper's set over it, `TrainableSet::All` every tensor from its
+    /// values. `None` starts from seeded random weights with a word-level
+    /// tokenizer built from the training answers.
     pub weights: Option<PathBuf>,
     pub config: TrainConfig,
     /// Continue the run in `run_dir` from its latest checkpoint.
@@ -254,15 +257,27 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
     let tc = &spec.config;
     let format = PromptFormat::vicuna_v1(cfg.image_tokens());
     if let Some(w) = &spec.weights {
-        if tc.trainable == TrainableSet::All {
-            return Err(TrainError::Config(
-                "trainable = \"all\" trains from seeded random weights; it cannot start from --weights".into(),
-            ));
-        }
         let l = load_dir(w, MissingFrozen::Random { seed: tc.seed }, device)
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        let model = match tc.trainable {
+            TrainableSet::Paper => l.model,
+            // Every tensor the directory gave the model becomes a variable
+            // and the model is rebuilt over them, as `build_random` does
+            // for seeded weights.
+            TrainableSet::All => {
+                into_vars(&l.trainable, &l.frozen)?;
+                let special = *l.model.special_ids();
+                let mut model = build_over(cfg, special, &l.trainable, device)?;
+                let vocab = l.tokenizer.vocab_size();
+                if vocab > cfg.llm.vocab_size {
+                    // The added rows are variables `load_dir` already made.
+                    model.resize_token_embeddings(vocab, Some(&l.trainable))?;
+                }
+                model
+            }
+        };
         return Ok(Setup {
-            model: l.model,
+            model,
             vars: l.trainable,
             frozen: HashMap::new(),
             tok: l.tokenizer,
@@ -774,7 +789,13 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     let mut model_dir = None;
     if step == total {
         let dir = run.join(MODEL_DIR);
-        export(&dir, &cfg, &frozen, &vars, &tok, spec.weights.as_deref())?;
+        // With every tensor trained, the run's own files hold them all:
+        // none of `--weights`' files is named as a source.
+        let sources = match tc.trainable {
+            TrainableSet::Paper => spec.weights.as_deref(),
+            TrainableSet::All => None,
+        };
+        export(&dir, &cfg, &frozen, &vars, &tok, sources)?;
         model_dir = Some(dir);
     }
     Ok(Summary {

@@ -7,6 +7,7 @@ use anyhow::Result;
 use calico_eval::embed::{EmbeddingCache, SentenceEmbedder};
 use calico_eval::evaluate::TaskTable;
 use calico_eval::{ExactMatch, Similarity};
+use calico_model::calico::weights::CONFIG_FILE as WEIGHTS_CONFIG_FILE;
 use calico_model::config::{Ablation, CalicoConfig};
 use calico_train::config::TrainConfig;
 use calico_train::trainer::{train, Observer, Progress, RunSpec, StageProgress};
@@ -19,7 +20,8 @@ use crate::exit::bad_input;
 pub struct TrainArgs {
     /// Model preset: tiny, tiny-staged (tiny as the encoders-first recipe trains it, with that
     /// recipe's settings: docs/training.md), small or paper (ignored with --resume: the run's own
-    /// config is used).
+    /// config is used; with --weights the model is the directory's and the preset picks only the
+    /// training defaults).
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// A model config JSON file instead of a preset.
@@ -37,7 +39,9 @@ pub struct TrainArgs {
     /// Training settings JSON (fields left out take the preset's defaults).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Start from a weights directory (calico model init) instead of random weights.
+    /// Start from a weights directory instead of random weights: `calico model init`'s, or a
+    /// run's `model/` to fine-tune it. Its calico.json is the model; `trainable` "paper" trains
+    /// the paper's set over it, "all" (the `tiny` presets) every tensor from its values.
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint.
@@ -161,11 +165,26 @@ impl Observer for Bar {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let mut model = match &a.model_config {
-        Some(p) => CalicoConfig::from_json_file(p),
-        None => CalicoConfig::preset(&a.preset),
+    let mut model = match (&a.model_config, &a.weights) {
+        (Some(p), _) => CalicoConfig::from_json_file(p),
+        // The model is the weights directory's; the preset still picks the
+        // training defaults.
+        (None, Some(w)) => CalicoConfig::from_json_file(&w.join(WEIGHTS_CONFIG_FILE)),
+        (None, None) => CalicoConfig::preset(&a.preset),
     }
     .map_err(|e| bad_input(e.to_string()))?;
+    if let (Some(p), Some(w)) = (&a.model_config, &a.weights) {
+        let theirs = CalicoConfig::from_json_file(&w.join(WEIGHTS_CONFIG_FILE))
+            .map_err(|e| bad_input(e.to_string()))?;
+        if theirs != model {
+            return Err(bad_input(format!(
+                "{} differs from {}: leave out --model-config to train the weights \
+                 directory's model",
+                p.display(),
+                w.join(WEIGHTS_CONFIG_FILE).display()
+            )));
+        }
+    }
     if let Some(ab) = &a.ablation {
         apply_ablation(&mut model.ablation, ab);
     }

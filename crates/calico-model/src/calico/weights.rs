@@ -212,6 +212,9 @@ pub struct LoadedCalico {
     /// The trainable variables (read from the files or fresh), ready for
     /// an optimizer.
     pub trainable: VarMap,
+    /// Every frozen tensor the model read, by name (the same tensors the
+    /// model holds), so that a caller can make them variables too.
+    pub frozen: HashMap<String, Tensor>,
     pub report: WeightsReport,
 }
 
@@ -485,6 +488,43 @@ impl SimpleBackend for FrozenBackend {
     }
 }
 
+/// A builder's backend that keeps every tensor it hands out, by name.
+struct Recording {
+    inner: VarBuilder<'static>,
+    seen: Arc<Mutex<HashMap<String, Tensor>>>,
+}
+
+impl Recording {
+    fn keep(&self, name: &str, t: candle_core::Result<Tensor>) -> candle_core::Result<Tensor> {
+        let t = t?;
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.insert(name.to_string(), t.clone());
+        }
+        Ok(t)
+    }
+}
+
+impl SimpleBackend for Recording {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        _: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.keep(name, self.inner.get_with_hints_dtype(s, name, h, dtype))
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, _: &Device) -> candle_core::Result<Tensor> {
+        self.keep(name, self.inner.get_unchecked_dtype(name, dtype))
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
 /// The trainable variables found in `ckpt` (all names the trainable set
 /// covers), recorded as used.
 fn trainable_from(ckpt: &Checkpoint, device: &Device) -> Result<VarMap> {
@@ -544,6 +584,15 @@ pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<L
             VarBuilder::from_backend(Box::new(backend), dtype, device.clone())
         }
     };
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let frozen = VarBuilder::from_backend(
+        Box::new(Recording {
+            inner: frozen,
+            seen: seen.clone(),
+        }),
+        dtype,
+        device.clone(),
+    );
     let tvb = VarBuilder::from_varmap(&trainable, dtype, device);
     let mut model = Calico::new(&cfg, frozen, tvb, special).map_err(|e| {
         WeightsError(format!(
@@ -582,10 +631,12 @@ pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<L
         tokenizer: tok_origin,
         vocab: (before, after),
     };
+    let frozen = seen.lock().map(|m| m.clone()).unwrap_or_default();
     Ok(LoadedCalico {
         model,
         tokenizer: tok,
         trainable,
+        frozen,
         report,
     })
 }
