@@ -509,6 +509,39 @@ fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
         .collect();
     assert!(unchanged.is_empty(), "unchanged: {unchanged:?}");
 
+    // Stopped and resumed without --weights, the run finds its start
+    // (RUN/start.json) and ends with C's losses; another directory, or
+    // --weights on a run that started from random weights, is refused.
+    let e = d.join("e");
+    let mut args = train_args(data, cfg, e.to_str().unwrap());
+    args.extend(["--weights", a_model_s, "--stop-after", "3"]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b_model = b.join("model");
+    let mut args = train_args(data, cfg, e.to_str().unwrap());
+    args.extend(["--resume", "--weights", b_model.to_str().unwrap()]);
+    let o = calico(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("this run started from"),
+        "{}",
+        stderr(&o)
+    );
+    let mut args = train_args(data, cfg, e.to_str().unwrap());
+    args.push("--resume");
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&e), lc);
+    let mut args = train_args(data, cfg, a.to_str().unwrap());
+    args.extend(["--resume", "--weights", a_model_s]);
+    let o = calico(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("seeded random weights"),
+        "{}",
+        stderr(&o)
+    );
+
     // A model config that is not the directory's is refused.
     let other = d.join("other.json");
     let mut tiny = config(&a_model);
@@ -561,4 +594,10 @@ fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
     assert!(err.contains(&format!("sample {id}")), "{err}");
     assert!(err.contains("`zebraish`") && !err.contains("`a`"), "{err}");
     assert!(!out.exists());
+    // As validation samples they are fine: validation answers are no targets.
+    let mut args = train_args(data, cfg, out.to_str().unwrap());
+    args.extend(["--weights", a_model_s, "--val", oov.to_str().unwrap()]);
+    args.extend(["--stop-after", "1"]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
 }

@@ -277,15 +277,17 @@ impl Dataset {
     /// the run at once rather than when an epoch reaches it: each image file
     /// is readable as an image (its header only; files are checked once),
     /// the conversation tokenises within the LLM's context with one `[SEG]`
-    /// per mask, every answer word is in the tokenizer's vocabulary, and
-    /// every mask is on one of its sample's images, with counts that cover
-    /// exactly that image's pixels. Returns the number of
-    /// distinct images and of masks checked.
+    /// per mask, with `targets` (the answers are training targets) every
+    /// answer word is in the tokenizer's vocabulary, and every mask is on
+    /// one of its sample's images, with counts that cover exactly that
+    /// image's pixels. Returns the number of distinct images and of masks
+    /// checked.
     pub fn check(
         &self,
         tok: &dyn TextEncoder,
         special: &SpecialIds,
         format: &PromptFormat,
+        targets: bool,
     ) -> Result<(usize, usize)> {
         let mut sizes: HashMap<PathBuf, (u32, u32)> = HashMap::new();
         let mut masks = 0;
@@ -307,7 +309,7 @@ impl Dataset {
                 dims.push(size);
             }
             let layout = self.layout(s, &s.answer, tok, special, format)?;
-            if let Some(unk) = tok.unknown_token() {
+            if let Some(unk) = tok.unknown_token().filter(|_| targets) {
                 if layout.labels.contains(&(unk as i64)) {
                     unknown.push(s);
                 }

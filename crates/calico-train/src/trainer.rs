@@ -18,6 +18,7 @@
 //! ```text
 //! RUN/train_config.json  RUN/calico.json  RUN/tokenizer.json   the run's settings (read back by --resume)
 //! RUN/frozen.safetensors                   frozen tensors made at random (presets without weights)
+//! RUN/start.json                           the `--weights` directory it started from, if any
 //! RUN/metrics.jsonl  RUN/curve.svg         per-step losses, validation scores, the plot
 //! RUN/checkpoints/step-00000100/…          trainable tensors, optimizer moments, state.json
 //! RUN/checkpoints/stage1{,b}/step-…/       inside stages 1 and 1b (crate::stage_checkpoint)
@@ -66,6 +67,8 @@ pub const TRAIN_CONFIG_FILE: &str = "train_config.json";
 pub const MODEL_CONFIG_FILE: &str = "calico.json";
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const FROZEN_FILE: &str = "frozen.safetensors";
+/// The weights directory a run started from (`--weights`), for `--resume`.
+pub const START_FILE: &str = "start.json";
 pub const VAL_PREDICTIONS_FILE: &str = "val_predictions.jsonl";
 pub const MODEL_DIR: &str = "model";
 pub const PRETRAIN_FILE: &str = "pretrain.json";
@@ -453,6 +456,53 @@ fn stage_start(
     }
 }
 
+/// What a run started from, beside its settings (`RUN/start.json`; only
+/// for runs started from `--weights`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Start {
+    /// The weights directory, absolute.
+    weights: PathBuf,
+}
+
+/// The weights directory the run starts from: `spec.weights` (made
+/// absolute) for a new run; for a resumed one, the directory it started
+/// from, which `spec.weights` may repeat but not change.
+fn start_weights(spec: &RunSpec) -> Result<Option<PathBuf>> {
+    let given = match &spec.weights {
+        Some(w) => Some(
+            std::fs::canonicalize(w)
+                .map_err(|e| TrainError::Config(format!("--weights {}: {e}", w.display())))?,
+        ),
+        None => None,
+    };
+    if !spec.resume {
+        return Ok(given);
+    }
+    let path = spec.run_dir.join(START_FILE);
+    let recorded = if path.is_file() {
+        Some(read_json::<Start>(&path)?.weights)
+    } else {
+        None
+    };
+    match (recorded, given) {
+        (None, Some(w)) => Err(TrainError::Config(format!(
+            "{}: this run started from seeded random weights, not from {}; resume it \
+             without --weights",
+            spec.run_dir.display(),
+            w.display()
+        ))),
+        (Some(r), Some(w)) if r != w => Err(TrainError::Config(format!(
+            "{}: this run started from {}, not from {}; resume it without --weights \
+             (or with the same directory)",
+            spec.run_dir.display(),
+            r.display(),
+            w.display()
+        ))),
+        (recorded, _) => Ok(recorded),
+    }
+}
+
 /// Trains (or resumes) a run; see the module docs.
 pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Result<Summary> {
     let device = Device::Cpu;
@@ -503,6 +553,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     };
     let spec_eff = RunSpec {
         config: tc.clone(),
+        weights: start_weights(spec)?,
         ..spec.clone()
     };
     let Setup {
@@ -510,7 +561,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         vars,
         frozen,
         tok,
-    } = if spec.resume && spec.weights.is_none() {
+    } = if spec.resume && spec_eff.weights.is_none() {
         // The tokenizer of the run, not one rebuilt from the data.
         let mut tok = CalicoTokenizer::from_file(run.join(TOKENIZER_FILE))?;
         let special = tok.add_calico_tokens(None)?;
@@ -526,8 +577,12 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     };
     // Every sample is checked before the run directory is touched: a bad
     // line stops the run now, not when an epoch reaches it.
-    for ds in std::iter::once(&train_ds).chain(val_ds.as_ref()) {
-        let (images, masks) = ds.check(&tok, model.special_ids(), model.prompt_format())?;
+    // Only training answers are targets: a validation answer may hold words
+    // the model cannot say.
+    let sets = std::iter::once((&train_ds, true)).chain(val_ds.as_ref().map(|v| (v, false)));
+    for (ds, targets) in sets {
+        let (images, masks) =
+            ds.check(&tok, model.special_ids(), model.prompt_format(), targets)?;
         obs.message(&format!(
             "{}: {} samples checked ({images} images, {masks} masks)",
             ds.path().display(),
@@ -560,6 +615,9 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         write_atomic(&p, json.as_bytes()).map_err(|e| io(&p, e))?;
         let p = run.join("tokenizer_config.json");
         write_json(&p, &tok.config_json())?;
+        if let Some(w) = &spec_eff.weights {
+            write_json(&run.join(START_FILE), &Start { weights: w.clone() })?;
+        }
         if !frozen.is_empty() {
             let p = run.join(FROZEN_FILE);
             let bytes = calico_model::calico::weights::safetensors_bytes(&frozen)
@@ -792,7 +850,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         // With every tensor trained, the run's own files hold them all:
         // none of `--weights`' files is named as a source.
         let sources = match tc.trainable {
-            TrainableSet::Paper => spec.weights.as_deref(),
+            TrainableSet::Paper => spec_eff.weights.as_deref(),
             TrainableSet::All => None,
         };
         export(&dir, &cfg, &frozen, &vars, &tok, sources)?;
