@@ -44,7 +44,8 @@ pub struct TrainArgs {
     /// the paper's set over it, "all" (the `tiny` presets) every tensor from its values.
     #[arg(long)]
     weights: Option<PathBuf>,
-    /// Continue the run in --out from its latest checkpoint.
+    /// Continue the run in --out from its latest checkpoint (a run started from --weights
+    /// starts from that directory again; --weights may be left out).
     #[arg(long)]
     resume: bool,
     /// Turn modules off (Table 2): no-cem, no-cam, no-cem-no-cam, no-qformer, no-dino.
