@@ -163,12 +163,15 @@ fn stage_one_updates_the_global_encoders_and_nothing_else() {
     assert_eq!(names, ["global", "eva", "semantic"]);
     assert_eq!(s.val_accuracy, Some(s.val_heads[0].accuracy));
     for h in &s.val_heads {
-        let a = h.accuracy;
-        assert!(
-            (a * 4.0).fract() == 0.0 && (0.0..=1.0).contains(&a),
-            "{}: {a}",
-            h.head
-        );
+        for a in [h.accuracy, h.all_objects] {
+            assert!(
+                (a * 4.0).fract() == 0.0 && (0.0..=1.0).contains(&a),
+                "{}: {a}",
+                h.head
+            );
+        }
+        // Getting every object right implies the best class is right.
+        assert!(h.all_objects <= h.accuracy, "{}: {h:?}", h.head);
     }
     let after = values(&named);
     let encoder = |n: &str| GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p));
