@@ -392,7 +392,6 @@ fn head_loss(kind: PretrainLoss, logits: &Tensor, targets: &Tensor) -> Result<Te
     })
 }
 
-/// Top-1 hits of `(n, classes)` scores against each row's label set.
 /// Images whose `k` highest scores are exactly their `k` classes.
 fn all_object_hits(scores: &Tensor, labels: &[Vec<usize>]) -> Result<usize> {
     let rows: Vec<Vec<f32>> = scores.to_dtype(candle_core::DType::F32)?.to_vec2()?;
@@ -410,6 +409,7 @@ fn all_object_hits(scores: &Tensor, labels: &[Vec<usize>]) -> Result<usize> {
         .count())
 }
 
+/// Top-1 hits of `(n, classes)` scores against each row's label set.
 fn hits(scores: &Tensor, labels: &[Vec<usize>]) -> Result<usize> {
     let best: Vec<u32> = scores.argmax(D::Minus1)?.to_vec1()?;
     Ok(best

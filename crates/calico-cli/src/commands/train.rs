@@ -166,26 +166,32 @@ impl Observer for Bar {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let mut model = match (&a.model_config, &a.weights) {
-        (Some(p), _) => CalicoConfig::from_json_file(p),
-        // The model is the weights directory's; the preset still picks the
-        // training defaults.
-        (None, Some(w)) => CalicoConfig::from_json_file(&w.join(WEIGHTS_CONFIG_FILE)),
-        (None, None) => CalicoConfig::preset(&a.preset),
-    }
-    .map_err(|e| bad_input(e.to_string()))?;
-    if let (Some(p), Some(w)) = (&a.model_config, &a.weights) {
-        let theirs = CalicoConfig::from_json_file(&w.join(WEIGHTS_CONFIG_FILE))
-            .map_err(|e| bad_input(e.to_string()))?;
-        if theirs != model {
-            return Err(bad_input(format!(
-                "{} differs from {}: leave out --model-config to train the weights \
-                 directory's model",
-                p.display(),
-                w.join(WEIGHTS_CONFIG_FILE).display()
-            )));
+    // With --weights the model is the directory's; the preset still picks
+    // the training defaults, and a --model-config must say the same.
+    let from_weights = match &a.weights {
+        Some(w) => {
+            let p = w.join(WEIGHTS_CONFIG_FILE);
+            let c = CalicoConfig::from_json_file(&p).map_err(|e| bad_input(e.to_string()))?;
+            Some((p, c))
         }
-    }
+        None => None,
+    };
+    let mut model = match (&a.model_config, from_weights) {
+        (Some(p), theirs) => {
+            let ours = CalicoConfig::from_json_file(p).map_err(|e| bad_input(e.to_string()))?;
+            if let Some((path, _)) = theirs.filter(|(_, c)| *c != ours) {
+                return Err(bad_input(format!(
+                    "{} differs from {}: leave out --model-config to train the weights \
+                     directory's model",
+                    p.display(),
+                    path.display()
+                )));
+            }
+            ours
+        }
+        (None, Some((_, theirs))) => theirs,
+        (None, None) => CalicoConfig::preset(&a.preset).map_err(|e| bad_input(e.to_string()))?,
+    };
     if let Some(ab) = &a.ablation {
         apply_ablation(&mut model.ablation, ab);
     }
