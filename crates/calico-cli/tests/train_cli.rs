@@ -601,3 +601,72 @@ fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
     let o = calico(&args);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+#[test]
+fn the_paper_set_on_a_weights_directory_trains_its_ablation_and_exports_a_whole_model() {
+    let d = tmp("train-ablated-weights");
+    let (_, data, cfg) = samples_and_config(&d);
+    let (data, cfg) = (data.as_str(), cfg.as_str());
+    let a = d.join("a");
+    let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let a_model = a.join("model");
+    assert!(tensors(&a_model)
+        .keys()
+        .any(|n| n.starts_with("model.cem.")));
+
+    // The paper's trainable set on A's weights without CEM and CAM: the
+    // model trained, recorded and exported is the ablated one, with no
+    // CEM or CAM tensor among its variables.
+    let paper = d.join("paper.json");
+    let mut c: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+    c["trainable"] = "paper".into();
+    std::fs::write(&paper, c.to_string()).unwrap();
+    let b = d.join("b");
+    let mut args = train_args(data, paper.to_str().unwrap(), b.to_str().unwrap());
+    args.extend(["--weights", a_model.to_str().unwrap()]);
+    args.extend(["--ablation", "no-cem-no-cam"]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for dir in [b.clone(), b.join("model")] {
+        let c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("calico.json")).unwrap())
+                .unwrap();
+        assert_eq!(c["ablation"]["use_cem"], false, "{}", dir.display());
+        assert_eq!(c["ablation"]["use_cam"], false, "{}", dir.display());
+    }
+    let trained = tensors(&b.join("model"));
+    assert!(!trained.is_empty());
+    let ablated: Vec<&String> = trained
+        .keys()
+        .filter(|n| n.starts_with("model.cem.") || n.starts_with("model.cam."))
+        .collect();
+    assert!(ablated.is_empty(), "{ablated:?}");
+    // The export names A's files as sources, and holds itself what they
+    // lack: the tensors A trained that B held frozen (A's own
+    // trainable.safetensors is no source). It loads with nothing missing.
+    let o = calico(&["model", "check", b.join("model").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // A directory with no tensors at all (as `small`'s vision side has
+    // none): the run seeds the frozen ones, and its export holds them.
+    let w = d.join("w");
+    let o = calico(&[
+        "model",
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        w.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(a_model.join("tokenizer.json"), w.join("tokenizer.json")).unwrap();
+    let c = d.join("c");
+    let mut args = train_args(data, paper.to_str().unwrap(), c.to_str().unwrap());
+    args.extend(["--weights", w.to_str().unwrap()]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(c.join("model/model.safetensors").is_file());
+    let o = calico(&["model", "check", c.join("model").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -34,7 +34,7 @@ use std::time::Instant;
 use calico_eval::evaluate::{prepare, score, EvalOptions, TaskTable};
 use calico_eval::Similarity;
 use calico_model::calico::cache::FeatureCache;
-use calico_model::calico::weights::{load_dir, save_dir, write_atomic, MissingFrozen};
+use calico_model::calico::weights::{load_dir_ablated, save_dir, write_atomic, MissingFrozen};
 use calico_model::calico::Calico;
 use calico_model::config::CalicoConfig;
 use calico_model::prompt::PromptFormat;
@@ -260,10 +260,37 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
     let tc = &spec.config;
     let format = PromptFormat::vicuna_v1(cfg.image_tokens());
     if let Some(w) = &spec.weights {
-        let l = load_dir(w, MissingFrozen::Random { seed: tc.seed }, device)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        // The run's model is the directory's with the run's ablation (the
+        // paper set's model is the loaded one, so it must leave out what
+        // the ablation switches off).
+        let l = load_dir_ablated(
+            w,
+            cfg.ablation,
+            MissingFrozen::Random { seed: tc.seed },
+            device,
+        )
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+        if l.model.config() != cfg {
+            return Err(TrainError::Config(format!(
+                "the run's model config differs from {}'s {MODEL_CONFIG_FILE} in more \
+                 than its ablation",
+                w.display()
+            )));
+        }
+        // The export names the directory's files as its sources; the frozen
+        // tensors they lack (an earlier run's trained ones, seeded ones) go
+        // into the run's own files.
+        let mut own = HashMap::new();
         let model = match tc.trainable {
-            TrainableSet::Paper => l.model,
+            TrainableSet::Paper => {
+                own = l
+                    .frozen
+                    .iter()
+                    .filter(|(n, _)| l.frozen_own.contains(*n))
+                    .map(|(n, t)| (n.clone(), t.clone()))
+                    .collect();
+                l.model
+            }
             // Every tensor the directory gave the model becomes a variable
             // and the model is rebuilt over them, as `build_random` does
             // for seeded weights.
@@ -282,7 +309,7 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
         return Ok(Setup {
             model,
             vars: l.trainable,
-            frozen: HashMap::new(),
+            frozen: own,
             tok: l.tokenizer,
         });
     }

@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     insert_sam_rel_pos, is_trainable_name, seeded_fill_where, Calico, FillMode, SeededBackend,
 };
-use crate::config::CalicoConfig;
+use crate::config::{Ablation, CalicoConfig};
 use crate::gguf::load_llama_gguf;
 use crate::load::{rename_prefixes, Checkpoint, LoadReport};
 use crate::tokenizer::CalicoTokenizer;
@@ -215,6 +215,12 @@ pub struct LoadedCalico {
     /// Every frozen tensor the model read, by name (the same tensors the
     /// model holds), so that a caller can make them variables too.
     pub frozen: HashMap<String, Tensor>,
+    /// The names among `frozen` that neither the directory's
+    /// `model.safetensors` nor its sources hold: read from its own
+    /// `trainable.safetensors` (a tensor an earlier run trained) or seeded
+    /// (`MissingFrozen::Random`). A directory that names this one's files
+    /// as its sources must hold these itself.
+    pub frozen_own: BTreeSet<String>,
     pub report: WeightsReport,
 }
 
@@ -551,7 +557,39 @@ fn var_names(map: &VarMap) -> BTreeSet<String> {
 
 /// Builds a Calico from a weights directory (see the module docs).
 pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<LoadedCalico> {
-    let Opened { cfg, ckpt, gguf } = open(dir, device)?;
+    load_dir_inner(dir, None, missing, device)
+}
+
+/// [`load_dir`] with Table 2's module switches set to `ablation` instead
+/// of the directory config's own: the modules it switches off are never
+/// built (their tensors stay unread), and one it switches on that the
+/// directory lacks is made by `missing`, like any other absent tensor.
+pub fn load_dir_ablated(
+    dir: &Path,
+    ablation: Ablation,
+    missing: MissingFrozen,
+    device: &Device,
+) -> Result<LoadedCalico> {
+    load_dir_inner(dir, Some(ablation), missing, device)
+}
+
+fn load_dir_inner(
+    dir: &Path,
+    ablation: Option<Ablation>,
+    missing: MissingFrozen,
+    device: &Device,
+) -> Result<LoadedCalico> {
+    let Opened {
+        mut cfg,
+        ckpt,
+        gguf,
+    } = open(dir, device)?;
+    // Trainable tensors of the modules an ablation switches off are left
+    // out of the variables (an optimizer would hold them unread).
+    let prune = ablation.is_some_and(|a| a != cfg.ablation);
+    if let Some(a) = ablation {
+        cfg.ablation = a;
+    }
     let (mut tok, tok_origin) = tokenizer(dir, gguf.as_deref())?;
     let before = tok.vocab_size();
     let special = tok.add_calico_tokens(cfg.llm.eos_token_id)?;
@@ -593,7 +631,15 @@ pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<L
         dtype,
         device.clone(),
     );
-    let tvb = VarBuilder::from_varmap(&trainable, dtype, device);
+    let read = Arc::new(Mutex::new(HashMap::new()));
+    let tvb = VarBuilder::from_backend(
+        Box::new(Recording {
+            inner: VarBuilder::from_varmap(&trainable, dtype, device),
+            seen: read.clone(),
+        }),
+        dtype,
+        device.clone(),
+    );
     let mut model = Calico::new(&cfg, frozen, tvb, special).map_err(|e| {
         WeightsError(format!(
             "{}: building the model: {e} (run `calico model check {}` for the full list)",
@@ -601,6 +647,12 @@ pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<L
             dir.display()
         ))
     })?;
+    if prune {
+        let read = read.lock().map(|m| m.clone()).unwrap_or_default();
+        if let Ok(mut vars) = trainable.data().lock() {
+            vars.retain(|n, _| read.contains_key(n));
+        }
+    }
     if after > cfg.llm.vocab_size {
         model.resize_token_embeddings(after, Some(&trainable))?;
     }
@@ -632,11 +684,18 @@ pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<L
         vocab: (before, after),
     };
     let frozen = seen.lock().map(|m| m.clone()).unwrap_or_default();
+    let own_file = dir.join(TRAINABLE_FILE);
+    let mut frozen_own: BTreeSet<String> = report.filled.iter().cloned().collect();
+    if own_file.is_file() {
+        let own: BTreeSet<String> = Checkpoint::open(&own_file)?.names().into_iter().collect();
+        frozen_own.extend(frozen.keys().filter(|n| own.contains(*n)).cloned());
+    }
     Ok(LoadedCalico {
         model,
         tokenizer: tok,
         trainable,
         frozen,
+        frozen_own,
         report,
     })
 }
