@@ -360,6 +360,32 @@ fn bad_training_inputs_are_refused() {
         "--resume",
     ]);
     assert_eq!(o.status.code(), Some(2));
+    // A model config the model cannot be built from, said once, before
+    // anything is written.
+    let staged =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/train/tiny-staged.model.json");
+    let mut model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(staged).unwrap()).unwrap();
+    model["ablation"]["use_qformer"] = false.into();
+    let model_cfg = d.join("model.json");
+    std::fs::write(&model_cfg, model.to_string()).unwrap();
+    let o = calico(&[
+        "train",
+        "--model-config",
+        model_cfg.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.matches("use_cam needs ablation.use_qformer").count(),
+        1,
+        "{err}"
+    );
+    assert!(!out.exists());
 }
 
 #[test]
@@ -669,4 +695,41 @@ fn the_paper_set_on_a_weights_directory_trains_its_ablation_and_exports_a_whole_
     assert!(c.join("model/model.safetensors").is_file());
     let o = calico(&["model", "check", c.join("model").to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+#[test]
+fn every_ablation_trains_and_records_its_modules() {
+    let d = tmp("train-ablations");
+    let (_, data, cfg) = samples_and_config(&d);
+    let (data, cfg) = (data.as_str(), cfg.as_str());
+    // (name, use_qformer, use_dino, use_cem, use_cam): Table 2's rows.
+    let rows = [
+        ("no-cem", true, true, false, true),
+        ("no-cam", true, true, true, false),
+        ("no-cem-no-cam", true, true, false, false),
+        ("no-qformer", false, true, true, false),
+        ("no-dino", true, false, false, true),
+    ];
+    for (name, qformer, dino, cem, cam) in rows {
+        let out = d.join(name);
+        let mut args = train_args(data, cfg, out.to_str().unwrap());
+        args.extend(["--ablation", name, "--stop-after", "1"]);
+        let o = calico(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("calico.json")).unwrap())
+                .unwrap();
+        let a = &c["ablation"];
+        assert_eq!(
+            (a["use_qformer"].as_bool(), a["use_dino"].as_bool()),
+            (Some(qformer), Some(dino)),
+            "{name}"
+        );
+        assert_eq!(
+            (a["use_cem"].as_bool(), a["use_cam"].as_bool()),
+            (Some(cem), Some(cam)),
+            "{name}"
+        );
+        assert_eq!(losses(&out).len(), 1, "{name}");
+    }
 }

@@ -59,7 +59,7 @@ pub enum LoadError {
         first: String,
         second: String,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] candle_core::Error),
 }
 

@@ -25,7 +25,7 @@ pub mod workers;
 pub enum TrainError {
     #[error("{0}")]
     Data(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Model(#[from] candle_core::Error),
     #[error("{path}: {error}")]
     Io {
@@ -36,6 +36,6 @@ pub enum TrainError {
     Config(String),
     #[error("training stopped at step {step}: the {what} is {value}; the last checkpoint is kept")]
     NonFinite { step: u64, what: String, value: f64 },
-    #[error("{0}")]
+    #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
 }

@@ -48,7 +48,8 @@ pub struct TrainArgs {
     /// starts from that directory again; --weights may be left out).
     #[arg(long)]
     resume: bool,
-    /// Turn modules off (Table 2): no-cem, no-cam, no-cem-no-cam, no-qformer, no-dino.
+    /// Turn modules off (Table 2): no-cem, no-cam, no-cem-no-cam, no-qformer (and so
+    /// no CAM), no-dino (and so no CEM).
     #[arg(long, value_parser = ["no-cem", "no-cam", "no-cem-no-cam", "no-qformer", "no-dino"])]
     ablation: Option<String>,
     /// Override the seed of the training config.
@@ -80,8 +81,19 @@ fn apply_ablation(a: &mut Ablation, name: &str) {
             a.use_cem = false;
             a.use_cam = false;
         }
-        "no-qformer" => a.use_qformer = false,
-        "no-dino" => a.use_dino = false,
+        // The CAMs run the Q-Former ("removing Q-Former – and thus
+        // disabling most of CAM and CEM", §5.2); the CEM stays, its output
+        // reaching the LLM through the linear projection.
+        "no-qformer" => {
+            a.use_qformer = false;
+            a.use_cam = false;
+        }
+        // Without DINOv2 there is nothing for the CEM to attend to ("no
+        // cross-attention is applied"); the CAMs read the raw tokens.
+        "no-dino" => {
+            a.use_dino = false;
+            a.use_cem = false;
+        }
         _ => {}
     }
 }
@@ -195,6 +207,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(ab) = &a.ablation {
         apply_ablation(&mut model.ablation, ab);
     }
+    model.validate().map_err(|e| {
+        bad_input(match &a.ablation {
+            Some(ab) => format!("the model config with --ablation {ab}: {e}"),
+            None => format!("the model config: {e}"),
+        })
+    })?;
     // The training defaults: the preset's own (`tiny-staged` has the staged
     // recipe), or those of the family a model config file names.
     let defaults = TrainConfig::for_preset(match &a.model_config {
