@@ -105,6 +105,21 @@ fn a_killed_run_resumes_to_the_same_losses() {
     let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--resume"), "{}", stderr(&o));
+    // --resume with flags that ask for other settings than the run
+    // recorded is refused (the same flags are fine, as above).
+    for extra in [["--ablation", "no-cam"], ["--seed", "7"]] {
+        let mut args = train_args(data, cfg, b.to_str().unwrap());
+        args.push("--resume");
+        args.extend(extra);
+        let o = calico(&args);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("settings it recorded"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(losses(&b), got);
 }
 
 /// Runs `calico args` and kills it with SIGKILL once `ckdir/latest` names

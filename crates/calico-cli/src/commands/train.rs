@@ -10,7 +10,9 @@ use calico_eval::{ExactMatch, Similarity};
 use calico_model::calico::weights::CONFIG_FILE as WEIGHTS_CONFIG_FILE;
 use calico_model::config::{Ablation, CalicoConfig};
 use calico_train::config::TrainConfig;
-use calico_train::trainer::{train, Observer, Progress, RunSpec, StageProgress};
+use calico_train::trainer::{
+    train, Observer, Progress, RunSpec, StageProgress, MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE,
+};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -96,6 +98,57 @@ fn apply_ablation(a: &mut Ablation, name: &str) {
         }
         _ => {}
     }
+}
+
+/// `--resume` continues with the settings the run recorded, not the flags';
+/// a flag given with it that asks for other settings is refused rather than
+/// silently ignored.
+fn resume_flags_agree(a: &TrainArgs, model: &CalicoConfig, config: &TrainConfig) -> Result<()> {
+    let read = |file: &str| -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(a.out.join(file)).ok()?;
+        serde_json::from_str(&text).ok()
+    };
+    let differs = |file: &str, ours: serde_json::Result<serde_json::Value>| match (read(file), ours)
+    {
+        // No run there (or an unreadable one): the trainer says so.
+        (Some(recorded), Ok(ours)) => recorded != ours,
+        _ => false,
+    };
+    let model_flags: Vec<String> = [
+        a.ablation.as_ref().map(|ab| format!("--ablation {ab}")),
+        a.model_config
+            .as_ref()
+            .map(|p| format!("--model-config {}", p.display())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let train_flags: Vec<String> = [
+        a.config
+            .as_ref()
+            .map(|p| format!("--config {}", p.display())),
+        a.seed.map(|s| format!("--seed {s}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let checks = [
+        (model_flags, MODEL_CONFIG_FILE, serde_json::to_value(model)),
+        (train_flags, TRAIN_CONFIG_FILE, serde_json::to_value(config)),
+    ];
+    for (flags, file, ours) in checks {
+        if !flags.is_empty() && differs(file, ours) {
+            return Err(bad_input(format!(
+                "{}: --resume continues the run with the settings it recorded in {file}, and {} \
+                 {} for others; leave {} out to resume, or start a new run in another --out",
+                a.out.display(),
+                flags.join(" and "),
+                if flags.len() == 1 { "asks" } else { "ask" },
+                if flags.len() == 1 { "it" } else { "them" }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Similarity by embedding on demand (labels are short; the cache fills
@@ -236,6 +289,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     config
         .validate()
         .map_err(|e| bad_input(format!("training config: {e}")))?;
+    if a.resume {
+        resume_flags_agree(&a, &model, &config)?;
+    }
     for p in std::iter::once(&a.data).chain(a.val.iter()) {
         if !p.is_file() {
             return Err(bad_input(format!("{}: no such samples file", p.display())));
