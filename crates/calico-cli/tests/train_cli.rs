@@ -119,6 +119,27 @@ fn a_killed_run_resumes_to_the_same_losses() {
             stderr(&o)
         );
     }
+    // So is another samples file (here one sample fewer); the same samples
+    // under another name are not.
+    let text = std::fs::read_to_string(data).unwrap();
+    let other = Path::new(data).with_file_name("other.jsonl");
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&other, lines[..lines.len() - 1].join("\n") + "\n").unwrap();
+    let mut args = train_args(other.to_str().unwrap(), cfg, b.to_str().unwrap());
+    args.push("--resume");
+    let o = calico(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not the training samples"),
+        "{}",
+        stderr(&o)
+    );
+    let copy = Path::new(data).with_file_name("copy.jsonl");
+    std::fs::copy(data, &copy).unwrap();
+    let mut args = train_args(copy.to_str().unwrap(), cfg, b.to_str().unwrap());
+    args.push("--resume");
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(losses(&b), got);
 }
 

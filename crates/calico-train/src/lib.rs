@@ -14,6 +14,7 @@ pub mod optim;
 pub mod plot;
 pub mod predict;
 pub mod pretrain;
+pub mod samples_record;
 pub mod schedule;
 pub mod stage_checkpoint;
 pub mod stem;

@@ -17,6 +17,7 @@
 //! # Run directory
 //! ```text
 //! RUN/train_config.json  RUN/calico.json  RUN/tokenizer.json   the run's settings (read back by --resume)
+//! RUN/data.json                            the training samples file's SHA-256 (--resume checks it)
 //! RUN/frozen.safetensors                   frozen tensors made at random (presets without weights)
 //! RUN/start.json                           the `--weights` directory it started from, if any
 //! RUN/metrics.jsonl  RUN/curve.svg         per-step losses, validation scores, the plot
@@ -56,6 +57,7 @@ use crate::model::{build_over, build_random, into_vars, TrainableSet};
 use crate::objective::batch_loss;
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator};
 use crate::predict::{greedy, predict_sample};
+use crate::samples_record::{SamplesRecord, DATA_FILE};
 use crate::schedule::LrSchedule;
 use crate::stage_checkpoint::{self, restore_vars, var_tensors, Stage, StageCheckpoints, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
@@ -574,6 +576,13 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         None
     };
     let train_ds = data::open(&spec.train, &cfg)?;
+    let samples = SamplesRecord::of(&spec.train, train_ds.len())?;
+    let recorded_samples = run.join(DATA_FILE);
+    // Runs from before the record have none to compare with.
+    if spec.resume && recorded_samples.is_file() {
+        let recorded: SamplesRecord = read_json(&recorded_samples)?;
+        samples.check_resume(&recorded, &spec.train)?;
+    }
     let val_ds = match &spec.val {
         Some(v) => Some(data::open(v, &cfg)?),
         None => None,
@@ -645,6 +654,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         if let Some(w) = &spec_eff.weights {
             write_json(&run.join(START_FILE), &Start { weights: w.clone() })?;
         }
+        write_json(&recorded_samples, &samples)?;
         if !frozen.is_empty() {
             let p = run.join(FROZEN_FILE);
             let bytes = calico_model::calico::weights::safetensors_bytes(&frozen)
