@@ -15,6 +15,11 @@ const CONFIG: &str = r#"{"epochs": 1, "steps_per_epoch": 6, "batch_size": 2,
   "grad_accumulation": 2, "warmup_steps": 2, "checkpoint_every": 1, "keep_last": 2,
   "validate_every": 0}"#;
 
+/// A JSON file, parsed.
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 /// The records of `run`'s metrics.jsonl whose `kind` is `kind`.
 fn records(run: &Path, kind: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
@@ -190,10 +195,10 @@ fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
     .unwrap();
     let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
     let summaries = |run: &Path| -> Vec<f64> {
-        let read = |f: &str| -> serde_json::Value {
-            serde_json::from_str(&std::fs::read_to_string(run.join(f)).unwrap()).unwrap()
-        };
-        let (p, m) = (read("pretrain.json"), read("mask_pretrain.json"));
+        let (p, m) = (
+            read_json(&run.join("pretrain.json")),
+            read_json(&run.join("mask_pretrain.json")),
+        );
         ["loss", "train_accuracy"]
             .iter()
             .map(|k| p[*k].as_f64().unwrap())
@@ -275,9 +280,7 @@ fn the_tiny_staged_preset_is_the_staged_recipes_two_files() {
 
     // The two files, the shortening written over the recipe's settings.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/train");
-    let mut recipe: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root.join("tiny-staged.json")).unwrap())
-            .unwrap();
+    let mut recipe = read_json(&root.join("tiny-staged.json"));
     let over: serde_json::Value = serde_json::from_str(short).unwrap();
     for (k, v) in over.as_object().unwrap() {
         match (recipe.get_mut(k), v) {
@@ -400,8 +403,7 @@ fn bad_training_inputs_are_refused() {
     // anything is written.
     let staged =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/train/tiny-staged.model.json");
-    let mut model: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(staged).unwrap()).unwrap();
+    let mut model = read_json(&staged);
     model["ablation"]["use_qformer"] = false.into();
     let model_cfg = d.join("model.json");
     std::fs::write(&model_cfg, model.to_string()).unwrap();
@@ -526,9 +528,7 @@ fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(tensors(&b.join("model")), tensors(&a_model));
     assert!(!b.join("model/sources.json").exists());
-    let config = |p: &Path| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(p.join("calico.json")).unwrap()).unwrap()
-    };
+    let config = |p: &Path| read_json(&p.join("calico.json"));
     // The model is the directory's (no CAM), not the default preset's.
     assert_eq!(config(&b), config(&a_model));
     assert_eq!(config(&b)["ablation"]["use_cam"], false);
@@ -691,9 +691,7 @@ fn the_paper_set_on_a_weights_directory_trains_its_ablation_and_exports_a_whole_
     let o = calico(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     for dir in [b.clone(), b.join("model")] {
-        let c: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("calico.json")).unwrap())
-                .unwrap();
+        let c = read_json(&dir.join("calico.json"));
         assert_eq!(c["ablation"]["use_cem"], false, "{}", dir.display());
         assert_eq!(c["ablation"]["use_cam"], false, "{}", dir.display());
     }
@@ -752,9 +750,7 @@ fn every_ablation_trains_and_records_its_modules() {
         args.extend(["--ablation", name, "--stop-after", "1"]);
         let o = calico(&args);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
-        let c: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("calico.json")).unwrap())
-                .unwrap();
+        let c = read_json(&out.join("calico.json"));
         let a = &c["ablation"];
         assert_eq!(
             (a["use_qformer"].as_bool(), a["use_dino"].as_bool()),

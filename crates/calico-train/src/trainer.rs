@@ -279,20 +279,20 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
                 w.display()
             )));
         }
-        // The export names the directory's files as its sources; the frozen
-        // tensors they lack (an earlier run's trained ones, seeded ones) go
-        // into the run's own files.
-        let mut own = HashMap::new();
+        // The paper set's export names the directory's files as its
+        // sources; the frozen tensors they lack (an earlier run's trained
+        // ones, seeded ones) go into the run's own files.
+        let own: HashMap<String, Tensor> = match tc.trainable {
+            TrainableSet::Paper => l
+                .frozen
+                .iter()
+                .filter(|(n, _)| l.frozen_own.contains(*n))
+                .map(|(n, t)| (n.clone(), t.clone()))
+                .collect(),
+            TrainableSet::All => HashMap::new(),
+        };
         let model = match tc.trainable {
-            TrainableSet::Paper => {
-                own = l
-                    .frozen
-                    .iter()
-                    .filter(|(n, _)| l.frozen_own.contains(*n))
-                    .map(|(n, t)| (n.clone(), t.clone()))
-                    .collect();
-                l.model
-            }
+            TrainableSet::Paper => l.model,
             // Every tensor the directory gave the model becomes a variable
             // and the model is rebuilt over them, as `build_random` does
             // for seeded weights.

@@ -648,8 +648,7 @@ fn load_dir_inner(
         ))
     })?;
     if prune {
-        let read = read.lock().map(|m| m.clone()).unwrap_or_default();
-        if let Ok(mut vars) = trainable.data().lock() {
+        if let (Ok(read), Ok(mut vars)) = (read.lock(), trainable.data().lock()) {
             vars.retain(|n, _| read.contains_key(n));
         }
     }
