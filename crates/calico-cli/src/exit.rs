@@ -28,9 +28,25 @@ pub fn app(e: calico_app::AppError) -> anyhow::Error {
     }
 }
 
+/// The error and its causes joined by `: `, leaving out a cause whose text
+/// the message already holds (many errors print their source themselves).
+pub fn message(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for e in err.chain() {
+        let text = e.to_string();
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 /// Prints the error chain and returns the exit code.
 pub fn report(err: &anyhow::Error) -> i32 {
-    eprintln!("error: {err:#}");
+    eprintln!("error: {}", message(err));
     let input_error = err.chain().any(|e| {
         e.is::<BadInput>()
             || e.is::<calico_masks::MaskError>()
@@ -56,5 +72,39 @@ fn is_input_data_error(e: &(dyn std::error::Error + 'static)) -> bool {
         Some(DataError::Config(msg)) => !msg.starts_with("internal"),
         Some(_) => true,
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Shows(std::io::Error);
+
+    impl fmt::Display for Shows {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "runs/a/checkpoints: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Shows {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let disk_full = || std::io::Error::from_raw_os_error(28);
+        let e = anyhow::Error::new(Shows(disk_full()));
+        assert_eq!(
+            message(&e),
+            format!("runs/a/checkpoints: {}", disk_full()),
+            "a source the message already shows is not repeated"
+        );
+        assert_eq!(report(&e), 2);
+        let e = anyhow::Error::new(disk_full()).context("saving step 4");
+        assert_eq!(message(&e), format!("saving step 4: {}", disk_full()));
     }
 }

@@ -83,7 +83,7 @@ impl CemConfig {
     /// Checks the head split for EVA tokens of width `d_global`.
     pub fn validate(&self, d_global: usize) -> Result<()> {
         let a = self.attention_width(d_global);
-        if a == 0 || self.num_attention_heads == 0 || a % self.num_attention_heads != 0 {
+        if a == 0 || self.num_attention_heads == 0 || !a.is_multiple_of(self.num_attention_heads) {
             candle_core::bail!(
                 "CemConfig: attention width {a} is not a positive multiple of num_attention_heads {}",
                 self.num_attention_heads

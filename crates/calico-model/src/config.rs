@@ -427,14 +427,14 @@ impl CalicoConfig {
         let llm = &self.llm;
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(msg) };
         check(
-            eva.num_attention_heads > 0 && eva.hidden_size % eva.num_attention_heads == 0,
+            eva.num_attention_heads > 0 && eva.hidden_size.is_multiple_of(eva.num_attention_heads),
             format!(
                 "eva_vit.hidden_size {} is not a multiple of eva_vit.num_attention_heads {}",
                 eva.hidden_size, eva.num_attention_heads
             ),
         )?;
         check(
-            eva.patch_size > 0 && eva.image_size % eva.patch_size == 0,
+            eva.patch_size > 0 && eva.image_size.is_multiple_of(eva.patch_size),
             format!(
                 "eva_vit.image_size {} is not a multiple of eva_vit.patch_size {}",
                 eva.image_size, eva.patch_size
@@ -448,7 +448,7 @@ impl CalicoConfig {
             ),
         )?;
         check(
-            q.num_attention_heads > 0 && q.hidden_size % q.num_attention_heads == 0,
+            q.num_attention_heads > 0 && q.hidden_size.is_multiple_of(q.num_attention_heads),
             format!(
                 "qformer.hidden_size {} is not a multiple of qformer.num_attention_heads {}",
                 q.hidden_size, q.num_attention_heads
@@ -461,7 +461,8 @@ impl CalicoConfig {
         )?;
         let dino = &self.dinov2;
         check(
-            dino.num_attention_heads > 0 && dino.hidden_size % dino.num_attention_heads == 0,
+            dino.num_attention_heads > 0
+                && dino.hidden_size.is_multiple_of(dino.num_attention_heads),
             format!(
                 "dinov2.hidden_size {} is not a multiple of dinov2.num_attention_heads {}",
                 dino.hidden_size, dino.num_attention_heads
@@ -480,7 +481,7 @@ impl CalicoConfig {
         check(
             llm.num_attention_heads > 0
                 && llm.kv_heads() > 0
-                && llm.num_attention_heads % llm.kv_heads() == 0,
+                && llm.num_attention_heads.is_multiple_of(llm.kv_heads()),
             format!(
                 "llm.num_attention_heads {} is not a multiple of llm.num_key_value_heads {}",
                 llm.num_attention_heads,
@@ -488,7 +489,7 @@ impl CalicoConfig {
             ),
         )?;
         check(
-            llm.head_dim.is_some() || llm.hidden_size % llm.num_attention_heads == 0,
+            llm.head_dim.is_some() || llm.hidden_size.is_multiple_of(llm.num_attention_heads),
             format!(
                 "llm.hidden_size {} is not a multiple of llm.num_attention_heads {}",
                 llm.hidden_size, llm.num_attention_heads
@@ -519,14 +520,14 @@ impl CalicoConfig {
         let pe = &self.sam_prompt_encoder;
         let md = &self.sam_mask_decoder;
         check(
-            enc.patch_size > 0 && enc.img_size % enc.patch_size == 0,
+            enc.patch_size > 0 && enc.img_size.is_multiple_of(enc.patch_size),
             format!(
                 "sam_encoder.img_size {} is not a multiple of sam_encoder.patch_size {}",
                 enc.img_size, enc.patch_size
             ),
         )?;
         check(
-            enc.num_heads > 0 && enc.embed_dim % enc.num_heads == 0,
+            enc.num_heads > 0 && enc.embed_dim.is_multiple_of(enc.num_heads),
             format!(
                 "sam_encoder.embed_dim {} is not a multiple of sam_encoder.num_heads {}",
                 enc.embed_dim, enc.num_heads
@@ -580,7 +581,8 @@ impl CalicoConfig {
             Some(s) => {
                 let c = &self.clip;
                 check(
-                    c.num_attention_heads > 0 && c.hidden_size % c.num_attention_heads == 0,
+                    c.num_attention_heads > 0
+                        && c.hidden_size.is_multiple_of(c.num_attention_heads),
                     format!(
                         "clip.hidden_size {} is not a multiple of clip.num_attention_heads {}",
                         c.hidden_size, c.num_attention_heads

@@ -120,7 +120,9 @@ impl EvaVitConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             candle_core::bail!(
                 "EvaVitConfig: hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,
@@ -130,7 +132,7 @@ impl EvaVitConfig {
         if let Some(ch) = &self.conv_stem {
             crate::conv_stem::ConvStem::check_patch(ch, self.patch_size, "EvaVitConfig")?;
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             candle_core::bail!(
                 "EvaVitConfig: image_size {} is not a multiple of patch_size {}",
                 self.image_size,

@@ -78,11 +78,13 @@ impl QFormerConfig {
 
     /// Whether layer `i` has cross-attention.
     pub fn has_cross_attention(&self, i: usize) -> bool {
-        i % self.cross_attention_frequency == 0
+        i.is_multiple_of(self.cross_attention_frequency)
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             candle_core::bail!(
                 "QFormerConfig: hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size,

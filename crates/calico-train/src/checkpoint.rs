@@ -124,6 +124,11 @@ pub fn checkpoint_dir_name(step: u64) -> String {
     format!("{STEP_PREFIX}{step:08}")
 }
 
+/// The step of checkpoint directory `dir` (`…/step-00000123` → 123).
+pub fn checkpoint_step(dir: &Path) -> Option<u64> {
+    parse_dir_name(dir.file_name()?.to_str()?)
+}
+
 /// Step number of a checkpoint directory name (`step-<digits>`), if it is one.
 fn parse_dir_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix(STEP_PREFIX)?;
@@ -206,8 +211,9 @@ fn save_with_hook(
 
     if !ckdir.is_dir() {
         fs::create_dir_all(ckdir).map_err(io_err(ckdir))?;
-        if let Some(parent) = ckdir.parent() {
-            sync_dir(parent)?;
+        // A stage's folder may have created `checkpoints/` too.
+        for dir in ckdir.ancestors().skip(1).take(2) {
+            sync_dir(dir)?;
         }
     }
     remove_leftovers(ckdir);
@@ -450,6 +456,25 @@ pub fn list_checkpoints_in(ckdir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The `step-…` directories of `ckdir` that are not complete checkpoints
+/// (damaged, or not what a save leaves), oldest first: never loaded, and
+/// named when they are why a run cannot resume.
+pub fn incomplete_checkpoints_in(ckdir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(ckdir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let step = e.file_name().to_str().and_then(parse_dir_name)?;
+            let path = e.path();
+            (path.is_dir() && !is_complete(&path)).then_some((step, path))
+        })
+        .collect();
+    out.sort();
+    out.into_iter().map(|(_, p)| p).collect()
 }
 
 /// The complete checkpoints of `run`, oldest first, as (step, directory).

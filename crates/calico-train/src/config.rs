@@ -68,6 +68,92 @@ pub struct FreezeStage {
     pub until_step: Option<u64>,
 }
 
+/// Most optimizer steps a run may have.
+pub const MAX_STEPS: u64 = 1_000_000_000;
+
+/// Largest batch size, gradient accumulation or image count per step.
+pub const MAX_BATCH: usize = 65_536;
+
+/// `Err` naming `field` when `v` exceeds `max`.
+pub(crate) fn check_at_most(field: &str, v: usize, max: usize) -> Result<(), String> {
+    if v > max {
+        Err(format!("{field} must be at most {max}, got {v}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// AdamW's settings that would make its update meaningless or non-finite.
+fn check_adamw(o: &AdamWConfig) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (field, b) in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            bad.push(format!("{field} must be in [0, 1), got {b}"));
+        }
+    }
+    if !(o.eps > 0.0 && (o.eps as f32) > 0.0 && o.eps.is_finite()) {
+        bad.push(format!(
+            "optimizer.eps must be positive (and not round to 0 in f32), got {}",
+            o.eps
+        ));
+    }
+    if !(o.weight_decay >= 0.0 && o.weight_decay * o.lr < 1.0) {
+        bad.push(format!(
+            "optimizer.weight_decay must be at least 0 with lr × weight_decay below 1, got {}",
+            o.weight_decay
+        ));
+    }
+    bad
+}
+
+/// Loss weights and focal settings that are not a loss to minimise.
+fn check_loss(l: &LossConfig) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (field, w) in [
+        ("loss.text", l.text),
+        ("loss.focal", l.focal),
+        ("loss.dice", l.dice),
+        ("loss.focal_gamma", l.focal_gamma),
+    ] {
+        if !(w >= 0.0 && w.is_finite()) {
+            bad.push(format!("{field} must be a number ≥ 0, got {w}"));
+        }
+    }
+    if l.text + l.focal + l.dice <= 0.0 {
+        bad.push("loss.text, loss.focal and loss.dice are all 0: there is nothing to learn".into());
+    }
+    if let Some(a) = l.focal_alpha.filter(|a| !(0.0..=1.0).contains(a)) {
+        bad.push(format!(
+            "loss.focal_alpha must be in [0, 1] (or null), got {a}"
+        ));
+    }
+    bad
+}
+
+/// `Err` naming `field` unless `lr` is a learning rate the f32 weights can
+/// use: positive, and neither rounding to 0 nor overflowing in f32.
+pub(crate) fn check_lr(field: &str, lr: f64) -> Result<(), String> {
+    let as_f32 = lr as f32;
+    if lr > 0.0 && as_f32.is_finite() && as_f32 > 0.0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{field} must be a positive number within f32's range (about 1e-38 to 3e38), got {lr}"
+        ))
+    }
+}
+
 impl TrainConfig {
     /// Whether the variable `name` is held still during optimizer step
     /// `step` (1-based).
@@ -153,30 +239,108 @@ impl TrainConfig {
     /// Unknown fields and wrong types are errors.
     pub fn with_overrides(&self, json: &str) -> Result<Self, String> {
         let over: serde_json::Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if !over.is_object() {
+            return Err(format!(
+                "expected a JSON object of settings, e.g. {{\"epochs\": 2}}, got {}",
+                json_kind(&over)
+            ));
+        }
         let mut base = serde_json::to_value(self).map_err(|e| e.to_string())?;
         merge_json(&mut base, over);
-        serde_json::from_value(base).map_err(|e| e.to_string())
+        // Errors name the field: `optimizer.lr: invalid type: …`.
+        serde_path_to_error::deserialize(base).map_err(|e| {
+            let path = e.path().to_string();
+            format!("{path}: {}", e.into_inner())
+        })
     }
 
-    /// Optimizer steps of the whole run.
+    /// Optimizer steps of the whole run (saturating: [`Self::validate`]
+    /// refuses a product that does not fit).
     pub fn total_steps(&self) -> u64 {
-        self.epochs * self.steps_per_epoch
+        self.epochs.saturating_mul(self.steps_per_epoch)
+    }
+
+    /// Settings that make a run, but probably not the one meant: said
+    /// before the run starts (`has_val`: whether validation samples are
+    /// given).
+    pub fn notes(&self, has_val: bool) -> Vec<String> {
+        let mut notes = Vec::new();
+        let warmup = |field: &str, warmup: u64, steps: u64| {
+            (warmup > steps).then(|| {
+                format!(
+                    "note: {field} ({warmup}) exceeds the {steps} steps it warms up, so the \
+                     learning rate peaks at {:.1} % of its setting",
+                    100.0 * steps as f64 / warmup as f64
+                )
+            })
+        };
+        notes.extend(warmup(
+            "warmup_steps",
+            self.warmup_steps,
+            self.total_steps(),
+        ));
+        if let Some(v) = &self.vision_pretrain {
+            notes.extend(warmup(
+                "vision_pretrain.warmup_steps",
+                v.warmup_steps,
+                v.steps,
+            ));
+        }
+        if let Some(m) = &self.mask_pretrain {
+            notes.extend(warmup(
+                "mask_pretrain.warmup_steps",
+                m.warmup_steps,
+                m.steps,
+            ));
+            if m.val_images > 0 && !has_val {
+                notes.push(
+                    "note: mask_pretrain.val_images is set but no --val is given: stage 1b \
+                     scores no validation images"
+                        .into(),
+                );
+            }
+        }
+        if self.val_samples > 0 && self.validate_every > 0 && !has_val {
+            notes.push(
+                "note: validate_every is set but no --val is given: the run does not validate"
+                    .into(),
+            );
+        }
+        notes
     }
 
     /// Checks the values make a run.
     pub fn validate(&self) -> Result<(), String> {
         let mut bad = Vec::new();
-        if self.total_steps() == 0 {
-            bad.push("epochs × steps_per_epoch must be at least 1".to_string());
+        match self.epochs.checked_mul(self.steps_per_epoch) {
+            Some(0) => bad.push("epochs × steps_per_epoch must be at least 1".to_string()),
+            Some(n) if n > MAX_STEPS => bad.push(format!(
+                "epochs × steps_per_epoch must be at most {MAX_STEPS}, got {n}"
+            )),
+            None => bad.push(format!(
+                "epochs × steps_per_epoch must be at most {MAX_STEPS}, got {} × {}",
+                self.epochs, self.steps_per_epoch
+            )),
+            Some(_) => {}
         }
         if self.batch_size == 0 || self.grad_accumulation == 0 {
             bad.push("batch_size and grad_accumulation must be at least 1".into());
         }
-        if !(self.optimizer.lr > 0.0 && self.optimizer.lr.is_finite()) {
-            bad.push(format!(
-                "optimizer.lr must be positive, got {}",
-                self.optimizer.lr
-            ));
+        for (field, v) in [
+            ("batch_size", self.batch_size),
+            ("grad_accumulation", self.grad_accumulation),
+        ] {
+            if let Err(e) = check_at_most(field, v, MAX_BATCH) {
+                bad.push(e);
+            }
+        }
+        if let Err(e) = check_lr("optimizer.lr", self.optimizer.lr) {
+            bad.push(e);
+        }
+        bad.extend(check_adamw(&self.optimizer));
+        bad.extend(check_loss(&self.loss));
+        if self.val_samples > 0 && self.max_new_tokens == 0 {
+            bad.push("max_new_tokens must be at least 1 when val_samples is set".into());
         }
         if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
             bad.push(format!(
@@ -204,6 +368,12 @@ impl TrainConfig {
             if f.prefixes.is_empty() || f.prefixes.iter().any(|p| p.is_empty()) {
                 bad.push(format!(
                     "freeze[{i}].prefixes must list at least one non-empty name prefix"
+                ));
+            }
+            if f.until_step == Some(0) {
+                bad.push(format!(
+                    "freeze[{i}].until_step 0 holds nothing (steps count from 1); leave it out \
+                     to hold the whole run"
                 ));
             }
         }
@@ -328,5 +498,87 @@ mod tests {
         let c: TrainConfig = serde_json::from_str(r#"{"epochs": 0, "keep_last": 0}"#).unwrap();
         let e = c.validate().unwrap_err();
         assert!(e.contains("epochs") && e.contains("keep_last"), "{e}");
+    }
+
+    #[test]
+    fn settings_that_are_no_optimisation_are_refused_naming_the_field() {
+        let tiny = TrainConfig::for_preset("tiny");
+        let refused = |json: &str, field: &str| {
+            let e = match tiny.with_overrides(json) {
+                Ok(c) => c.validate().unwrap_err(),
+                Err(e) => e,
+            };
+            assert!(e.contains(field), "{json}: {e}");
+        };
+        for (json, field) in [
+            (r#"{"optimizer": {"beta1": 1.5}}"#, "optimizer.beta1"),
+            (r#"{"optimizer": {"beta2": 1.0}}"#, "optimizer.beta2"),
+            (r#"{"optimizer": {"eps": 0}}"#, "optimizer.eps"),
+            (r#"{"optimizer": {"eps": 1e-50}}"#, "optimizer.eps"),
+            (
+                r#"{"optimizer": {"weight_decay": -1}}"#,
+                "optimizer.weight_decay",
+            ),
+            (r#"{"optimizer": {"lr": 1e39}}"#, "optimizer.lr"),
+            (
+                r#"{"optimizer": {"learning_rate": 0.1}}"#,
+                "optimizer.learning_rate",
+            ),
+            (r#"{"loss": {"text": -1}}"#, "loss.text"),
+            (r#"{"loss": {"text": 0, "focal": 0, "dice": 0}}"#, "all 0"),
+            (r#"{"loss": {"focal_alpha": 5}}"#, "loss.focal_alpha"),
+            (r#"{"loss": {"focal_gamma": -3}}"#, "loss.focal_gamma"),
+            (
+                r#"{"epochs": 4294967296, "steps_per_epoch": 4294967296}"#,
+                "at most",
+            ),
+            (
+                r#"{"epochs": 9223372036854775809, "steps_per_epoch": 2}"#,
+                "at most",
+            ),
+            (
+                r#"{"batch_size": 4294967296}"#,
+                "batch_size must be at most",
+            ),
+            (
+                r#"{"vision_pretrain": {"batch_size": 1000000}}"#,
+                "vision_pretrain.batch_size",
+            ),
+            (
+                r#"{"mask_pretrain": {"images": 1000000}}"#,
+                "mask_pretrain.images",
+            ),
+            (
+                r#"{"freeze": [{"prefixes": ["model."], "until_step": 0}]}"#,
+                "until_step 0",
+            ),
+            (
+                r#"{"max_new_tokens": 0, "val_samples": 5}"#,
+                "max_new_tokens",
+            ),
+            (r#"{"epochs": "1"}"#, "epochs: invalid type"),
+            (
+                r#"{"loss": {"focal_alpha": "x"}}"#,
+                "loss.focal_alpha: invalid type",
+            ),
+            ("[]", "expected a JSON object"),
+        ] {
+            refused(json, field);
+        }
+        // Unusual but meaningful settings are said, not refused.
+        let c = tiny
+            .with_overrides(r#"{"warmup_steps": 1000, "epochs": 1, "steps_per_epoch": 2}"#)
+            .unwrap();
+        c.validate().unwrap();
+        let notes = c.notes(true);
+        assert!(
+            notes.iter().any(|n| n.contains("warmup_steps (1000)")),
+            "{notes:?}"
+        );
+        let c = tiny
+            .with_overrides(r#"{"validate_every": 5, "val_samples": 4}"#)
+            .unwrap();
+        assert!(c.notes(false).iter().any(|n| n.contains("no --val")));
+        assert!(c.notes(true).is_empty());
     }
 }

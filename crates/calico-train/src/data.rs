@@ -179,12 +179,18 @@ impl Dataset {
         Ok(input)
     }
 
-    /// The images of sample `index` in the model's views, in order.
+    /// The images of sample `index` in the model's views, in order; an
+    /// image that does not decode names the samples file and the sample.
     pub fn images_of(&self, index: usize) -> Result<Vec<ImageInput>> {
-        self.samples[index]
-            .images
+        let s = &self.samples[index];
+        s.images
             .iter()
-            .map(|i| self.image(&i.file).map(|a| (*a).clone()))
+            .enumerate()
+            .map(|(k, i)| {
+                self.image(&i.file)
+                    .map(|a| (*a).clone())
+                    .map_err(|e| self.sample_error(s, format!("image {k}: {e}")))
+            })
             .collect()
     }
 

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dense;
+mod guard;
 pub mod mask_pretrain;
 pub mod metrics;
 pub mod model;
@@ -35,8 +36,15 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Config(String),
-    #[error("training stopped at step {step}: the {what} is {value}; the last checkpoint is kept")]
-    NonFinite { step: u64, what: String, value: f64 },
+    /// A loss, the gradient norm or an updated tensor is NaN or infinite;
+    /// `kept` says which checkpoint the run can resume from.
+    #[error("training stopped at step {step}: the {what} is {value}; {kept}")]
+    NonFinite {
+        step: u64,
+        what: String,
+        value: f64,
+        kept: String,
+    },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
 }

@@ -90,12 +90,12 @@ impl MaskPretrain {
         if self.steps == 0 || self.images == 0 {
             return Err("mask_pretrain.steps and mask_pretrain.images must be at least 1".into());
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!(
-                "mask_pretrain.lr must be positive, got {}",
-                self.lr
-            ));
-        }
+        crate::config::check_lr("mask_pretrain.lr", self.lr)?;
+        crate::config::check_at_most(
+            "mask_pretrain.images",
+            self.images,
+            crate::config::MAX_BATCH,
+        )?;
         Ok(())
     }
 }
@@ -292,6 +292,30 @@ fn slice_gradients(
 
 /// Runs stage 1b on `train`'s images, updating SAM's variables among
 /// `named` in place; `val` (if any) is only scored. With checkpoints in
+/// Refuses a stage 1b that cannot run on `train` with the variables
+/// `named` (checked before the run directory is written): no masks with a
+/// role, or none of SAM's variables trained.
+pub(crate) fn check_can_run(named: &[(String, Var)], train: &Dataset) -> Result<()> {
+    let has_role = |s: &calico_data::samples::Sample| {
+        s.masks
+            .iter()
+            .any(|m| m.role.is_some() && m.image < s.images.len())
+    };
+    if !train.samples.iter().any(has_role) {
+        return Err(TrainError::Data(format!(
+            "{}: mask_pretrain needs masks with a role (object, common_part, unique_part); found none",
+            train.path().display()
+        )));
+    }
+    if !named.iter().any(|(n, _)| n.starts_with(SAM)) {
+        return Err(TrainError::Config(
+            "mask_pretrain: the run trains none of SAM's variables (model.grounding_encoder.*)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 /// `run`, it saves its progress and continues a resumed stage.
 pub fn pretrain_masks(
     model: &Calico,
@@ -307,14 +331,9 @@ pub fn pretrain_masks(
         checkpoints,
     } = run;
     cfg.validate().map_err(TrainError::Config)?;
+    check_can_run(named, train)?;
     let t0 = std::time::Instant::now();
     let p = Prompted::collect(train, None);
-    if p.files.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: mask_pretrain needs masks with a role (object, common_part, unique_part); found none",
-            train.path().display()
-        )));
-    }
     let dim = model.config().sam_prompt_encoder.embed_dim;
     let dev = Device::Cpu;
     // Unit-variance initial prompts, as an embedding table's.
@@ -329,12 +348,6 @@ pub fn pretrain_masks(
         .filter(|(n, _)| n.starts_with(SAM))
         .cloned()
         .collect();
-    if vars.is_empty() {
-        return Err(TrainError::Config(
-            "mask_pretrain: the run trains none of SAM's variables (model.grounding_encoder.*)"
-                .into(),
-        ));
-    }
     vars.push(("mask_pretrain.labels".into(), table.clone()));
     let mut opt = StageOptimizer::new(vars, cfg.lr, cfg.warmup_steps, cfg.steps)?;
     obs.message(&format!(
@@ -390,7 +403,16 @@ pub fn pretrain_masks(
             }
             grads.push(g);
         }
-        opt.step(step, sums[0], &grads, "stage-1b (mask pretraining) loss")?;
+        opt.step(
+            step,
+            &[
+                ("focal loss", sums[1]),
+                ("Dice loss", sums[2]),
+                ("loss", sums[0]),
+            ],
+            &grads,
+            "stage 1b (mask pretraining)",
+        )?;
         recent.push(sums);
         if recent.len() > 20 {
             recent.remove(0);

@@ -61,8 +61,8 @@ fn f64_or_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Er
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
-/// One optimiser step: the loss and its weighted components, the schedule and
-/// the speed.
+/// One optimiser step: the total loss and its components (logged unweighted;
+/// only `loss` is the λ-weighted total), the schedule and the speed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TrainRecord {
     /// Optimiser steps done (1-based: the first step logs 1).

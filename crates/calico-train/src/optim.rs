@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// LISA/GLaMM's DeepSpeed config: lr 4e-4, betas (0.9, 0.95), eps 1e-8,
 /// weight decay 0.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     /// Base (peak) learning rate; [`AdamW::step`] takes the scheduled lr.
     pub lr: f64,
@@ -370,6 +370,24 @@ pub fn all_finite(grads: &BTreeMap<String, Tensor>) -> Result<bool> {
     Ok(true)
 }
 
+/// The first variable (in `vars`' order) holding a NaN or an infinity, with
+/// that value: an update that overflowed (a learning rate far too high)
+/// leaves finite gradients behind but weights that no later step can use,
+/// and no checkpoint should keep them.
+pub fn first_non_finite(vars: &[(String, Var)]) -> Result<Option<(String, f32)>> {
+    for (name, v) in vars {
+        let values = v
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if let Some(x) = values.iter().find(|x| !x.is_finite()) {
+            return Ok(Some((name.clone(), *x)));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,5 +689,17 @@ mod tests {
         // Huge but finite values overflow the f32 sum of squares, yet are finite.
         let g = grads(&[("a", &[3e38, 3e38])]);
         assert!(all_finite(&g).unwrap());
+
+        let vars = |b: f32| {
+            vec![
+                ("a".to_string(), var(&[1.0, 3e38])),
+                ("b".into(), var(&[2.0, b])),
+            ]
+        };
+        assert_eq!(first_non_finite(&vars(0.5)).unwrap(), None);
+        let (name, x) = first_non_finite(&vars(f32::NEG_INFINITY)).unwrap().unwrap();
+        assert_eq!((name.as_str(), x), ("b", f32::NEG_INFINITY));
+        let (name, x) = first_non_finite(&vars(f32::NAN)).unwrap().unwrap();
+        assert!(name == "b" && x.is_nan());
     }
 }

@@ -8,7 +8,9 @@
 //! per-component 99th percentile, so an early spike does not flatten the
 //! rest; clipped values are drawn on the top edge and noted. Long runs are
 //! thinned to a min/max pair per pixel column, which keeps the envelope of a
-//! noisy curve.
+//! noisy curve. Steps are ticked at whole numbers; tick labels and legend
+//! values switch to scientific notation (`1.2e12`, `2.5e-7`) for very large
+//! or small magnitudes, so any finite value fits the margins.
 
 use crate::metrics::{write_atomic, Record, Result, TrainRecord, ValRecord};
 use std::fmt::Write as _;
@@ -91,7 +93,8 @@ fn nice_step(span: f64, target: f64) -> f64 {
     m * mag
 }
 
-/// Tick values in `[lo, hi]` at `step`.
+/// Tick values in `[lo, hi]` at `step`, strictly increasing (it stops where
+/// `step` is below the resolution of the values).
 fn ticks(lo: f64, hi: f64, step: f64) -> Vec<f64> {
     let mut out = Vec::new();
     if !(lo.is_finite() && hi.is_finite() && step.is_finite() && step > 0.0) {
@@ -104,29 +107,55 @@ fn ticks(lo: f64, hi: f64, step: f64) -> Vec<f64> {
             break;
         }
         // Avoid "-0" and float noise like 0.30000000000000004.
-        out.push(if v.abs() < step * 1e-9 { 0.0 } else { v });
+        let v = if v.abs() < step * 1e-9 { 0.0 } else { v };
+        if matches!(out.last(), Some(&last) if v <= last) {
+            break;
+        }
+        out.push(v);
     }
     out
 }
 
-/// A tick label with as many decimals as the spacing needs; scientific for
-/// very small spacings (learning rates).
-fn tick_label(v: f64, step: f64) -> String {
-    if v == 0.0 {
+/// Magnitudes written in scientific notation: at least this large…
+const SCI_LARGE: f64 = 1e5;
+/// …or non-zero and below this.
+const SCI_SMALL: f64 = 1e-3;
+
+/// The decimal exponent of `v` (`floor(log10 |v|)`, robust to float noise).
+fn exponent(v: f64) -> i32 {
+    (v.abs().log10() + 1e-9).floor() as i32
+}
+
+/// `v` in scientific notation with at most `decimals` mantissa decimals,
+/// trailing zeros dropped: `1e12`, `2.5e-7`, `-8.034e11`.
+fn sci(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$e}");
+    match s.split_once('e') {
+        Some((m, e)) if m.contains('.') => {
+            format!("{}e{e}", m.trim_end_matches('0').trim_end_matches('.'))
+        }
+        _ => s,
+    }
+}
+
+/// A tick label for `v` on an axis ticked at `step` whose largest |value| is
+/// `scale`: as many decimals as the spacing needs, or scientific (for the
+/// whole axis, so its labels look alike) when the spacing is below 1e-3 or
+/// the axis reaches 1e5. At most 10 characters for any finite value.
+fn tick_label(v: f64, step: f64, scale: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
         return "0".into();
     }
-    if step >= 1.0 && v.abs() < 1e9 {
+    if step < SCI_SMALL || scale.max(v.abs()) >= SCI_LARGE {
+        // Ticks are multiples of 1, 2 or 5 × 10^k: digits down to 10^k.
+        let decimals = (exponent(v) - exponent(step)).clamp(0, 3) as usize;
+        return sci(v, decimals);
+    }
+    if step >= 1.0 {
         return format!("{v:.0}");
     }
-    if step >= 1e-3 {
-        let decimals = (-step.log10()).ceil().clamp(0.0, 6.0) as usize;
-        return format!("{v:.decimals$}");
-    }
-    let e = v.abs().log10().floor();
-    let m = v / 10f64.powf(e);
-    let m = format!("{m:.1}");
-    let m = m.strip_suffix(".0").unwrap_or(&m);
-    format!("{m}e{e}")
+    let decimals = (-step.log10()).ceil().clamp(0.0, 6.0) as usize;
+    format!("{v:.decimals$}")
 }
 
 /// The value at quantile `q` of the finite values (0 when there are none).
@@ -207,6 +236,7 @@ fn frame(s: &mut String, p: &Panel, title: &str, empty: Option<&str>) {
 
 /// Horizontal grid lines and y labels.
 fn y_axis(s: &mut String, p: &Panel, step: f64) {
+    let scale = p.y.0.abs().max(p.y.1.abs());
     for v in ticks(p.y.0, p.y.1, step) {
         let y = p.py(v);
         let _ = write!(
@@ -222,13 +252,16 @@ fn y_axis(s: &mut String, p: &Panel, step: f64) {
             p.left - 5.0,
             y + 3.5,
             r#" text-anchor="end""#,
-            &tick_label(v, step),
+            &tick_label(v, step, scale),
         );
     }
 }
 
-/// Step tick marks, with labels when `labels`.
+/// Step tick marks, with labels when `labels`. Steps are whole numbers, so
+/// the spacing is at least 1.
 fn x_axis(s: &mut String, p: &Panel, step: f64, labels: bool) {
+    let step = step.max(1.0);
+    let scale = p.x.0.abs().max(p.x.1.abs());
     for v in ticks(p.x.0, p.x.1, step) {
         let x = p.px(v);
         let _ = write!(
@@ -245,7 +278,7 @@ fn x_axis(s: &mut String, p: &Panel, step: f64, labels: bool) {
                 x,
                 p.bottom + 15.0,
                 r#" text-anchor="middle""#,
-                &tick_label(v, step),
+                &tick_label(v, step, scale),
             );
         }
     }
@@ -310,8 +343,11 @@ fn legend(s: &mut String, x: f64, y: f64, entries: &[(&str, &str, String)], back
     }
 }
 
+/// The last finite value, compactly: 3 decimals below 10, fewer above, and
+/// scientific with 4 significant digits from 1e5 or (non-zero) below 1e-3.
 fn last_value(values: &[(f64, f64)]) -> String {
     match values.iter().rev().find(|(_, y)| y.is_finite()) {
+        Some((_, y)) if *y != 0.0 && !(SCI_SMALL..SCI_LARGE).contains(&y.abs()) => sci(*y, 3),
         Some((_, y)) if y.abs() >= 100.0 => format!("{y:.0}"),
         Some((_, y)) if y.abs() >= 10.0 => format!("{y:.1}"),
         Some((_, y)) => format!("{y:.3}"),
@@ -342,7 +378,7 @@ pub fn training_curve_svg(records: &[Record], title: &str) -> String {
 
     let max_step = records.iter().map(Record::step).max().unwrap_or(0).max(1) as f64;
     let x_range = (0.0, max_step);
-    let x_step = nice_step(max_step, 6.0);
+    let x_step = nice_step(max_step, 6.0).max(1.0);
 
     let mut s = String::new();
     let _ = write!(
@@ -442,7 +478,7 @@ pub fn training_curve_svg(records: &[Record], title: &str) -> String {
                 &format!(
                     "{clipped} value{} above {} clipped",
                     if clipped == 1 { "" } else { "s" },
-                    tick_label(hi, y_step)
+                    tick_label(hi, y_step, lo.abs().max(hi.abs()))
                 ),
             );
         }
@@ -513,7 +549,7 @@ pub fn training_curve_svg(records: &[Record], title: &str) -> String {
     );
     if has_val {
         y_axis(&mut s, &vp, 20.0);
-        x_axis(&mut s, &vp, nice_step(max_step, 3.0), true);
+        x_axis(&mut s, &vp, nice_step(max_step, 3.0).max(1.0), true);
         let mut entries = Vec::new();
         for (name, class, color, f) in metrics {
             let d: Vec<(f64, f64)> = val.iter().map(|r| (r.step as f64, f(r))).collect();
@@ -706,11 +742,164 @@ mod tests {
         assert_eq!(nice_step(4e-4, 2.0), 2e-4);
         assert_eq!(nice_step(0.0, 5.0), 1.0);
         assert_eq!(ticks(0.0, 1.0, 0.2).len(), 6);
-        assert_eq!(tick_label(0.6000000000000001, 0.2), "0.6");
-        assert_eq!(tick_label(4e-4, 2e-4), "4e-4");
-        assert_eq!(tick_label(2.5e-5, 5e-6), "2.5e-5");
-        assert_eq!(tick_label(1500.0, 500.0), "1500");
+        assert_eq!(ticks(1e300, 1e300, 1.0), vec![1e300]);
+        assert_eq!(tick_label(0.6000000000000001, 0.2, 1.0), "0.6");
+        assert_eq!(tick_label(4e-4, 2e-4, 1e-3), "4e-4");
+        assert_eq!(tick_label(1e-3, 5e-4, 1e-3), "1e-3");
+        assert_eq!(tick_label(2.5e-5, 5e-6, 3e-5), "2.5e-5");
+        assert_eq!(tick_label(1500.0, 500.0, 3000.0), "1500");
+        assert_eq!(tick_label(1e12, 2e11, 1.2e12), "1e12");
+        assert_eq!(tick_label(1.2e12, 2e11, 1.2e12), "1.2e12");
+        assert_eq!(tick_label(5e4, 5e4, 2e5), "5e4");
+        assert_eq!(tick_label(1.5e5, 5e4, 2e5), "1.5e5");
+        assert_eq!(tick_label(-4e30, 2e30, 4e30), "-4e30");
+        assert_eq!(tick_label(99999.0, 1.0, 99999.0), "99999");
+        assert_eq!(sci(9.9996e12, 3), "1e13");
+        assert_eq!(sci(-2.5e-7, 3), "-2.5e-7");
+        let last = |y: f64| last_value(&[(1.0, y), (2.0, f64::NAN)]);
+        assert_eq!(last(803358900224.0), "8.034e11");
+        assert_eq!(last(2.5e-7), "2.5e-7");
+        assert_eq!(last(1e300), "1e300");
+        assert_eq!(last(0.0), "0.000");
+        assert_eq!(last(8.6887), "8.689");
+        assert_eq!(last(42.26), "42.3");
+        assert_eq!(last(99999.4), "99999");
+        assert_eq!(last(f64::NAN), "–");
         assert_eq!(quantile(&[1.0, f64::NAN, 3.0, 2.0], 0.99), 3.0);
+    }
+
+    /// The `<text>` elements: (x, y, text-anchor, content as written).
+    fn texts(svg: &str) -> Vec<(f64, f64, String, String)> {
+        svg.split("<text ")
+            .skip(1)
+            .map(|t| {
+                let (attrs, rest) = t.split_once('>').unwrap();
+                let content = rest.split("</text>").next().unwrap().to_string();
+                let attr = |name: &str| {
+                    attrs
+                        .split(&format!(" {name}=\""))
+                        .nth(1)
+                        .or_else(|| attrs.strip_prefix(&format!("{name}=\"")))
+                        .and_then(|v| v.split('"').next())
+                        .map(str::to_string)
+                };
+                let num = |name: &str| attr(name).unwrap().parse::<f64>().unwrap();
+                (
+                    num("x"),
+                    num("y"),
+                    attr("text-anchor").unwrap_or_default(),
+                    content,
+                )
+            })
+            .collect()
+    }
+
+    /// The y labels of the panel whose left edge is at `left`, top to bottom.
+    fn y_labels(svg: &str, left: f64, top: f64, bottom: f64) -> Vec<String> {
+        texts(svg)
+            .into_iter()
+            .filter(|(x, y, a, _)| *x == left - 5.0 && a == "end" && *y > top && *y < bottom + 5.0)
+            .map(|t| t.3)
+            .collect()
+    }
+
+    /// The x labels of the panel `left..right` whose bottom edge is `bottom`.
+    fn x_labels(svg: &str, left: f64, right: f64, bottom: f64) -> Vec<(f64, String)> {
+        texts(svg)
+            .into_iter()
+            .filter(|(x, y, a, _)| {
+                *y == bottom + 15.0 && a == "middle" && *x >= left && *x <= right
+            })
+            .map(|t| (t.0, t.3))
+            .collect()
+    }
+
+    /// The longest run of consecutive ASCII digits in `s`.
+    fn digit_run(s: &str) -> usize {
+        s.split(|c: char| !c.is_ascii_digit())
+            .map(str::len)
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn huge_and_tiny_values_get_short_labels_inside_the_margin() {
+        for base in [8.033589e11, 1e30, -1e30, 1e300, 1e308, -1e308, 2.5e-7] {
+            let records: Vec<Record> = (1..=30)
+                .map(|s| train(s, base * (1.0 + 0.01 * s as f64)))
+                .collect();
+            let svg = training_curve_svg(&records, "run");
+            check_xml(&svg);
+            no_bad_numbers(&svg);
+            let labels = y_labels(&svg, 70.0, 50.0, 300.0);
+            assert!(labels.len() >= 2, "{base}: {labels:?}");
+            let mut seen = std::collections::HashSet::new();
+            for l in &labels {
+                // About 6.2 px a character at 11 px: 10 fit in the 65 px margin.
+                assert!(l.chars().count() <= 10, "{base}: {l:?} is too long");
+                assert!(l.parse::<f64>().is_ok_and(f64::is_finite), "{base}: {l:?}");
+                assert!(seen.insert(l.clone()), "{base}: duplicate label {l:?}");
+            }
+            for (_, _, _, content) in texts(&svg) {
+                assert!(digit_run(&content) <= 6, "{base}: {content:?}");
+            }
+            // The legend's last total is compact and close to the true value.
+            let total = svg
+                .split(">total</text>")
+                .nth(1)
+                .and_then(|t| t.split("</text>").next())
+                .and_then(|t| t.rsplit('>').next())
+                .unwrap();
+            let last = base * 1.3;
+            let shown: f64 = total.parse().unwrap();
+            assert!(
+                ((shown - last) / last).abs() < 1e-3,
+                "{base}: legend {total:?} for {last}"
+            );
+            assert!(total.len() <= 9, "{base}: legend {total:?}");
+        }
+        let huge = training_curve_svg(&[train(1, 8.033589e11)], "run");
+        assert!(huge.contains(">8.034e11<"), "{huge}");
+    }
+
+    #[test]
+    fn few_steps_give_distinct_integer_x_ticks() {
+        for steps in 1..=25u64 {
+            let mut records: Vec<Record> = (1..=steps).map(|s| train(s, 1.0)).collect();
+            records.push(val(steps, 50.0));
+            let svg = training_curve_svg(&records, "run");
+            check_xml(&svg);
+            no_bad_numbers(&svg);
+            for (left, right, bottom) in [
+                (70.0, 600.0, 300.0),
+                (70.0, 600.0, 460.0),
+                (680.0, 880.0, 300.0),
+            ] {
+                let labels = x_labels(&svg, left, right, bottom);
+                assert!(labels.len() >= 2, "{steps} steps: {labels:?}");
+                let values: Vec<u64> = labels
+                    .iter()
+                    .map(|(_, l)| {
+                        l.parse().unwrap_or_else(|_| {
+                            panic!("{steps} steps: x tick {l:?} is not an integer")
+                        })
+                    })
+                    .collect();
+                assert_eq!(values[0], 0, "{steps} steps");
+                assert!(
+                    *values.last().unwrap() <= steps,
+                    "{steps} steps: {values:?}"
+                );
+                assert!(
+                    values.windows(2).all(|w| w[0] < w[1]),
+                    "{steps} steps: {values:?}"
+                );
+                assert!(
+                    labels.windows(2).all(|w| w[0].0 < w[1].0),
+                    "{steps} steps: {labels:?}"
+                );
+            }
+        }
     }
 
     #[test]

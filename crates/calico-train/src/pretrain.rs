@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Dataset;
 use crate::dense::Encoder;
+use crate::guard::{finite_or_stop, updated_weights_finite};
 use crate::optim::{clip_grad_norm, AdamW, AdamWConfig, GradAccumulator};
 use crate::schedule::LrSchedule;
 use crate::stage_checkpoint::{Stage, StageLoop, StageRun};
@@ -117,12 +118,12 @@ impl VisionPretrain {
                 "vision_pretrain.steps and vision_pretrain.batch_size must be at least 1".into(),
             );
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(format!(
-                "vision_pretrain.lr must be positive, got {}",
-                self.lr
-            ));
-        }
+        crate::config::check_lr("vision_pretrain.lr", self.lr)?;
+        crate::config::check_at_most(
+            "vision_pretrain.batch_size",
+            self.batch_size,
+            crate::config::MAX_BATCH,
+        )?;
         Ok(())
     }
 }
@@ -520,31 +521,65 @@ impl StageOptimizer {
         Ok(self.opt.load_state(tensors, steps)?)
     }
 
-    /// Step `step` (0-based) with the slices' gradients; a non-finite
-    /// `loss` (`what` names it) stops the run instead.
+    /// Step `step` (0-based) with the slices' gradients. A non-finite value
+    /// among `losses` (each named, e.g. `("focal loss", f)`), a non-finite
+    /// gradient norm or an update that leaves a weight non-finite stops the
+    /// run instead; `stage` names the stage in that message.
     pub(crate) fn step(
         &mut self,
         step: u64,
-        loss: f64,
+        losses: &[(&str, f64)],
         slices: &[candle_core::backprop::GradStore],
-        what: &str,
+        stage: &str,
     ) -> Result<()> {
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: step + 1,
-                what: what.into(),
-                value: loss,
-            });
+        for (what, v) in losses {
+            finite_or_stop(step + 1, &format!("{what} of {stage}"), *v)?;
         }
         let mut acc = GradAccumulator::new();
         for g in slices {
             acc.add(&self.vars, g)?;
         }
         let mut grads = acc.sum();
-        clip_grad_norm(&mut grads, 1.0)?;
+        let norm = clip_grad_norm(&mut grads, 1.0)?;
+        finite_or_stop(step + 1, &format!("gradient norm of {stage}"), norm)?;
         self.opt.step(&grads, self.schedule.lr_at(step + 1))?;
+        updated_weights_finite(step + 1, &self.vars, &format!(" of {stage}"))?;
         Ok(())
     }
+}
+
+/// Refuses a stage 1 that cannot run on `train` with the variables `named`
+/// (checked before the run directory is written): no object masks to label
+/// the images, or none of the encoders it trains among the variables.
+pub(crate) fn check_can_run(
+    cfg: &VisionPretrain,
+    named: &[(String, Var)],
+    train: &Dataset,
+) -> Result<()> {
+    let has_object = |s: &calico_data::samples::Sample| {
+        s.masks
+            .iter()
+            .any(|m| m.role == Some(MaskRole::Object) && m.image < s.images.len())
+    };
+    if !train.samples.iter().any(has_object) {
+        return Err(TrainError::Data(format!(
+            "{}: vision_pretrain needs object masks (role \"object\") to label images; found none",
+            train.path().display()
+        )));
+    }
+    if !named.iter().any(|(n, _)| stage_one_trains(cfg, n)) {
+        return Err(TrainError::Config(
+            "vision_pretrain: the run trains none of the global encoders (EVA, Q-Former, DINOv2)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether stage 1 trains variable `name`.
+fn stage_one_trains(cfg: &VisionPretrain, name: &str) -> bool {
+    GLOBAL_ENCODERS.iter().any(|p| name.starts_with(p))
+        || (cfg.sam && name.starts_with(SAM_ENCODER))
 }
 
 /// Runs stage 1 on `train`'s images, updating the encoder variables among
@@ -564,14 +599,9 @@ pub fn pretrain_vision(
         checkpoints,
     } = run;
     cfg.validate().map_err(TrainError::Config)?;
+    check_can_run(cfg, named, train)?;
     let t0 = std::time::Instant::now();
     let labels = image_labels(train);
-    if labels.files.is_empty() {
-        return Err(TrainError::Data(format!(
-            "{}: vision_pretrain needs object masks (role \"object\") to label images; found none",
-            train.path().display()
-        )));
-    }
     let dev = Device::Cpu;
     let n_classes = labels.classes.len();
     let mut rng = ChaCha8Rng::seed_from_u64(mix(&[seed, 5]));
@@ -642,18 +672,9 @@ pub fn pretrain_vision(
     };
     let mut vars: Vec<(String, Var)> = named
         .iter()
-        .filter(|(n, _)| {
-            GLOBAL_ENCODERS.iter().any(|p| n.starts_with(p))
-                || (cfg.sam && n.starts_with(SAM_ENCODER))
-        })
+        .filter(|(n, _)| stage_one_trains(cfg, n))
         .cloned()
         .collect();
-    if vars.is_empty() {
-        return Err(TrainError::Config(
-            "vision_pretrain: the run trains none of the global encoders (EVA, Q-Former, DINOv2)"
-                .into(),
-        ));
-    }
     let mut all_heads: Vec<(String, &Head)> = heads
         .image_level()
         .into_iter()
@@ -754,7 +775,12 @@ pub fn pretrain_vision(
             grads.push(g);
         }
         // The slices' losses are already divided by the batch size.
-        opt.step(step, loss, &grads, "stage-1 (encoder pretraining) loss")?;
+        opt.step(
+            step,
+            &[("loss", loss)],
+            &grads,
+            "stage 1 (encoder pretraining)",
+        )?;
         recent.push((loss, hit));
         if recent.len() > 20 {
             recent.remove(0);

@@ -59,18 +59,102 @@ impl SamplesRecord {
 
     /// Refuses to resume on other samples than `recorded`'s.
     pub fn check_resume(&self, recorded: &SamplesRecord, given: &Path) -> Result<()> {
+        self.check_same(
+            recorded,
+            given,
+            "training samples",
+            "--resume continues the run bit for bit only on the same samples, so pass that \
+             file as --data",
+        )
+    }
+
+    fn check_same(
+        &self,
+        recorded: &SamplesRecord,
+        given: &Path,
+        what: &str,
+        why: &str,
+    ) -> Result<()> {
         if self.sha256 == recorded.sha256 {
             return Ok(());
         }
         Err(TrainError::Config(format!(
-            "{}: not the training samples this run started with ({}, {} samples; this file \
-             has {}): --resume continues the run bit for bit only on the same samples, so pass \
-             that file as --data, or start a new run in another --out",
+            "{}: not the {what} this run started with ({}, {} samples; this file has {}): \
+             {why}, or start a new run in another --out",
             given.display(),
             recorded.path.display(),
             recorded.samples,
             self.samples
         )))
+    }
+}
+
+/// The validation a run started with (`RUN/validation.json`): its samples
+/// file and text similarity. A resumed run validates the same way, so the
+/// scores in `metrics.jsonl` and the curve stay comparable; left out on
+/// resume, `calico train`'s `--val` and `--similarity` are these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ValidationRecord {
+    /// `--val`, if given.
+    pub samples: Option<SamplesRecord>,
+    /// `minilm` or `exact`.
+    pub similarity: String,
+}
+
+/// The validation record's file name in the run directory.
+pub const VALIDATION_FILE: &str = "validation.json";
+
+impl ValidationRecord {
+    /// The record of run directory `run`; `None` for runs from before it.
+    pub fn read(run: &Path) -> Result<Option<Self>> {
+        let path = run.join(VALIDATION_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            error: e,
+        })?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Refuses to resume a run recorded as `recorded` with this validation.
+    pub fn check_resume(&self, recorded: &ValidationRecord, given: Option<&Path>) -> Result<()> {
+        let why = "--resume validates the way the run started, so its scores stay comparable";
+        match (&recorded.samples, &self.samples, given) {
+            (Some(r), Some(ours), Some(given)) => ours.check_same(
+                r,
+                given,
+                "validation samples",
+                &format!("{why}; pass that file as --val"),
+            )?,
+            (None, Some(_), Some(given)) => {
+                return Err(TrainError::Config(format!(
+                    "{}: this run started without --val; {why}, so leave --val out, or start a \
+                     new run in another --out",
+                    given.display()
+                )))
+            }
+            (Some(r), None, _) => {
+                return Err(TrainError::Config(format!(
+                    "this run validates on {} ({} samples); {why}, so pass that file as --val, \
+                     or start a new run in another --out",
+                    r.path.display(),
+                    r.samples
+                )))
+            }
+            _ => {}
+        }
+        if recorded.samples.is_some() && self.similarity != recorded.similarity {
+            return Err(TrainError::Config(format!(
+                "--similarity {}: this run validates with --similarity {}; {why}, so leave \
+                 --similarity out, or start a new run in another --out",
+                self.similarity, recorded.similarity
+            )));
+        }
+        Ok(())
     }
 }
 

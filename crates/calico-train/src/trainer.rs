@@ -18,6 +18,8 @@
 //! ```text
 //! RUN/train_config.json  RUN/calico.json  RUN/tokenizer.json   the run's settings (read back by --resume)
 //! RUN/data.json                            the training samples file's SHA-256 (--resume checks it)
+//! RUN/validation.json                      the validation samples' SHA-256 and the similarity
+//! RUN/train.lock                           locked by the process writing the run
 //! RUN/frozen.safetensors                   frozen tensors made at random (presets without weights)
 //! RUN/start.json                           the `--weights` directory it started from, if any
 //! RUN/metrics.jsonl  RUN/curve.svg         per-step losses, validation scores, the plot
@@ -27,6 +29,12 @@
 //! RUN/feature_cache/<hash>.safetensors     frozen encoders' outputs per image (paper trainable set)
 //! RUN/model/                               the final weights directory (`--weights RUN/model`)
 //! ```
+//!
+//! # Failure
+//! Every input is checked before the directory is written; a non-finite
+//! loss, gradient norm or updated tensor stops the run at its step without
+//! saving it (`crate::guard`); checkpoints and `model/` replace their
+//! predecessors by renames, so a kill never leaves a partial one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,17 +55,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{
-    latest_checkpoint, latest_checkpoint_in, load_checkpoint, save_checkpoint, LoadedCheckpoint,
-    TrainState,
+    checkpoint_step, incomplete_checkpoints_in, latest_checkpoint, latest_checkpoint_in,
+    load_checkpoint, save_checkpoint, LoadedCheckpoint, TrainState, CHECKPOINTS_DIR,
 };
 use crate::config::TrainConfig;
 use crate::data::{self, Dataset, Example};
-use crate::metrics::{MetricsLog, Record, TrainRecord, ValRecord};
+use crate::guard::{finite_or_stop, updated_weights_finite, with_kept};
+use crate::metrics::{MetricsLog, Record, TrainRecord, ValRecord, METRICS_FILE};
 use crate::model::{build_over, build_random, into_vars, TrainableSet};
 use crate::objective::batch_loss;
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator};
+use crate::plot::CURVE_FILE;
 use crate::predict::{greedy, predict_sample};
-use crate::samples_record::{SamplesRecord, DATA_FILE};
+use crate::samples_record::{SamplesRecord, ValidationRecord, DATA_FILE, VALIDATION_FILE};
 use crate::schedule::LrSchedule;
 use crate::stage_checkpoint::{self, restore_vars, var_tensors, Stage, StageCheckpoints, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
@@ -93,6 +103,9 @@ pub struct RunSpec {
     /// tokenizer built from the training answers.
     pub weights: Option<PathBuf>,
     pub config: TrainConfig,
+    /// The text similarity `validate` scores with, as `calico train
+    /// --similarity` names it (`minilm` or `exact`); recorded in the run.
+    pub similarity: String,
     /// Continue the run in `run_dir` from its latest checkpoint.
     pub resume: bool,
     /// Stop (with a checkpoint) after this many optimizer steps of this
@@ -343,6 +356,33 @@ fn named_vars(map: &VarMap) -> Vec<(String, Var)> {
 }
 
 /// Evenly spaced validation indices (all tasks appear when the file mixes them).
+/// Checks, before the run starts, what validation will score (samples
+/// `idx` of `val`): tasks the evaluator scores, distinct ids, and images
+/// that decode (the header check of [`Dataset::check`] passes a file whose
+/// pixel data is damaged). Validation failing after the training would
+/// lose the run's last steps.
+fn check_validation_samples(val: &Dataset, idx: &[usize]) -> Result<()> {
+    let mut ids = std::collections::HashSet::new();
+    for &i in idx {
+        let s = &val.samples[i];
+        let at = |what: String| {
+            TrainError::Data(format!("{}: sample {}: {what}", val.path().display(), s.id))
+        };
+        if !calico_eval::evaluate::TASKS.contains(&s.task.as_str()) {
+            return Err(at(format!(
+                "task {:?} cannot be scored; validation expects one of {:?}",
+                s.task,
+                calico_eval::evaluate::TASKS
+            )));
+        }
+        if !ids.insert(s.id.as_str()) {
+            return Err(at("the id occurs twice among the validation samples".into()));
+        }
+        val.images_of(i)?;
+    }
+    Ok(())
+}
+
 fn val_indices(n: usize, k: usize) -> Vec<usize> {
     let k = k.min(n);
     (0..k).map(|i| i * n / k.max(1)).collect()
@@ -379,18 +419,6 @@ fn validate(
     )
     .map_err(|e| TrainError::Data(e.to_string()))?;
     Ok(score(&prepared, sim).0)
-}
-
-fn finite_or_stop(step: u64, what: &str, v: f64) -> Result<()> {
-    if v.is_finite() {
-        Ok(())
-    } else {
-        Err(TrainError::NonFinite {
-            step,
-            what: what.to_string(),
-            value: v,
-        })
-    }
 }
 
 /// Stages 1 and 1b, as the config asks, each continued from its own
@@ -534,6 +562,123 @@ fn start_weights(spec: &RunSpec) -> Result<Option<PathBuf>> {
 
 /// Trains (or resumes) a run; see the module docs.
 pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Result<Summary> {
+    train_run(spec, sim, obs).map_err(|e| with_kept(e, &spec.run_dir))
+}
+
+/// The file a training process holds locked while it writes its run.
+pub const LOCK_FILE: &str = "train.lock";
+
+/// Locks `run` for this process (released when the file is dropped): two
+/// processes writing one run would interleave their metrics and remove
+/// each other's temporary files.
+fn lock_run(run: &Path) -> Result<std::fs::File> {
+    let path = run.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Config(format!(
+            "{} is in use: another `calico train` holds {}; wait for it to end or choose \
+             another --out",
+            run.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path, e)),
+    }
+}
+
+/// Notes `freeze` prefixes that name no variable (a prefix may name a
+/// module an ablation removed, DINOv2 without the CEM: said, not an error,
+/// so one config serves every ablation) and a `freeze` that holds every
+/// variable for the whole run (stage 2 then only exports the model).
+fn note_freeze(tc: &TrainConfig, named: &[(String, Var)], obs: &mut dyn Observer) {
+    for (i, f) in tc.freeze.iter().enumerate() {
+        for p in &f.prefixes {
+            if !named.iter().any(|(n, _)| n.starts_with(p.as_str())) {
+                obs.message(&format!(
+                    "note: freeze[{i}] prefix `{p}` names no trained variable of this model"
+                ));
+            }
+        }
+    }
+    let held_throughout = |n: &str| {
+        tc.freeze.iter().any(|f| {
+            f.until_step.is_none_or(|u| u >= tc.total_steps())
+                && f.prefixes.iter().any(|p| n.starts_with(p.as_str()))
+        })
+    };
+    if !tc.freeze.is_empty() && named.iter().all(|(n, _)| held_throughout(n)) {
+        obs.message(&format!(
+            "note: freeze holds all {} trained variables for the whole run, so stage 2 changes \
+             no weight (stages 1 and 1b still train); narrow its prefixes or give an until_step \
+             below the run's {} steps to train them",
+            named.len(),
+            tc.total_steps()
+        ));
+    }
+}
+
+/// What a run directory may hold when a run starts afresh in it: the
+/// files of a run that never reached its first checkpoint (started again
+/// from scratch), nothing else. A directory holding anything more (a
+/// weights directory, other work) is not overwritten.
+fn check_fresh_out(run: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return Ok(());
+    };
+    const RUN_ENTRIES: [&str; 16] = [
+        TRAIN_CONFIG_FILE,
+        MODEL_CONFIG_FILE,
+        TOKENIZER_FILE,
+        "tokenizer_config.json",
+        FROZEN_FILE,
+        START_FILE,
+        DATA_FILE,
+        VALIDATION_FILE,
+        LOCK_FILE,
+        "feature_cache",
+        CHECKPOINTS_DIR,
+        METRICS_FILE,
+        CURVE_FILE,
+        VAL_PREDICTIONS_FILE,
+        PRETRAIN_FILE,
+        MASK_PRETRAIN_FILE,
+    ];
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Dot files: temporary files of a killed run, or the system's.
+        if !name.starts_with('.') && !RUN_ENTRIES.contains(&name.as_str()) {
+            return Err(TrainError::Config(format!(
+                "--out {}: the directory holds `{name}`, which is not part of a training run; \
+                 choose a new or empty --out (or pass --resume to continue a run)",
+                run.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes what a killed export left in `run` (see [`export`]).
+fn remove_export_leftovers(run: &Path) {
+    let Ok(entries) = std::fs::read_dir(run) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(EXPORT_TMP_PREFIX) || name.starts_with(EXPORT_OLD_PREFIX) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+const EXPORT_TMP_PREFIX: &str = ".model.tmp-";
+const EXPORT_OLD_PREFIX: &str = ".model.old-";
+
+fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Result<Summary> {
     let device = Device::Cpu;
     let run = &spec.run_dir;
     let (tc, cfg) = if spec.resume {
@@ -558,12 +703,34 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     for s in [Stage::Vision, Stage::Masks] {
         in_stage |= latest_checkpoint_in(&s.dir(run))?.is_some();
     }
+    let damaged = incomplete_checkpoints_in(&run.join(CHECKPOINTS_DIR));
     let resume_from = if spec.resume {
         if latest.is_none() && !in_stage {
-            return Err(TrainError::Config(format!(
-                "{}: no checkpoint to resume from (start without --resume)",
-                run.display()
-            )));
+            let names: Vec<String> = damaged.iter().map(|d| d.display().to_string()).collect();
+            return Err(TrainError::Config(if names.is_empty() {
+                format!(
+                    "{}: no checkpoint to resume from (start without --resume)",
+                    run.display()
+                )
+            } else {
+                format!(
+                    "{}: no complete checkpoint to resume from: {} {} damaged (a checkpoint \
+                     needs trainable.safetensors and optimizer.safetensors whole and a readable \
+                     state.json); restore {} from a backup, or start a new run in another --out",
+                    run.display(),
+                    names.join(", "),
+                    if names.len() == 1 { "is" } else { "are" },
+                    if names.len() == 1 { "it" } else { "them" }
+                )
+            }));
+        }
+        if let Some(at) = latest.as_deref().and_then(checkpoint_step) {
+            for d in damaged.iter().filter(|d| checkpoint_step(d) > Some(at)) {
+                obs.message(&format!(
+                    "note: {} is damaged and skipped; resuming from step {at}",
+                    d.display()
+                ));
+            }
         }
         latest
     } else {
@@ -587,6 +754,18 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         Some(v) => Some(data::open(v, &cfg)?),
         None => None,
     };
+    let validation = ValidationRecord {
+        samples: match (&spec.val, &val_ds) {
+            (Some(p), Some(v)) => Some(SamplesRecord::of(p, v.len())?),
+            _ => None,
+        },
+        similarity: spec.similarity.clone(),
+    };
+    if spec.resume {
+        if let Some(recorded) = ValidationRecord::read(run)? {
+            validation.check_resume(&recorded, spec.val.as_deref())?;
+        }
+    }
     let spec_eff = RunSpec {
         config: tc.clone(),
         weights: start_weights(spec)?,
@@ -611,6 +790,20 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     } else {
         setup(&spec_eff, &cfg, &train_ds, &device)?
     };
+    let named = named_vars(&vars);
+    for note in tc.notes(spec.val.is_some()) {
+        obs.message(&note);
+    }
+    note_freeze(&tc, &named, obs);
+    // Stages that cannot run are refused before anything is written.
+    if resume_from.is_none() {
+        if let Some(v) = &tc.vision_pretrain {
+            crate::pretrain::check_can_run(v, &named, &train_ds)?;
+        }
+        if tc.mask_pretrain.is_some() {
+            crate::mask_pretrain::check_can_run(&named, &train_ds)?;
+        }
+    }
     // Every sample is checked before the run directory is touched: a bad
     // line stops the run now, not when an epoch reaches it.
     // Only training answers are targets: a validation answer may hold words
@@ -625,19 +818,45 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             ds.len()
         ));
     }
-    std::fs::create_dir_all(run).map_err(|e| io(run, e))?;
+    if let (Some(v), true) = (&val_ds, tc.val_samples > 0) {
+        check_validation_samples(v, &val_indices(v.len(), tc.val_samples))?;
+    }
+    if !spec.resume {
+        check_fresh_out(run)?;
+    }
+    if let (Some(dir), TrainableSet::Paper) = (&spec.feature_cache, tc.trainable) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TrainError::Config(format!("--feature-cache {}: {e}", dir.display())))?;
+    }
+    std::fs::create_dir_all(run).map_err(|e| {
+        TrainError::Config(format!(
+            "--out {}: cannot create the run directory: {e}",
+            run.display()
+        ))
+    })?;
+    let _lock = lock_run(run)?;
+    remove_export_leftovers(run);
+    let mut feature_cache = None;
     if tc.trainable == TrainableSet::Paper {
         let dir = spec
             .feature_cache
             .clone()
             .unwrap_or_else(|| run.join("feature_cache"));
-        let cache = FeatureCache::on_disk(&dir).map_err(|e| io(&dir, e))?;
-        model
-            .set_feature_cache(Some(std::sync::Arc::new(cache)))
-            .map_err(|e| {
-                TrainError::Model(e.context("fingerprinting the frozen encoders' weights"))
-            })?;
+        let cache = FeatureCache::on_disk(&dir)
+            .map_err(|e| TrainError::Config(format!("the feature cache {}: {e}", dir.display())))?;
+        let cache = std::sync::Arc::new(cache);
+        model.set_feature_cache(Some(cache.clone())).map_err(|e| {
+            TrainError::Model(e.context("fingerprinting the frozen encoders' weights"))
+        })?;
+        feature_cache = Some((cache, dir));
+    } else if let Some(dir) = &spec.feature_cache {
+        obs.message(&format!(
+            "note: --feature-cache {} is not used: with \"trainable\": \"all\" the encoders \
+             train, so their features change every step",
+            dir.display()
+        ));
     }
+    let mut cache_warned = false;
     let format = model.prompt_format().clone();
     let special = *model.special_ids();
     if !spec.resume {
@@ -655,23 +874,12 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             write_json(&run.join(START_FILE), &Start { weights: w.clone() })?;
         }
         write_json(&recorded_samples, &samples)?;
+        write_json(&run.join(VALIDATION_FILE), &validation)?;
         if !frozen.is_empty() {
             let p = run.join(FROZEN_FILE);
             let bytes = calico_model::calico::weights::safetensors_bytes(&frozen)
                 .map_err(|e| TrainError::Data(e.to_string()))?;
             write_atomic(&p, &bytes).map_err(|e| io(&p, e))?;
-        }
-    }
-    let named = named_vars(&vars);
-    // A prefix may name a module an ablation removed (DINOv2 without the
-    // CEM): said, not an error, so one config serves every ablation.
-    for (i, f) in tc.freeze.iter().enumerate() {
-        for p in &f.prefixes {
-            if !named.iter().any(|(n, _)| n.starts_with(p.as_str())) {
-                obs.message(&format!(
-                    "note: freeze[{i}] prefix `{p}` names no trained variable of this model"
-                ));
-            }
         }
     }
     let mut opt = AdamW::new(named.clone(), tc.optimizer)?;
@@ -681,7 +889,17 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         restore_vars(&named, &ck.trainable, &dir.display().to_string())?;
         opt.load_state(&ck.optimizer, ck.state.optimizer_steps)?;
         start = ck.state.step;
-        obs.message(&format!("resuming {} at step {start}", run.display()));
+        if start >= tc.total_steps() {
+            obs.message(&format!(
+                "{} finished its {start} steps: nothing left to train; writing its model/ again",
+                run.display()
+            ));
+        } else {
+            obs.message(&format!("resuming {} at step {start}", run.display()));
+        }
+        // A kill between the step-0 checkpoint and the stages' clean-up
+        // leaves their checkpoints behind; the step checkpoint supersedes them.
+        stage_checkpoint::remove_all(run);
     }
     if resume_from.is_none() {
         pretrain_stages(
@@ -737,7 +955,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     let mut validation = None;
     let stop_at = spec
         .stop_after
-        .map(|n| (start + n).min(total))
+        .map(|n| start.saturating_add(n).min(total))
         .unwrap_or(total);
     let mut step = start;
     let mut train_files: Option<Vec<String>> = None;
@@ -812,6 +1030,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         // the first update already has a non-zero learning rate.
         let lr = schedule.lr_at(step + 1);
         opt.step(&grads, lr)?;
+        updated_weights_finite(step + 1, &named, "")?;
         step += 1;
         let done = step - start;
         let secs = t0.elapsed().as_secs_f64();
@@ -838,7 +1057,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         });
         last = Some(record);
         let val_due = tc.val_samples > 0
-            && (tc.validate_every > 0 && step % tc.validate_every == 0 || step == total);
+            && (tc.validate_every > 0 && step.is_multiple_of(tc.validate_every) || step == total);
         // Validation and the exported model read SAM's stem with running
         // statistics measured now; the next step switches back.
         if sam_stem_trains && (step == total || val_due && val_ds.is_some()) {
@@ -857,7 +1076,17 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             .map_err(|e| TrainError::Data(e.to_string()))?;
             validation = Some(table);
         }
-        if step % tc.checkpoint_every == 0 || step == stop_at {
+        if let Some((cache, dir)) = feature_cache.as_ref().filter(|_| !cache_warned) {
+            if let Some(e) = cache.first_write_error() {
+                obs.message(&format!(
+                    "warning: the feature cache {} cannot be written ({e}); features are kept \
+                     in memory instead, for this run only",
+                    dir.display()
+                ));
+                cache_warned = true;
+            }
+        }
+        if step.is_multiple_of(tc.checkpoint_every) || step == stop_at {
             log.sync().map_err(|e| TrainError::Data(e.to_string()))?;
             let state = TrainState {
                 step,
@@ -890,7 +1119,7 @@ pub fn train(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             TrainableSet::Paper => spec_eff.weights.as_deref(),
             TrainableSet::All => None,
         };
-        export(&dir, &cfg, &frozen, &vars, &tok, sources)?;
+        export(run, &cfg, &frozen, &vars, &tok, sources)?;
         model_dir = Some(dir);
     }
     Ok(Summary {
@@ -995,11 +1224,44 @@ fn cfg_val(tc: &TrainConfig, v: &Dataset) -> usize {
     tc.val_samples.min(v.len())
 }
 
-/// Writes the final weights directory: the model config, the frozen
-/// tensors made at random (if any), every trained tensor and the tokenizer;
-/// a run that started from `--weights` lists that directory's files in
-/// `sources.json` instead of copying them.
+/// Writes the run's final weights directory, `RUN/model/`: the model
+/// config, the frozen tensors made at random (if any), every trained tensor
+/// and the tokenizer; a run that started from `--weights` lists that
+/// directory's files in `sources.json` instead of copying them. The files
+/// are written to a temporary directory that replaces `model/` by renames,
+/// so a kill leaves either the previous `model/` or none, never a partial
+/// one (the next start removes the leftovers).
 fn export(
+    run: &Path,
+    cfg: &CalicoConfig,
+    frozen: &HashMap<String, Tensor>,
+    vars: &VarMap,
+    tok: &CalicoTokenizer,
+    weights: Option<&Path>,
+) -> Result<()> {
+    let pid = std::process::id();
+    let tmp = run.join(format!("{EXPORT_TMP_PREFIX}{pid}"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    }
+    write_model_files(&tmp, cfg, frozen, vars, tok, weights)?;
+    let dir = run.join(MODEL_DIR);
+    let old = run.join(format!("{EXPORT_OLD_PREFIX}{pid}"));
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(|e| io(&dir, e))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    if let Ok(d) = std::fs::File::open(run) {
+        d.sync_all().map_err(|e| io(run, e))?;
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+    }
+    Ok(())
+}
+
+/// The files of [`export`], written into `dir`.
+fn write_model_files(
     dir: &Path,
     cfg: &CalicoConfig,
     frozen: &HashMap<String, Tensor>,

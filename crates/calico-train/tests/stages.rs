@@ -317,6 +317,7 @@ fn run_model(
         model,
         weights: None,
         config: tc,
+        similarity: "exact".into(),
         resume: false,
         stop_after: None,
         feature_cache: None,

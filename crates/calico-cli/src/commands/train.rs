@@ -10,6 +10,7 @@ use calico_eval::{ExactMatch, Similarity};
 use calico_model::calico::weights::CONFIG_FILE as WEIGHTS_CONFIG_FILE;
 use calico_model::config::{Ablation, CalicoConfig};
 use calico_train::config::TrainConfig;
+use calico_train::samples_record::ValidationRecord;
 use calico_train::trainer::{
     train, Observer, Progress, RunSpec, StageProgress, MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE,
 };
@@ -64,9 +65,10 @@ pub struct TrainArgs {
     #[arg(long)]
     feature_cache: Option<PathBuf>,
     /// Text similarity for validation: minilm (the paper's metric; needs
-    /// the model from tools/reference/fetch_models.sh) or exact.
-    #[arg(long, default_value = "minilm", value_parser = ["minilm", "exact"])]
-    similarity: String,
+    /// the model from tools/reference/fetch_models.sh) or exact. Default: minilm, or with
+    /// --resume the run's own.
+    #[arg(long, value_parser = ["minilm", "exact"])]
+    similarity: Option<String>,
     /// Threads computing a step's micro-batches at once (default: the number of
     /// CPU cores, at most grad_accumulation, for models with an LLM narrower than
     /// 512 such as `tiny`; 1 otherwise). With more than one, each thread runs its
@@ -100,55 +102,100 @@ fn apply_ablation(a: &mut Ablation, name: &str) {
     }
 }
 
-/// `--resume` continues with the settings the run recorded, not the flags';
-/// a flag given with it that asks for other settings is refused rather than
-/// silently ignored.
-fn resume_flags_agree(a: &TrainArgs, model: &CalicoConfig, config: &TrainConfig) -> Result<()> {
-    let read = |file: &str| -> Option<serde_json::Value> {
-        let text = std::fs::read_to_string(a.out.join(file)).ok()?;
-        serde_json::from_str(&text).ok()
-    };
-    let differs = |file: &str, ours: serde_json::Result<serde_json::Value>| match (read(file), ours)
-    {
-        // No run there (or an unreadable one): the trainer says so.
-        (Some(recorded), Ok(ours)) => recorded != ours,
-        _ => false,
-    };
-    let model_flags: Vec<String> = [
-        a.ablation.as_ref().map(|ab| format!("--ablation {ab}")),
-        a.model_config
-            .as_ref()
-            .map(|p| format!("--model-config {}", p.display())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let train_flags: Vec<String> = [
-        a.config
-            .as_ref()
-            .map(|p| format!("--config {}", p.display())),
-        a.seed.map(|s| format!("--seed {s}")),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let checks = [
-        (model_flags, MODEL_CONFIG_FILE, serde_json::to_value(model)),
-        (train_flags, TRAIN_CONFIG_FILE, serde_json::to_value(config)),
-    ];
-    for (flags, file, ours) in checks {
-        if !flags.is_empty() && differs(file, ours) {
-            return Err(bad_input(format!(
-                "{}: --resume continues the run with the settings it recorded in {file}, and {} \
-                 {} for others; leave {} out to resume, or start a new run in another --out",
-                a.out.display(),
-                flags.join(" and "),
-                if flags.len() == 1 { "asks" } else { "ask" },
-                if flags.len() == 1 { "it" } else { "them" }
-            )));
+/// The settings a run recorded (`--resume` continues with these).
+struct Recorded {
+    model: CalicoConfig,
+    config: TrainConfig,
+}
+
+impl Recorded {
+    /// The run's `calico.json` and `train_config.json`; `None` when `out`
+    /// holds no run (the trainer says so).
+    fn read(out: &std::path::Path) -> Result<Option<Self>> {
+        let (m, t) = (out.join(MODEL_CONFIG_FILE), out.join(TRAIN_CONFIG_FILE));
+        if !m.is_file() || !t.is_file() {
+            return Ok(None);
         }
+        let model = CalicoConfig::from_json_file(&m).map_err(|e| bad_input(e.to_string()))?;
+        let text =
+            std::fs::read_to_string(&t).map_err(|e| bad_input(format!("{}: {e}", t.display())))?;
+        let config: TrainConfig =
+            serde_json::from_str(&text).map_err(|e| bad_input(format!("{}: {e}", t.display())))?;
+        Ok(Some(Self { model, config }))
     }
-    Ok(())
+
+    /// Refuses flags given with `--resume` that ask for other settings
+    /// than the recorded ones (rather than ignoring them): each flag is
+    /// applied to the recorded settings, and must leave them as they are.
+    fn check_flags(&self, a: &TrainArgs) -> Result<()> {
+        let mut model = match &a.model_config {
+            Some(p) => {
+                let mut c =
+                    CalicoConfig::from_json_file(p).map_err(|e| bad_input(e.to_string()))?;
+                if a.ablation.is_none() {
+                    c.ablation = self.model.ablation;
+                }
+                c
+            }
+            None => self.model.clone(),
+        };
+        // An --ablation agrees when the run already has its switches off.
+        if let Some(ab) = &a.ablation {
+            apply_ablation(&mut model.ablation, ab);
+        }
+        let mut config = match &a.config {
+            Some(p) => read_overrides(&self.config, p)?,
+            None => self.config.clone(),
+        };
+        if let Some(s) = a.seed {
+            config.seed = s;
+        }
+        let flags = |v: [Option<String>; 2]| v.into_iter().flatten().collect::<Vec<_>>();
+        let checks = [
+            (
+                flags([
+                    a.ablation.as_ref().map(|ab| format!("--ablation {ab}")),
+                    a.model_config
+                        .as_ref()
+                        .map(|p| format!("--model-config {}", p.display())),
+                ]),
+                MODEL_CONFIG_FILE,
+                model != self.model,
+            ),
+            (
+                flags([
+                    a.config
+                        .as_ref()
+                        .map(|p| format!("--config {}", p.display())),
+                    a.seed.map(|s| format!("--seed {s}")),
+                ]),
+                TRAIN_CONFIG_FILE,
+                config != self.config,
+            ),
+        ];
+        for (flags, file, differs) in checks {
+            if differs {
+                return Err(bad_input(format!(
+                    "{}: --resume continues the run with the settings it recorded in {file}, \
+                     and {} {} for others; leave {} out to resume, or start a new run in another \
+                     --out",
+                    a.out.display(),
+                    flags.join(" and "),
+                    if flags.len() == 1 { "asks" } else { "ask" },
+                    if flags.len() == 1 { "it" } else { "them" }
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `base` with the settings of JSON file `p` written over it.
+fn read_overrides(base: &TrainConfig, p: &std::path::Path) -> Result<TrainConfig> {
+    let text =
+        std::fs::read_to_string(p).map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
+    base.with_overrides(&text)
+        .map_err(|e| bad_input(format!("{}: {e}", p.display())))
 }
 
 /// Similarity by embedding on demand (labels are short; the cache fills
@@ -197,7 +244,7 @@ impl Observer for Bar {
             r.loss, r.text, r.focal, r.dice, r.lr, r.steps_per_s, p.eta_s
         );
         // Without a terminal the bar is not drawn: a line every 50 steps.
-        if self.bar.is_hidden() && (p.step % 50 == 0 || p.step == p.total) {
+        if self.bar.is_hidden() && (p.step.is_multiple_of(50) || p.step == p.total) {
             eprintln!("step {}/{}: {msg}", p.step, p.total);
         }
         self.bar.set_message(msg);
@@ -241,6 +288,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         None => None,
     };
+    let recorded = if a.resume {
+        Recorded::read(&a.out)?
+    } else {
+        None
+    };
     let mut model = match (&a.model_config, from_weights) {
         (Some(p), theirs) => {
             let ours = CalicoConfig::from_json_file(p).map_err(|e| bad_input(e.to_string()))?;
@@ -272,41 +324,78 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(_) => &model.name,
         None => &a.preset,
     });
+    // Fields a --config leaves out take the defaults.
     let mut config = match &a.config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
-            // Fields left out take the defaults.
-            defaults
-                .with_overrides(&text)
-                .map_err(|e| bad_input(format!("{}: {e}", p.display())))?
-        }
+        Some(p) => read_overrides(&defaults, p)?,
         None => defaults,
     };
     if let Some(s) = a.seed {
         config.seed = s;
     }
+    // A resumed run continues with its own settings; the flags must agree.
+    let validation = match &recorded {
+        Some(r) => {
+            r.check_flags(&a)?;
+            model = r.model.clone();
+            config = r.config.clone();
+            ValidationRecord::read(&a.out).map_err(|e| bad_input(e.to_string()))?
+        }
+        None => None,
+    };
     config
         .validate()
         .map_err(|e| bad_input(format!("training config: {e}")))?;
-    if a.resume {
-        resume_flags_agree(&a, &model, &config)?;
+    if a.stop_after == Some(0) {
+        return Err(bad_input(
+            "--stop-after must be at least 1 (it counts the stage-2 steps to run)",
+        ));
     }
-    for p in std::iter::once(&a.data).chain(a.val.iter()) {
+    // Left out on resume, --val and --similarity are the run's own.
+    let val = a.val.clone().or_else(|| {
+        validation
+            .as_ref()
+            .and_then(|v| v.samples.as_ref().map(|s| s.path.clone()))
+    });
+    // Said before a similarity model is loaded for nothing (the trainer
+    // checks the validation samples themselves).
+    if let (Some(v), Some(given)) = (&validation, &a.similarity) {
+        if v.samples.is_some() && *given != v.similarity {
+            return Err(bad_input(format!(
+                "{}: --similarity {given}: this run validates with --similarity {}, and \
+                 --resume validates the way the run started so that its scores stay comparable; \
+                 leave --similarity out, or start a new run in another --out",
+                a.out.display(),
+                v.similarity
+            )));
+        }
+    }
+    let similarity = a
+        .similarity
+        .clone()
+        .or_else(|| validation.as_ref().map(|v| v.similarity.clone()))
+        .unwrap_or_else(|| "minilm".to_string());
+    for p in std::iter::once(&a.data).chain(val.iter()) {
+        if p.is_dir() {
+            return Err(bad_input(format!(
+                "{}: a directory, not a samples file (calico data build writes train.jsonl, \
+                 val.jsonl and test.jsonl into it)",
+                p.display()
+            )));
+        }
         if !p.is_file() {
             return Err(bad_input(format!("{}: no such samples file", p.display())));
         }
     }
-    let sim: Box<dyn Similarity> = match a.similarity.as_str() {
+    let sim: Box<dyn Similarity> = match similarity.as_str() {
         "exact" => Box::new(ExactMatch),
         // No validation runs, so no similarity is ever computed.
-        _ if a.val.is_none() || config.val_samples == 0 => Box::new(ExactMatch),
+        _ if val.is_none() || config.val_samples == 0 => Box::new(ExactMatch),
         _ => {
             let dir = calico_eval::embed::default_dir();
             let m = SentenceEmbedder::load(&dir, &candle_core::Device::Cpu).map_err(|e| {
                 bad_input(format!(
                     "loading the sentence embedder from {} for validation: {e} \
-                     (run `bash tools/reference/fetch_models.sh` or pass --similarity exact)",
+                     (or pass --similarity exact)",
                     dir.display()
                 ))
             })?;
@@ -335,7 +424,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let spec = RunSpec {
         run_dir: a.out.clone(),
         train: a.data.clone(),
-        val: a.val.clone(),
+        val,
+        similarity,
         model,
         weights: a.weights.clone(),
         config,

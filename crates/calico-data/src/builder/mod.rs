@@ -221,7 +221,7 @@ pub fn build(
             .map(|(k, rec)| {
                 let r = index_image(d, k, rec, &names);
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % 1024 == 0 || n as usize == total_images {
+                if n.is_multiple_of(1024) || n as usize == total_images {
                     progress("index", n, total_images as u64);
                 }
                 r

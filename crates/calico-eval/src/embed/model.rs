@@ -100,7 +100,11 @@ fn load_config(path: &Path) -> Result<Config> {
         }
     }
     let config: Config = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
-    if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+    if config.num_attention_heads == 0
+        || !config
+            .hidden_size
+            .is_multiple_of(config.num_attention_heads)
+    {
         return Err(bad(format!(
             "hidden_size {} is not a multiple of num_attention_heads {}",
             config.hidden_size, config.num_attention_heads

@@ -330,9 +330,12 @@ impl Calico {
         // has no cached features).
         let calico_path = matches!(self.vision, VisionPath::Calico { .. });
         self.fingerprint = match &cache {
-            Some(_) if calico_path => {
+            Some(c) if calico_path => {
                 let probe = vision::ImageInput::from_image(&self.cfg, &cache::probe_image()?)?;
-                let weights = cache::FeatureCache::digest(&self.frozen_features(&[&probe])?)?;
+                let features = self.frozen_features(&[&probe])?;
+                // Entries read back must have the probe's layout.
+                c.expect_layout(&features);
+                let weights = cache::FeatureCache::digest(&features)?;
                 format!("{config}|weights {weights}")
             }
             _ => config,

@@ -55,7 +55,7 @@ impl Attention {
     /// `vb` points at the layer (`encoder.layer.N` / `blocks.N`).
     pub fn new(cfg: &Dinov2Config, vb: &VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
-        if cfg.num_attention_heads == 0 || d % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !d.is_multiple_of(cfg.num_attention_heads) {
             candle_core::bail!(
                 "dinov2: hidden_size {d} is not divisible by num_attention_heads {}",
                 cfg.num_attention_heads

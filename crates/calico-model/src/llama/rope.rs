@@ -42,7 +42,7 @@ impl Rotary {
     pub fn new(cfg: &LlamaConfig) -> Result<Self> {
         let theta = cfg.rope()? as f32;
         let d = cfg.head_dim();
-        if d % 2 != 0 {
+        if !d.is_multiple_of(2) {
             candle_core::bail!("LLaMA head_dim must be even for RoPE, got {d}");
         }
         let inv_freq = (0..d / 2)

@@ -110,14 +110,17 @@ impl SamEncoderConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || self.img_size % self.patch_size != 0 || self.img_size == 0 {
+        if self.patch_size == 0
+            || !self.img_size.is_multiple_of(self.patch_size)
+            || self.img_size == 0
+        {
             candle_core::bail!(
                 "SAM image encoder: img_size {} must be a positive multiple of patch_size {}",
                 self.img_size,
                 self.patch_size
             );
         }
-        if self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.embed_dim.is_multiple_of(self.num_heads) {
             candle_core::bail!(
                 "SAM image encoder: embed_dim {} must be a multiple of num_heads {}",
                 self.embed_dim,

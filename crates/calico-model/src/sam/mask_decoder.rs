@@ -187,7 +187,7 @@ pub struct MaskDecoder {
 impl MaskDecoder {
     pub fn new(cfg: &MaskDecoderConfig, vb: VarBuilder) -> Result<Self> {
         let c = cfg.transformer_dim;
-        if c == 0 || c % 8 != 0 {
+        if c == 0 || !c.is_multiple_of(8) {
             candle_core::bail!("SAM mask decoder: transformer_dim {c} must be a multiple of 8");
         }
         let num_mask_tokens = cfg.num_multimask_outputs + 1;

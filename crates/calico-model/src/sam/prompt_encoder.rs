@@ -197,10 +197,10 @@ fn embedding(dim: usize, name: &str, vb: &VarBuilder) -> Result<Tensor> {
 impl PromptEncoder {
     pub fn new(cfg: &PromptEncoderConfig, vb: VarBuilder) -> Result<Self> {
         let c = cfg.embed_dim;
-        if c == 0 || c % 2 != 0 {
+        if c == 0 || !c.is_multiple_of(2) {
             candle_core::bail!("SAM prompt encoder: embed_dim {c} must be even and positive");
         }
-        if cfg.mask_in_chans == 0 || cfg.mask_in_chans % 4 != 0 {
+        if cfg.mask_in_chans == 0 || !cfg.mask_in_chans.is_multiple_of(4) {
             candle_core::bail!(
                 "SAM prompt encoder: mask_in_chans {} must be a positive multiple of 4",
                 cfg.mask_in_chans

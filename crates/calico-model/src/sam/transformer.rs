@@ -69,13 +69,13 @@ impl Attention {
         downsample_rate: usize,
         vb: VarBuilder,
     ) -> Result<Self> {
-        if downsample_rate == 0 || embedding_dim % downsample_rate != 0 {
+        if downsample_rate == 0 || !embedding_dim.is_multiple_of(downsample_rate) {
             candle_core::bail!(
                 "SAM attention: downsample rate {downsample_rate} does not divide width {embedding_dim}"
             );
         }
         let internal = embedding_dim / downsample_rate;
-        if num_heads == 0 || internal % num_heads != 0 {
+        if num_heads == 0 || !internal.is_multiple_of(num_heads) {
             candle_core::bail!(
                 "SAM attention: {num_heads} heads do not divide the internal width {internal}"
             );
