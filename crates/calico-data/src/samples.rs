@@ -99,7 +99,8 @@ pub fn read_samples(path: &std::path::Path) -> crate::Result<Vec<Sample>> {
     Ok(out)
 }
 
-/// Streams the samples of a JSONL file (blank lines are skipped).
+/// Streams the samples of a JSONL file (blank lines are skipped, and so is
+/// the byte-order mark some editors write at the start of a UTF-8 file).
 pub fn for_each_sample(
     path: &std::path::Path,
     mut f: impl FnMut(Sample) -> crate::Result<()>,
@@ -109,12 +110,38 @@ pub fn for_each_sample(
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     for (k, line) in reader.lines().enumerate() {
         let line = line.map_err(|e| crate::DataError::io(path, e))?;
+        let line = if k == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let sample: Sample = serde_json::from_str(&line)
+        let sample: Sample = serde_json::from_str(line)
             .map_err(|e| crate::DataError::json(path, format!("line {}", k + 1), e))?;
         f(sample)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_bad_lines_are_named() {
+        let dir = std::env::temp_dir().join(format!("calico-samples-bom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let line = r#"{"id": "a/1", "task": "common_object", "source": "a", "images": [{"file": "x.png", "width": 4, "height": 4}], "question": "q", "answer": "a", "masks": []}"#;
+        let p = dir.join("bom.jsonl");
+        std::fs::write(&p, format!("\u{feff}{line}\n\n{line}\n")).unwrap();
+        let samples = read_samples(&p).unwrap();
+        assert_eq!(samples.len(), 2);
+        assert_eq!(samples[0].id, "a/1");
+        std::fs::write(&p, format!("{line}\n{{\n")).unwrap();
+        let e = read_samples(&p).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

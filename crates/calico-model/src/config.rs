@@ -426,6 +426,24 @@ impl CalicoConfig {
         let q = &self.qformer;
         let llm = &self.llm;
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(msg) };
+        // Widths of 0 pass every divisibility check below but build nothing.
+        for (what, v) in [
+            ("eva_vit.hidden_size", eva.hidden_size),
+            ("eva_vit.intermediate_size", eva.intermediate_size),
+            ("qformer.hidden_size", q.hidden_size),
+            ("dinov2.hidden_size", self.dinov2.hidden_size),
+            ("llm.hidden_size", llm.hidden_size),
+            ("llm.intermediate_size", llm.intermediate_size),
+            ("llm.vocab_size", llm.vocab_size),
+            ("llm.num_hidden_layers", llm.num_hidden_layers),
+            ("sam_encoder.embed_dim", self.sam_encoder.embed_dim),
+            (
+                "sam_mask_decoder.transformer_dim",
+                self.sam_mask_decoder.transformer_dim,
+            ),
+        ] {
+            check(v > 0, format!("{what} must be positive, got 0"))?;
+        }
         check(
             eva.num_attention_heads > 0 && eva.hidden_size.is_multiple_of(eva.num_attention_heads),
             format!(
@@ -732,6 +750,8 @@ mod tests {
         assert!(e.contains("`qproj`"), "{e}");
         let e = invalid(|c| c.dinov2_layer = 100);
         assert!(e.contains("dinov2_layer 100"), "{e}");
+        let e = invalid(|c| c.llm.hidden_size = 0);
+        assert!(e.contains("llm.hidden_size must be positive"), "{e}");
         let e = invalid(|c| c.cem.num_attention_heads = 7);
         assert!(e.contains("cem:"), "{e}");
         let e = invalid(|c| c.ablation.use_dino = false);
