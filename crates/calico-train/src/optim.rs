@@ -374,13 +374,23 @@ pub fn all_finite(grads: &BTreeMap<String, Tensor>) -> Result<bool> {
 /// that value: an update that overflowed (a learning rate far too high)
 /// leaves finite gradients behind but weights that no later step can use,
 /// and no checkpoint should keep them.
+///
+/// `0·x` is 0 for every finite `x` and NaN for NaN and ±∞, so the sum of
+/// `0·t` is 0 exactly when `t` is finite: one reduction on the tensor's
+/// device (nothing overflows, one scalar is read back); only a tensor that
+/// fails is read to find the value.
 pub fn first_non_finite(vars: &[(String, Var)]) -> Result<Option<(String, f32)>> {
     for (name, v) in vars {
-        let values = v
-            .as_tensor()
+        let t = v.as_tensor();
+        let probe = t
+            .affine(0.0, 0.0)?
             .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if probe == 0.0 {
+            continue;
+        }
+        let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         if let Some(x) = values.iter().find(|x| !x.is_finite()) {
             return Ok(Some((name.clone(), *x)));
         }
