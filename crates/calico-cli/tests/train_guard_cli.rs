@@ -382,3 +382,34 @@ fn starts_that_cannot_run_write_nothing() {
     );
     assert_eq!(std::fs::read_dir(&weights).unwrap().count(), 2);
 }
+
+#[test]
+fn a_run_in_a_relative_directory_checkpoints_and_exports() {
+    // `--out run` and `--out runs/a`, relative to the working directory:
+    // the directories above the checkpoints are synced as "." and "runs".
+    let d = tmp("train-relative-out");
+    mixed_parts(&d);
+    write(
+        &d,
+        "small.json",
+        r#"{"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "grad_accumulation": 1,
+            "warmup_steps": 0, "val_samples": 0}"#,
+    );
+    for out in ["run", "runs/a"] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_calico"))
+            .current_dir(&d)
+            .args([
+                "train",
+                "--data",
+                "mp/train.jsonl",
+                "--config",
+                "small.json",
+            ])
+            .args(["--out", out])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{out}: {}", stderr(&o));
+        assert!(d.join(out).join("model/trainable.safetensors").is_file());
+        assert!(d.join(out).join("checkpoints/step-00000002").is_dir());
+    }
+}

@@ -211,9 +211,14 @@ fn save_with_hook(
 
     if !ckdir.is_dir() {
         fs::create_dir_all(ckdir).map_err(io_err(ckdir))?;
-        // A stage's folder may have created `checkpoints/` too.
+        // A stage's folder may have created `checkpoints/` too. (A relative
+        // run directory's own parent is "", the current directory.)
         for dir in ckdir.ancestors().skip(1).take(2) {
-            sync_dir(dir)?;
+            sync_dir(if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            })?;
         }
     }
     remove_leftovers(ckdir);
