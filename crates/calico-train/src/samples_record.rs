@@ -147,11 +147,18 @@ impl ValidationRecord {
             }
             _ => {}
         }
-        if recorded.samples.is_some() && self.similarity != recorded.similarity {
+        recorded.check_similarity(&self.similarity)
+    }
+
+    /// Refuses to resume this recorded run with `similarity` when it
+    /// validates with another one (a run without validation takes any).
+    pub fn check_similarity(&self, similarity: &str) -> Result<()> {
+        if self.samples.is_some() && similarity != self.similarity {
             return Err(TrainError::Config(format!(
-                "--similarity {}: this run validates with --similarity {}; {why}, so leave \
+                "--similarity {similarity}: this run validates with --similarity {}; --resume \
+                 validates the way the run started, so its scores stay comparable; leave \
                  --similarity out, or start a new run in another --out",
-                self.similarity, recorded.similarity
+                self.similarity
             )));
         }
         Ok(())

@@ -359,15 +359,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     // Said before a similarity model is loaded for nothing (the trainer
     // checks the validation samples themselves).
     if let (Some(v), Some(given)) = (&validation, &a.similarity) {
-        if v.samples.is_some() && *given != v.similarity {
-            return Err(bad_input(format!(
-                "{}: --similarity {given}: this run validates with --similarity {}, and \
-                 --resume validates the way the run started so that its scores stay comparable; \
-                 leave --similarity out, or start a new run in another --out",
-                a.out.display(),
-                v.similarity
-            )));
-        }
+        v.check_similarity(given)
+            .map_err(|e| bad_input(format!("{}: {e}", a.out.display())))?;
     }
     let similarity = a
         .similarity
