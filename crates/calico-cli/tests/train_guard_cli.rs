@@ -244,6 +244,16 @@ fn one_process_writes_a_run_and_resume_takes_the_runs_own_settings() {
     let newest = cks.last().unwrap().join("trainable.safetensors");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    // Without the run's tokenizer there is nothing to resume with: a
+    // refusal naming it (exit 2), not an internal error.
+    let tokenizer = run.join("tokenizer.json");
+    let aside = run.join("tokenizer.json.aside");
+    std::fs::rename(&tokenizer, &aside).unwrap();
+    let o = calico(&["train", "--data", data, "--out", out, "--resume"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("tokenizer.json"), "{err}");
+    std::fs::rename(&aside, &tokenizer).unwrap();
     let o = calico(&["train", "--data", data, "--out", out, "--resume"]);
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");

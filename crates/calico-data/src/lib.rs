@@ -5,6 +5,7 @@
 
 pub mod builder;
 pub mod error;
+pub mod jsonl;
 pub mod samples;
 pub mod sources;
 pub mod stats;

@@ -105,21 +105,14 @@ pub fn for_each_sample(
     path: &std::path::Path,
     mut f: impl FnMut(Sample) -> crate::Result<()>,
 ) -> crate::Result<()> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).map_err(|e| crate::DataError::io(path, e))?;
-    let reader = std::io::BufReader::with_capacity(1 << 20, file);
-    for (k, line) in reader.lines().enumerate() {
-        let line = line.map_err(|e| crate::DataError::io(path, e))?;
-        let line = if k == 0 {
-            line.trim_start_matches('\u{feff}')
-        } else {
-            &line
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let sample: Sample = serde_json::from_str(line)
-            .map_err(|e| crate::DataError::json(path, format!("line {}", k + 1), e))?;
+    let lines = crate::jsonl::JsonLines::open(path).map_err(|e| crate::DataError::io(path, e))?;
+    for line in lines {
+        let (n, line) = line.map_err(|e| match e {
+            crate::jsonl::LineError::Io(e) => crate::DataError::io(path, e),
+            e => crate::DataError::invalid(path, e.context(), e.problem()),
+        })?;
+        let sample: Sample = serde_json::from_str(&line)
+            .map_err(|e| crate::DataError::json(path, format!("line {n}"), e))?;
         f(sample)?;
     }
     Ok(())
@@ -142,6 +135,11 @@ mod tests {
         std::fs::write(&p, format!("{line}\n{{\n")).unwrap();
         let e = read_samples(&p).unwrap_err().to_string();
         assert!(e.contains("line 2"), "{e}");
+        let mut bytes = format!("{line}\r\n{line}\n").into_bytes();
+        bytes.extend_from_slice(b"{\"id\": \"\xff\"}\n");
+        std::fs::write(&p, &bytes).unwrap();
+        let e = read_samples(&p).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("not UTF-8"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
 }

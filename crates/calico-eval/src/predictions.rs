@@ -11,7 +11,6 @@
 use crate::error::{EvalError, Result};
 use calico_masks::CocoRle;
 use serde::{Deserialize, Serialize};
-use std::io::BufRead;
 use std::path::Path;
 
 fn one() -> f64 {
@@ -47,16 +46,20 @@ pub struct Prediction {
 
 /// Reads a predictions file; errors name the file and line.
 pub fn read_predictions(path: &Path) -> Result<Vec<Prediction>> {
-    let file = std::fs::File::open(path).map_err(|e| EvalError::io(path, e))?;
+    let lines = calico_data::jsonl::JsonLines::open(path).map_err(|e| EvalError::io(path, e))?;
     let mut out = Vec::new();
-    for (k, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| EvalError::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in lines {
+        let (n, line) = line.map_err(|e| match e {
+            calico_data::jsonl::LineError::Io(e) => EvalError::io(path, e),
+            e => EvalError::Input {
+                path: path.to_path_buf(),
+                context: e.context(),
+                message: e.problem(),
+            },
+        })?;
         let p: Prediction = serde_json::from_str(&line).map_err(|e| EvalError::Input {
             path: path.to_path_buf(),
-            context: format!("line {}", k + 1),
+            context: format!("line {n}"),
             message: e.to_string(),
         })?;
         out.push(p);

@@ -778,7 +778,12 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         tok,
     } = if spec.resume && spec_eff.weights.is_none() {
         // The tokenizer of the run, not one rebuilt from the data.
-        let mut tok = CalicoTokenizer::from_file(run.join(TOKENIZER_FILE))?;
+        let mut tok = CalicoTokenizer::from_file(run.join(TOKENIZER_FILE)).map_err(|e| {
+            TrainError::Data(format!(
+                "--resume: {e} (the run's tokenizer, written when it started; its checkpoints \
+                 hold token ids of that tokenizer only)"
+            ))
+        })?;
         let special = tok.add_calico_tokens(None)?;
         let b = build_random(&cfg, special, tc.trainable, tc.seed, &device)?;
         Setup {
