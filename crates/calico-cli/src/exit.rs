@@ -46,6 +46,18 @@ pub fn message(err: &anyhow::Error) -> String {
 
 /// Prints the error chain and returns the exit code.
 pub fn report(err: &anyhow::Error) -> i32 {
+    // A run stopped on request is no error: its message says where it
+    // stopped and how to continue.
+    let interrupted = err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<calico_train::TrainError>(),
+            Some(calico_train::TrainError::Interrupted(_))
+        )
+    });
+    if interrupted {
+        eprintln!("{}", message(err));
+        return crate::interrupt::EXIT_CODE;
+    }
     eprintln!("error: {}", message(err));
     let input_error = err.chain().any(|e| {
         e.is::<BadInput>()

@@ -179,6 +179,99 @@ fn kill_at(args: &[&str], ckdir: &Path, at: &str, log: Option<&Path>) -> bool {
     running
 }
 
+/// Runs `calico args` with standard error in `log` until `ready()` holds,
+/// then sends it SIGINT as Ctrl-C does; its exit code, and whether it was
+/// still running at the signal.
+fn interrupt_when(args: &[&str], log: &Path, ready: impl Fn() -> bool) -> (Option<i32>, bool) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_calico"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while !ready() && child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(600)
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(sent.success() || !running);
+    (child.wait().unwrap().code(), running)
+}
+
+/// Complete `"kind":"train"` lines in `run`'s metrics.jsonl so far.
+fn train_lines(run: &Path) -> usize {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap_or_default();
+    text.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n') && l.contains(r#""kind":"train""#))
+        .count()
+}
+
+/// The step a checkpoint directory's `latest` names.
+fn latest_step(ckdir: &Path) -> Option<u64> {
+    let latest = std::fs::read_to_string(ckdir.join("latest")).ok()?;
+    latest.trim().strip_prefix("step-")?.parse().ok()
+}
+
+#[test]
+fn ctrl_c_checkpoints_the_step_it_stops_after_and_resume_loses_nothing() {
+    let d = tmp("train-interrupt");
+    let mp = mixed_parts(&d);
+    let data = mp.join("train.jsonl");
+    let cfg = d.join("train.json");
+    // No checkpoint is due before the end: the one after the interrupt is
+    // the interrupt's.
+    std::fs::write(
+        &cfg,
+        r#"{"epochs": 1, "steps_per_epoch": 24, "batch_size": 2, "grad_accumulation": 2,
+            "warmup_steps": 2, "checkpoint_every": 1000, "keep_last": 2, "validate_every": 0}"#,
+    )
+    .unwrap();
+    let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+    let a = d.join("a");
+    let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = losses(&a);
+    assert_eq!(want.len(), 24);
+
+    let b = d.join("b");
+    let args = train_args(data, cfg, b.to_str().unwrap());
+    let log = d.join("b.log");
+    let (code, running) = interrupt_when(&args, &log, || train_lines(&b) >= 2);
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "the run finished before the interrupt: {err}");
+    assert_eq!(code, Some(130), "{err}");
+    let done = losses(&b).len() as u64;
+    assert!((2..24).contains(&done), "{done} steps: {err}");
+    assert_eq!(latest_step(&b.join("checkpoints")), Some(done), "{err}");
+    assert!(
+        err.contains(&format!("interrupted: stopped after step {done} of 24"))
+            && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(!err.contains("error:"), "{err}");
+    assert!(!b.join("model").exists());
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let o = calico(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("at step {done}")),
+        "{}",
+        stderr(&o)
+    );
+    let got = losses(&b);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g.0, w.0);
+        for (x, y) in [(g.1, w.1), (g.2, w.2), (g.3, w.3), (g.4, w.4)] {
+            assert!((x - y).abs() <= 1e-6, "step {}: {x} vs {y}", g.0);
+        }
+    }
+}
+
 #[test]
 fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
     let d = tmp("train-resume-stages");
@@ -250,6 +343,39 @@ fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
     );
     assert_eq!(summaries(&b), want_summaries);
     assert_eq!(losses(&b), want);
+
+    // Ctrl-C inside stage 1 checkpoints the stage where it stops, off the
+    // `checkpoint_every` grid too; resumed, the run is the uninterrupted one.
+    let c = d.join("c");
+    let args = train_args(data, cfg, c.to_str().unwrap());
+    let stage1 = c.join("checkpoints/stage1");
+    let log = d.join("c.log");
+    let (code, running) = interrupt_when(&args, &log, || latest_step(&stage1) >= Some(4));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "the run finished before the interrupt: {err}");
+    assert_eq!(code, Some(130), "{err}");
+    let at = latest_step(&stage1).unwrap();
+    assert!((4..40).contains(&at), "{err}");
+    assert!(
+        err.contains(&format!(
+            "interrupted: stage 1 stopped after its step {at} of 40"
+        )),
+        "{err}"
+    );
+    let mut resume = args.clone();
+    resume.push("--resume");
+    let o = calico(&resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "resuming stage 1 of {} after its step {at}",
+            c.display()
+        )),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(summaries(&c), want_summaries);
+    assert_eq!(losses(&c), want);
 }
 
 #[test]

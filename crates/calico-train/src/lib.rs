@@ -47,4 +47,8 @@ pub enum TrainError {
     },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
+    /// The observer asked the run to stop ([`trainer::Observer::stop_requested`]);
+    /// the message says after which step and what `--resume` continues from.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 }

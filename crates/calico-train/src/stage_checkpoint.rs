@@ -144,7 +144,7 @@ fn save<R: Serialize>(
     (optimizer, optimizer_steps): (&HashMap<String, Tensor>, u64),
     saved: &Saved<R>,
     keep_last: usize,
-) -> Result<()> {
+) -> Result<PathBuf> {
     let extra = serde_json::to_value(saved)
         .map_err(|e| TrainError::Data(format!("{}: checkpoint state: {e}", stage.title())))?;
     let state = TrainState {
@@ -156,8 +156,13 @@ fn save<R: Serialize>(
         config: serde_json::Value::Null,
         extra,
     };
-    save_checkpoint_in(&stage.dir(run), tensors, optimizer, &state, keep_last)?;
-    Ok(())
+    Ok(save_checkpoint_in(
+        &stage.dir(run),
+        tensors,
+        optimizer,
+        &state,
+        keep_last,
+    )?)
 }
 
 /// A stage's step loop: where it starts (0, or where its checkpoint left
@@ -217,7 +222,8 @@ impl<'a> StageLoop<'a> {
     /// After `done` steps, whose recent numbers read `text`: a line every 50
     /// steps and at the end, the progress bar, and every `every` steps
     /// (not after the last: the trainer saves the finished stage with its
-    /// summary) a checkpoint.
+    /// summary) a checkpoint. When the observer asks the run to stop (and
+    /// steps are left), a checkpoint now and [`TrainError::Interrupted`].
     pub(crate) fn after_step<R: Serialize>(
         &self,
         (done, text): (u64, String),
@@ -236,10 +242,17 @@ impl<'a> StageLoop<'a> {
             (done - self.first, self.t0.elapsed().as_secs_f64()),
             text,
         ));
+        let interrupted = done < self.total && obs.stop_requested();
         let Some(c) = &self.checkpoints else {
-            return Ok(());
+            return match interrupted {
+                true => Err(TrainError::Interrupted(format!(
+                    "{title} stopped after its step {done} of {}; nothing was saved",
+                    self.total
+                ))),
+                false => Ok(()),
+            };
         };
-        if done % c.every.max(1) != 0 || done >= self.total {
+        if !interrupted && (done % c.every.max(1) != 0 || done >= self.total) {
             return Ok(());
         }
         let mut tensors = var_tensors(c.named);
@@ -248,14 +261,23 @@ impl<'a> StageLoop<'a> {
             recent,
             elapsed_s: self.elapsed(),
         };
-        save(
+        let dir = save(
             (c.run, self.stage),
             (done, self.seed),
             &tensors,
             (&opt.state_tensors(), opt.steps()),
             &running,
             c.keep_last,
-        )
+        )?;
+        if interrupted {
+            return Err(TrainError::Interrupted(format!(
+                "{title} stopped after its step {done} of {}; {} is saved and --resume \
+                 continues from it",
+                self.total,
+                dir.display()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -301,7 +323,8 @@ pub(crate) fn save_done(
         (&HashMap::new(), 0),
         &Saved::Done { summary },
         1,
-    )
+    )?;
+    Ok(())
 }
 
 /// The stage's newest complete checkpoint in `run`, if any.

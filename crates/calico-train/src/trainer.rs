@@ -171,6 +171,12 @@ pub trait Observer {
     fn stage_step(&mut self, _p: &StageProgress) {}
     fn validation(&mut self, _step: u64, _table: &TaskTable) {}
     fn message(&mut self, _text: &str) {}
+    /// Whether the run should stop at the next step boundary (e.g. on
+    /// Ctrl-C): it saves a checkpoint there and ends with
+    /// [`TrainError::Interrupted`], so that `--resume` loses no step.
+    fn stop_requested(&mut self) -> bool {
+        false
+    }
 }
 
 /// An observer that ignores everything.
@@ -453,6 +459,13 @@ fn pretrain_stages(
                 crate::pretrain::pretrain_vision(model, named, data, vp, stage_run(resume), obs)?;
             stage_checkpoint::save_done(run, Stage::Vision, named, (vp.steps, tc.seed), &summary)?;
             write_json(&run.join(Stage::Vision.summary_file()), &summary)?;
+            if tc.mask_pretrain.is_some() && obs.stop_requested() {
+                return Err(TrainError::Interrupted(format!(
+                    "stopped after {}; {} is saved and --resume continues after it",
+                    Stage::Vision.title(),
+                    Stage::Vision.dir(run).display()
+                )));
+            }
         }
     }
     if let Some(mp) = &tc.mask_pretrain {
@@ -934,6 +947,13 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                 tc.keep_last,
             )?;
             stage_checkpoint::remove_all(run);
+            if obs.stop_requested() {
+                return Err(TrainError::Interrupted(
+                    "stopped after the pretraining stages, before step 1; the step-0 \
+                     checkpoint is saved and --resume continues from it"
+                        .into(),
+                ));
+            }
         }
     }
     let total = tc.total_steps();
@@ -1091,7 +1111,9 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                 cache_warned = true;
             }
         }
-        if step.is_multiple_of(tc.checkpoint_every) || step == stop_at {
+        // Asked to stop (Ctrl-C), the run checkpoints this step and ends.
+        let interrupted = step < stop_at && obs.stop_requested();
+        if step.is_multiple_of(tc.checkpoint_every) || step == stop_at || interrupted {
             log.sync().map_err(|e| TrainError::Data(e.to_string()))?;
             let state = TrainState {
                 step,
@@ -1105,7 +1127,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                     "trainable": tc.trainable,
                 }),
             };
-            save_checkpoint(
+            let saved = save_checkpoint(
                 run,
                 &var_tensors(&named),
                 &opt.state_tensors(),
@@ -1113,6 +1135,13 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                 tc.keep_last,
             )?;
             plot::write_curve(run, log.records()).map_err(|e| TrainError::Data(e.to_string()))?;
+            if interrupted {
+                return Err(TrainError::Interrupted(format!(
+                    "stopped after step {step} of {total}; {} is saved and --resume continues \
+                     from it",
+                    saved.display()
+                )));
+            }
         }
     }
     let mut model_dir = None;

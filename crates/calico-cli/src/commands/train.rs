@@ -48,7 +48,9 @@ pub struct TrainArgs {
     #[arg(long)]
     weights: Option<PathBuf>,
     /// Continue the run in --out from its latest checkpoint (a run started from --weights
-    /// starts from that directory again; --weights may be left out).
+    /// starts from that directory again; --weights may be left out). Ctrl-C (or SIGTERM)
+    /// during a run saves a checkpoint after the current step and exits 130; a second one
+    /// quits at once.
     #[arg(long)]
     resume: bool,
     /// Turn modules off (Table 2): no-cem, no-cam, no-cem-no-cam, no-qformer (and so
@@ -275,6 +277,10 @@ impl Observer for Bar {
     fn message(&mut self, text: &str) {
         self.line(text);
     }
+
+    fn stop_requested(&mut self) -> bool {
+        crate::interrupt::requested()
+    }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
@@ -435,6 +441,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     bar.set_prefix("train");
     let mut obs = Bar { bar };
+    crate::interrupt::install()?;
     let summary = train(&spec, sim.as_ref(), &mut obs).map_err(|e| match e {
         calico_train::TrainError::Data(_) | calico_train::TrainError::Config(_) => {
             bad_input(e.to_string())
