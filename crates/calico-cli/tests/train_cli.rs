@@ -273,6 +273,49 @@ fn ctrl_c_checkpoints_the_step_it_stops_after_and_resume_loses_nothing() {
 }
 
 #[test]
+fn ctrl_c_during_a_validation_cuts_it_short_and_checkpoints() {
+    let d = tmp("train-interrupt-val");
+    let mp = mixed_parts(&d);
+    let (data, val) = (mp.join("train.jsonl"), mp.join("val.jsonl"));
+    let cfg = d.join("train.json");
+    std::fs::write(
+        &cfg,
+        r#"{"epochs": 1, "steps_per_epoch": 4, "batch_size": 2, "warmup_steps": 1,
+            "checkpoint_every": 1000, "validate_every": 2, "val_samples": 1000}"#,
+    )
+    .unwrap();
+    let b = d.join("b");
+    let mut args = train_args(
+        data.to_str().unwrap(),
+        cfg.to_str().unwrap(),
+        b.to_str().unwrap(),
+    );
+    args.extend(["--val", val.to_str().unwrap(), "--similarity", "exact"]);
+    let log = d.join("b.log");
+    let validating = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("validating on")
+    };
+    let (code, running) = interrupt_when(&args, &log, validating);
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "the run finished before the interrupt: {err}");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("validation at step 2 was cut short"), "{err}");
+    assert_eq!(latest_step(&b.join("checkpoints")), Some(2), "{err}");
+    assert!(records(&b, "val").is_empty());
+    // Resumed, the run validates again at its next due step and at the end.
+    args.push("--resume");
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let steps: Vec<u64> = records(&b, "val")
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [4]);
+}
+
+#[test]
 fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
     let d = tmp("train-resume-stages");
     let mp = mixed_parts(&d);

@@ -394,6 +394,8 @@ fn val_indices(n: usize, k: usize) -> Vec<usize> {
     (0..k).map(|i| i * n / k.max(1)).collect()
 }
 
+/// Scores the validation samples; `None` when `stop()` turned true
+/// between two of them (an interrupt cuts a validation short).
 fn validate(
     model: &Calico,
     tok: &CalicoTokenizer,
@@ -401,11 +403,15 @@ fn validate(
     cfg: &TrainConfig,
     sim: &dyn Similarity,
     run: &Path,
-) -> Result<TaskTable> {
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<Option<TaskTable>> {
     let idx = val_indices(val.len(), cfg.val_samples);
     let opts = greedy(cfg.max_new_tokens);
     let mut preds = Vec::with_capacity(idx.len());
     for &i in &idx {
+        if stop() {
+            return Ok(None);
+        }
         preds.push(predict_sample(model, tok, val, i, &opts)?.0);
     }
     let gt: Vec<_> = idx.iter().map(|&i| val.samples[i].clone()).collect();
@@ -424,7 +430,7 @@ fn validate(
         &EvalOptions { lenient: true },
     )
     .map_err(|e| TrainError::Data(e.to_string()))?;
-    Ok(score(&prepared, sim).0)
+    Ok(Some(score(&prepared, sim).0))
 }
 
 /// Stages 1 and 1b, as the config asks, each continued from its own
@@ -1091,15 +1097,26 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         }
         if let (true, Some(v)) = (val_due, &val_ds) {
             obs.message(&format!("validating on {} samples", cfg_val(&tc, v)));
-            let table = validate(&model, &tok, v, &tc, sim, run)?;
-            obs.validation(step, &table);
-            log.append(&Record::Val(ValRecord::from_table(
-                step,
-                elapsed_before + t0.elapsed().as_secs_f64(),
-                &table,
-            )))
-            .map_err(|e| TrainError::Data(e.to_string()))?;
-            validation = Some(table);
+            // An interrupt cuts a validation short (not the run's last one):
+            // the step's checkpoint follows at once, without its scores.
+            let last_one = step == stop_at;
+            let mut stop = || !last_one && obs.stop_requested();
+            match validate(&model, &tok, v, &tc, sim, run, &mut stop)? {
+                Some(table) => {
+                    obs.validation(step, &table);
+                    log.append(&Record::Val(ValRecord::from_table(
+                        step,
+                        elapsed_before + t0.elapsed().as_secs_f64(),
+                        &table,
+                    )))
+                    .map_err(|e| TrainError::Data(e.to_string()))?;
+                    validation = Some(table);
+                }
+                None => obs.message(&format!(
+                    "the validation at step {step} was cut short by the interrupt; its scores \
+                     are not recorded"
+                )),
+            }
         }
         if let Some((cache, dir)) = feature_cache.as_ref().filter(|_| !cache_warned) {
             if let Some(e) = cache.first_write_error() {
