@@ -273,6 +273,32 @@ fn ctrl_c_checkpoints_the_step_it_stops_after_and_resume_loses_nothing() {
 }
 
 #[test]
+fn ctrl_c_while_the_samples_are_checked_ends_at_once_writing_nothing() {
+    let d = tmp("train-interrupt-checks");
+    let mp = mixed_parts(&d);
+    // Enough samples for the checks to take seconds.
+    let text = std::fs::read_to_string(mp.join("train.jsonl")).unwrap();
+    let many = mp.join("many.jsonl");
+    std::fs::write(&many, text.repeat(400)).unwrap();
+    let cfg = d.join("train.json");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let out = d.join("run");
+    let args = train_args(
+        many.to_str().unwrap(),
+        cfg.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let log = d.join("log");
+    let t = Instant::now();
+    let (code, running) = interrupt_when(&args, &log, || t.elapsed() > Duration::from_millis(500));
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "the checks ended before the interrupt: {err}");
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("nothing was written"), "{err}");
+    assert!(!out.exists(), "{err}");
+}
+
+#[test]
 fn ctrl_c_during_a_validation_cuts_it_short_and_checkpoints() {
     let d = tmp("train-interrupt-val");
     let mp = mixed_parts(&d);

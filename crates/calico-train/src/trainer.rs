@@ -177,6 +177,11 @@ pub trait Observer {
     fn stop_requested(&mut self) -> bool {
         false
     }
+    /// The checks are done and the run is about to write its directory:
+    /// from here on an interrupt should stop the run at a step boundary
+    /// ([`Observer::stop_requested`]); before, nothing is written yet and
+    /// the process may simply end.
+    fn run_starts(&mut self) {}
 }
 
 /// An observer that ignores everything.
@@ -852,6 +857,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         std::fs::create_dir_all(dir)
             .map_err(|e| TrainError::Config(format!("--feature-cache {}: {e}", dir.display())))?;
     }
+    obs.run_starts();
     std::fs::create_dir_all(run).map_err(|e| {
         TrainError::Config(format!(
             "--out {}: cannot create the run directory: {e}",

@@ -281,9 +281,14 @@ impl Observer for Bar {
     fn stop_requested(&mut self) -> bool {
         crate::interrupt::requested()
     }
+
+    fn run_starts(&mut self) {
+        crate::interrupt::arm();
+    }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    crate::interrupt::install()?;
     // With --weights the model is the directory's; the preset still picks
     // the training defaults, and a --model-config must say the same.
     let from_weights = match &a.weights {
@@ -441,7 +446,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     );
     bar.set_prefix("train");
     let mut obs = Bar { bar };
-    crate::interrupt::install()?;
     let summary = train(&spec, sim.as_ref(), &mut obs).map_err(|e| match e {
         calico_train::TrainError::Data(_) | calico_train::TrainError::Config(_) => {
             bad_input(e.to_string())
