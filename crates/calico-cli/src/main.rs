@@ -1,7 +1,8 @@
 //! `calico`: part-focused semantic co-segmentation tools.
 //!
 //! Exit codes: 0 success, 2 bad input (the message names the file, field or
-//! value), 1 internal failure.
+//! value), 1 internal failure, 130 a `calico train` run stopped by an
+//! interrupt (Ctrl-C, SIGTERM; its checkpoint saved).
 
 mod commands;
 mod exit;

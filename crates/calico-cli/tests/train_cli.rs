@@ -183,8 +183,21 @@ fn kill_at(args: &[&str], ckdir: &Path, at: &str, log: Option<&Path>) -> bool {
 /// then sends it SIGINT as Ctrl-C does; its exit code, and whether it was
 /// still running at the signal.
 fn interrupt_when(args: &[&str], log: &Path, ready: impl Fn() -> bool) -> (Option<i32>, bool) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_calico"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_calico"));
+    cmd.args(args);
+    signal_when(cmd, "INT", log, ready)
+}
+
+/// Runs `cmd` with standard error in `log` until `ready()` holds, then
+/// sends it signal `sig` (a name `kill` knows); its exit code, and whether
+/// it was still running at the signal.
+fn signal_when(
+    mut cmd: Command,
+    sig: &str,
+    log: &Path,
+    ready: impl Fn() -> bool,
+) -> (Option<i32>, bool) {
+    let mut child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -196,7 +209,10 @@ fn interrupt_when(args: &[&str], log: &Path, ready: impl Fn() -> bool) -> (Optio
     }
     let running = child.try_wait().unwrap().is_none();
     let pid = child.id().to_string();
-    let sent = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    let sent = Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .unwrap();
     assert!(sent.success() || !running);
     (child.wait().unwrap().code(), running)
 }
@@ -270,6 +286,23 @@ fn ctrl_c_checkpoints_the_step_it_stops_after_and_resume_loses_nothing() {
             assert!((x - y).abs() <= 1e-6, "step {}: {x} vs {y}", g.0);
         }
     }
+
+    // Started with SIGHUP ignored (as `nohup` starts it), a run keeps
+    // training through a hang-up.
+    let c = d.join("c");
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        r#"trap "" HUP; exec "$0" "$@""#,
+        env!("CARGO_BIN_EXE_calico"),
+    ]);
+    cmd.args(train_args(data, cfg, c.to_str().unwrap()));
+    let log = d.join("c.log");
+    let (code, running) = signal_when(cmd, "HUP", &log, || train_lines(&c) >= 2);
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(running, "the run finished before the hang-up: {err}");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(losses(&c), losses(&a));
 }
 
 #[test]
@@ -413,13 +446,16 @@ fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
     assert_eq!(summaries(&b), want_summaries);
     assert_eq!(losses(&b), want);
 
-    // Ctrl-C inside stage 1 checkpoints the stage where it stops, off the
+    // An interrupt inside stage 1 checkpoints the stage where it stops, off the
     // `checkpoint_every` grid too; resumed, the run is the uninterrupted one.
     let c = d.join("c");
     let args = train_args(data, cfg, c.to_str().unwrap());
     let stage1 = c.join("checkpoints/stage1");
     let log = d.join("c.log");
-    let (code, running) = interrupt_when(&args, &log, || latest_step(&stage1) >= Some(4));
+    // SIGTERM, as a batch scheduler sends before its time limit.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_calico"));
+    cmd.args(&args);
+    let (code, running) = signal_when(cmd, "TERM", &log, || latest_step(&stage1) >= Some(4));
     let err = std::fs::read_to_string(&log).unwrap();
     assert!(running, "the run finished before the interrupt: {err}");
     assert_eq!(code, Some(130), "{err}");
