@@ -189,7 +189,7 @@ fn interrupt_when(args: &[&str], log: &Path, ready: impl Fn() -> bool) -> (Optio
 }
 
 /// Runs `cmd` with standard error in `log` until `ready()` holds, then
-/// sends it signal `sig` (a name `kill` knows); its exit code, and whether
+/// sends it signal `sig` (a name `kill` knows: INT, TERM, HUP); its exit code, and whether
 /// it was still running at the signal.
 fn signal_when(
     mut cmd: Command,
@@ -209,8 +209,9 @@ fn signal_when(
     }
     let running = child.try_wait().unwrap().is_none();
     let pid = child.id().to_string();
-    let sent = Command::new("kill")
-        .args([&format!("-{sig}"), &pid])
+    // The shell's own `kill`: no procps needed.
+    let sent = Command::new("sh")
+        .args(["-c", &format!("kill -{sig} {pid}")])
         .status()
         .unwrap();
     assert!(sent.success() || !running);
