@@ -55,12 +55,12 @@ fn mixed_parts(d: &Path) -> PathBuf {
     mp
 }
 
-/// [`mixed_parts`] in `d/mp` and [`CONFIG`] in `d/train.json`: the samples
+/// [`mixed_parts`] in `d/mp` and `config` in `d/train.json`: the samples
 /// directory, its training file and the config file.
-fn samples_and_config(d: &Path) -> (PathBuf, String, String) {
+fn samples_and_config(d: &Path, config: &str) -> (PathBuf, String, String) {
     let mp = mixed_parts(d);
     let cfg = d.join("train.json");
-    std::fs::write(&cfg, CONFIG).unwrap();
+    std::fs::write(&cfg, config).unwrap();
     let data = mp.join("train.jsonl").to_str().unwrap().to_string();
     (mp, data, cfg.to_str().unwrap().to_string())
 }
@@ -74,7 +74,7 @@ fn train_args<'a>(data: &'a str, cfg: &'a str, out: &'a str) -> Vec<&'a str> {
 #[test]
 fn a_killed_run_resumes_to_the_same_losses() {
     let d = tmp("train-resume");
-    let (_, data, cfg) = samples_and_config(&d);
+    let (_, data, cfg) = samples_and_config(&d, CONFIG);
     let (data, cfg) = (data.as_str(), cfg.as_str());
 
     // Uninterrupted.
@@ -235,18 +235,14 @@ fn latest_step(ckdir: &Path) -> Option<u64> {
 #[test]
 fn ctrl_c_checkpoints_the_step_it_stops_after_and_resume_loses_nothing() {
     let d = tmp("train-interrupt");
-    let mp = mixed_parts(&d);
-    let data = mp.join("train.jsonl");
-    let cfg = d.join("train.json");
     // No checkpoint is due before the end: the one after the interrupt is
     // the interrupt's.
-    std::fs::write(
-        &cfg,
+    let (_, data, cfg) = samples_and_config(
+        &d,
         r#"{"epochs": 1, "steps_per_epoch": 24, "batch_size": 2, "grad_accumulation": 2,
             "warmup_steps": 2, "checkpoint_every": 1000, "keep_last": 2, "validate_every": 0}"#,
-    )
-    .unwrap();
-    let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+    );
+    let (data, cfg) = (data.as_str(), cfg.as_str());
     let a = d.join("a");
     let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
     assert!(o.status.success(), "{}", stderr(&o));
@@ -309,19 +305,13 @@ fn ctrl_c_checkpoints_the_step_it_stops_after_and_resume_loses_nothing() {
 #[test]
 fn ctrl_c_while_the_samples_are_checked_ends_at_once_writing_nothing() {
     let d = tmp("train-interrupt-checks");
-    let mp = mixed_parts(&d);
+    let (mp, data, cfg) = samples_and_config(&d, CONFIG);
     // Enough samples for the checks to take seconds.
-    let text = std::fs::read_to_string(mp.join("train.jsonl")).unwrap();
+    let text = std::fs::read_to_string(&data).unwrap();
     let many = mp.join("many.jsonl");
     std::fs::write(&many, text.repeat(400)).unwrap();
-    let cfg = d.join("train.json");
-    std::fs::write(&cfg, CONFIG).unwrap();
     let out = d.join("run");
-    let args = train_args(
-        many.to_str().unwrap(),
-        cfg.to_str().unwrap(),
-        out.to_str().unwrap(),
-    );
+    let args = train_args(many.to_str().unwrap(), &cfg, out.to_str().unwrap());
     let log = d.join("log");
     let t = Instant::now();
     let (code, running) = interrupt_when(&args, &log, || t.elapsed() > Duration::from_millis(500));
@@ -335,21 +325,14 @@ fn ctrl_c_while_the_samples_are_checked_ends_at_once_writing_nothing() {
 #[test]
 fn ctrl_c_during_a_validation_cuts_it_short_and_checkpoints() {
     let d = tmp("train-interrupt-val");
-    let mp = mixed_parts(&d);
-    let (data, val) = (mp.join("train.jsonl"), mp.join("val.jsonl"));
-    let cfg = d.join("train.json");
-    std::fs::write(
-        &cfg,
+    let (mp, data, cfg) = samples_and_config(
+        &d,
         r#"{"epochs": 1, "steps_per_epoch": 4, "batch_size": 2, "warmup_steps": 1,
             "checkpoint_every": 1000, "validate_every": 2, "val_samples": 1000}"#,
-    )
-    .unwrap();
-    let b = d.join("b");
-    let mut args = train_args(
-        data.to_str().unwrap(),
-        cfg.to_str().unwrap(),
-        b.to_str().unwrap(),
     );
+    let val = mp.join("val.jsonl");
+    let b = d.join("b");
+    let mut args = train_args(&data, &cfg, b.to_str().unwrap());
     args.extend(["--val", val.to_str().unwrap(), "--similarity", "exact"]);
     let log = d.join("b.log");
     let validating = || {
@@ -378,18 +361,14 @@ fn ctrl_c_during_a_validation_cuts_it_short_and_checkpoints() {
 #[test]
 fn a_run_killed_inside_its_pretraining_stages_resumes_there() {
     let d = tmp("train-resume-stages");
-    let mp = mixed_parts(&d);
-    let data = mp.join("train.jsonl");
-    let cfg = d.join("train.json");
-    std::fs::write(
-        &cfg,
+    let (_, data, cfg) = samples_and_config(
+        &d,
         r#"{"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "warmup_steps": 1,
             "checkpoint_every": 4, "keep_last": 2, "validate_every": 0,
             "vision_pretrain": {"steps": 40, "batch_size": 4, "warmup_steps": 2},
             "mask_pretrain": {"steps": 40, "images": 2, "warmup_steps": 2, "val_images": 0}}"#,
-    )
-    .unwrap();
-    let (data, cfg) = (data.to_str().unwrap(), cfg.to_str().unwrap());
+    );
+    let (data, cfg) = (data.as_str(), cfg.as_str());
     let summaries = |run: &Path| -> Vec<f64> {
         let (p, m) = (
             read_json(&run.join("pretrain.json")),
@@ -661,7 +640,7 @@ fn bad_training_inputs_are_refused() {
 #[test]
 fn a_bad_sample_anywhere_stops_the_run_before_it_writes() {
     let d = tmp("train-bad-sample");
-    let (mp, _, cfg) = samples_and_config(&d);
+    let (mp, _, cfg) = samples_and_config(&d, CONFIG);
     let text = std::fs::read_to_string(mp.join("train.jsonl")).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     let last: serde_json::Value = serde_json::from_str(lines[lines.len() - 1]).unwrap();
@@ -731,7 +710,7 @@ fn tensors(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
 #[test]
 fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
     let d = tmp("train-fine-tune");
-    let (mp, data, cfg) = samples_and_config(&d);
+    let (mp, data, cfg) = samples_and_config(&d, CONFIG);
     let (data, cfg) = (data.as_str(), cfg.as_str());
 
     // A: six steps from scratch, without CAM (a model the default preset is not).
@@ -899,7 +878,7 @@ fn a_runs_model_fine_tunes_with_every_tensor_trainable() {
 #[test]
 fn the_paper_set_on_a_weights_directory_trains_its_ablation_and_exports_a_whole_model() {
     let d = tmp("train-ablated-weights");
-    let (_, data, cfg) = samples_and_config(&d);
+    let (_, data, cfg) = samples_and_config(&d, CONFIG);
     let (data, cfg) = (data.as_str(), cfg.as_str());
     let a = d.join("a");
     let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
@@ -966,7 +945,7 @@ fn the_paper_set_on_a_weights_directory_trains_its_ablation_and_exports_a_whole_
 #[test]
 fn every_ablation_trains_and_records_its_modules() {
     let d = tmp("train-ablations");
-    let (_, data, cfg) = samples_and_config(&d);
+    let (_, data, cfg) = samples_and_config(&d, CONFIG);
     let (data, cfg) = (data.as_str(), cfg.as_str());
     // (name, use_qformer, use_dino, use_cem, use_cam): Table 2's rows.
     let rows = [
