@@ -648,11 +648,16 @@ fn a_bad_sample_anywhere_stops_the_run_before_it_writes() {
     // Each case spoils the last sample, which six steps of four samples
     // would never reach.
     type Spoil = fn(&mut serde_json::Value);
-    let cases: [(&str, Spoil, &str); 4] = [
+    let cases: [(&str, Spoil, &str); 5] = [
         (
             "missing image",
             |s| s["images"][1]["file"] = "no/such/image.png".into(),
             "no/such/image.png",
+        ),
+        (
+            "image size",
+            |s| s["images"][1]["width"] = 640.into(),
+            "the sample gives width 640 and height",
         ),
         (
             "mask image",

@@ -209,18 +209,7 @@ fn save_with_hook(
         })?;
     state_bytes.push(b'\n');
 
-    if !ckdir.is_dir() {
-        fs::create_dir_all(ckdir).map_err(io_err(ckdir))?;
-        // A stage's folder may have created `checkpoints/` too. (A relative
-        // run directory's own parent is "", the current directory.)
-        for dir in ckdir.ancestors().skip(1).take(2) {
-            sync_dir(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            })?;
-        }
-    }
+    create_dir_durably(ckdir)?;
     remove_leftovers(ckdir);
 
     let pid = std::process::id();
@@ -323,6 +312,37 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = File::create(path).map_err(io_err(path))?;
     f.write_all(bytes).map_err(io_err(path))?;
     f.sync_all().map_err(io_err(path))
+}
+
+/// Creates `dir` and any missing parents so that they survive a power
+/// loss: a new directory's entry lives in its parent, so every parent whose
+/// entries changed is fsynced, up to the first directory that already
+/// existed. Does nothing when `dir` exists.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // A relative path's last ancestor is "", the current directory.
+    let as_dir = |d: &Path| -> PathBuf {
+        if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d.to_path_buf()
+        }
+    };
+    let existed = dir
+        .ancestors()
+        .map(as_dir)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| PathBuf::from("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    for parent in dir.ancestors().skip(1).map(as_dir) {
+        sync_dir(&parent)?;
+        if parent == existed {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Fsyncs a directory so that renames/creations in it are durable.
@@ -846,6 +866,22 @@ mod tests {
         assert_eq!(latest_step(&run.0), Some(1));
         save(&run.0, 2, 3);
         assert_eq!(latest_step(&run.0), Some(2));
+    }
+
+    #[test]
+    fn durable_dirs_are_created_with_their_parents_and_existing_ones_kept() {
+        let run = Scratch::new("durable");
+        let deep = run.0.join("a").join("b").join("c");
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.is_dir());
+        fs::write(deep.join("kept"), b"x").unwrap();
+        create_dir_durably(&deep).unwrap();
+        assert!(deep.join("kept").is_file());
+        // Under a file: the error names the directory asked for.
+        let file = run.0.join("file");
+        fs::write(&file, b"x").unwrap();
+        let err = create_dir_durably(&file.join("d")).unwrap_err().to_string();
+        assert!(err.contains(&*file.join("d").to_string_lossy()), "{err}");
     }
 
     #[test]

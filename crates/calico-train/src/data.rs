@@ -282,6 +282,7 @@ impl Dataset {
     /// Checks every sample before a run starts, so that a bad line fails
     /// the run at once rather than when an epoch reaches it: each image file
     /// is readable as an image (its header only; files are checked once),
+    /// with the width and height the sample gives it,
     /// the conversation tokenises within the LLM's context with one `[SEG]`
     /// per mask, with `targets` (the answers are training targets) every
     /// answer word is in the tokenizer's vocabulary, and every mask is on
@@ -308,10 +309,27 @@ impl Dataset {
                         let d = image_size(&path).map_err(|e| {
                             self.sample_error(s, format!("image {k} ({}): {e}", path.display()))
                         })?;
-                        sizes.insert(path, d);
+                        sizes.insert(path.clone(), d);
                         d
                     }
                 };
+                // The sample's own record of the size must be the file's:
+                // masks are checked against the file, and a record that
+                // disagrees means the sample and the image came apart.
+                if (im.height, im.width) != size {
+                    return Err(self.sample_error(
+                        s,
+                        format!(
+                            "image {k} ({}): the sample gives width {} and height {} but the \
+                             file is {}x{} (width x height)",
+                            path.display(),
+                            im.width,
+                            im.height,
+                            size.1,
+                            size.0
+                        ),
+                    ));
+                }
                 dims.push(size);
             }
             let layout = self.layout(s, &s.answer, tok, special, format)?;

@@ -55,8 +55,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{
-    checkpoint_step, incomplete_checkpoints_in, latest_checkpoint, latest_checkpoint_in,
-    load_checkpoint, save_checkpoint, LoadedCheckpoint, TrainState, CHECKPOINTS_DIR,
+    checkpoint_step, create_dir_durably, incomplete_checkpoints_in, latest_checkpoint,
+    latest_checkpoint_in, load_checkpoint, save_checkpoint, CheckpointError, LoadedCheckpoint,
+    TrainState, CHECKPOINTS_DIR,
 };
 use crate::config::TrainConfig;
 use crate::data::{self, Dataset, Example};
@@ -858,7 +859,12 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             .map_err(|e| TrainError::Config(format!("--feature-cache {}: {e}", dir.display())))?;
     }
     obs.run_starts();
-    std::fs::create_dir_all(run).map_err(|e| {
+    // Durably: stage checkpoints sync only the run directory and below.
+    create_dir_durably(run).map_err(|e| {
+        let e = match e {
+            CheckpointError::Io { path, source } if path == *run => source.to_string(),
+            e => e.to_string(),
+        };
         TrainError::Config(format!(
             "--out {}: cannot create the run directory: {e}",
             run.display()
