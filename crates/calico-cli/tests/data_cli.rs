@@ -90,14 +90,27 @@ fn wrong_png_depth_is_an_error_naming_the_png() {
 }
 
 #[test]
-fn missing_images_and_dangling_parts_are_skipped_and_counted() {
+fn missing_or_spoilt_images_and_dangling_parts_are_skipped_and_counted() {
     let d = tmp("skip");
     let s = synth(&d);
-    // Remove two PACO images and cut one part loose from its object.
+    // Remove two PACO images, spoil two more (one is not an image, one is
+    // of another size than its annotations give), and cut one part loose
+    // from its object.
     let img_dir = s.join("paco_lvis/train2017");
-    for e in std::fs::read_dir(&img_dir).unwrap().flatten().take(2) {
-        std::fs::remove_file(e.path()).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&img_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    for f in &files[..2] {
+        std::fs::remove_file(f).unwrap();
     }
+    std::fs::write(&files[2], b"not an image").unwrap();
+    // PNG bytes under a .jpg name: images are recognised by content.
+    image::RgbImage::new(10, 7)
+        .save_with_format(&files[3], image::ImageFormat::Png)
+        .unwrap();
     let f = s.join("paco_lvis/annotations/paco_lvis_v1_train.json");
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
@@ -113,6 +126,8 @@ fn missing_images_and_dangling_parts_are_skipped_and_counted() {
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains("\"missing_images\":2"), "{err}");
+    assert!(err.contains("\"unreadable_images\":1"), "{err}");
+    assert!(err.contains("\"wrong_size_images\":1"), "{err}");
     assert!(err.contains("\"dangling_parts\":1"), "{err}");
 }
 

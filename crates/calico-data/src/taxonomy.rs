@@ -119,6 +119,13 @@ pub struct SkipCounts {
     pub empty_masks: u64,
     /// Images listed in the annotations but missing on disk (when checked).
     pub missing_images: u64,
+    /// Image files that exist but do not open as a PNG or JPEG (when checked).
+    #[serde(default)]
+    pub unreadable_images: u64,
+    /// Image files whose size is not the one the annotations give (when
+    /// checked): their masks would not fit the pixels.
+    #[serde(default)]
+    pub wrong_size_images: u64,
 }
 
 impl SkipCounts {
@@ -129,6 +136,8 @@ impl SkipCounts {
             + self.unknown_images
             + self.empty_masks
             + self.missing_images
+            + self.unreadable_images
+            + self.wrong_size_images
     }
 
     /// Adds another set of counts.
@@ -138,6 +147,8 @@ impl SkipCounts {
         self.unknown_images += other.unknown_images;
         self.empty_masks += other.empty_masks;
         self.missing_images += other.missing_images;
+        self.unreadable_images += other.unreadable_images;
+        self.wrong_size_images += other.wrong_size_images;
     }
 }
 

@@ -32,6 +32,8 @@ fn reads_objects_parts_and_counts_skips() {
             // id 9 (empty polygon list), id 10 (all-background RLE)
             empty_masks: 2,
             missing_images: 0,
+            unreadable_images: 0,
+            wrong_size_images: 0,
         }
     );
 

@@ -109,7 +109,7 @@ pub struct BuildArgs {
     /// Lines per JSONL shard.
     #[arg(long, default_value_t = 500_000)]
     shard_lines: usize,
-    /// Check that every image file exists (missing ones are skipped and counted).
+    /// Check that every image file exists, opens and has its annotated size (others are skipped and counted).
     #[arg(long)]
     check_images: bool,
     /// PartImageNet class-name overrides ({"n02071294": "whale", …}).

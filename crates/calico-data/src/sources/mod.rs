@@ -13,7 +13,9 @@
 //! (`unknown_categories`), masks with zero area (`empty_masks`), parts whose
 //! object is missing (`dangling_parts`), and — when
 //! [`ReadOptions::check_images`] is set — images missing on disk
-//! (`missing_images`). Bad *files* are errors naming the file and, where
+//! (`missing_images`), files that do not open as an image
+//! (`unreadable_images`) and files whose size is not the annotations'
+//! (`wrong_size_images`). Bad *files* are errors naming the file and, where
 //! possible, the record (`annotations[12] (id 7)`): unreadable or malformed
 //! JSON, masks that do not decode or do not fit their image, part label PNGs
 //! that are missing, not 16-bit, or of the wrong size. Readers never panic
@@ -37,8 +39,10 @@ use std::path::{Path, PathBuf};
 /// Options of [`read_source`].
 #[derive(Clone, Debug, Default)]
 pub struct ReadOptions {
-    /// Check that every kept image file exists; missing ones are dropped and
-    /// counted in [`SkipCounts::missing_images`].
+    /// Check that every kept image file exists and has the size its
+    /// annotations give (its header is read); the others are dropped and
+    /// counted in [`SkipCounts::missing_images`],
+    /// [`SkipCounts::unreadable_images`] and [`SkipCounts::wrong_size_images`].
     pub check_images: bool,
     /// [`Dataset::name`] (default: the format's name, e.g. `paco_lvis`).
     pub name: Option<String>,
@@ -72,7 +76,7 @@ pub fn read_source(format: SourceFormat, root: &Path, opts: &ReadOptions) -> Res
         SourceFormat::Ade20kPart234 => ade::read_root(root, splits, &mut skipped)?,
     };
     if opts.check_images {
-        skipped.missing_images += drop_missing_images(root, &mut images);
+        skipped.add(&drop_unusable_images(root, &mut images));
     }
     Ok(Dataset {
         name: opts
@@ -86,17 +90,50 @@ pub fn read_source(format: SourceFormat, root: &Path, opts: &ReadOptions) -> Res
     })
 }
 
-/// Removes the records whose `root/file` is not an existing file; returns
-/// how many were removed.
-pub fn drop_missing_images(root: &Path, images: &mut Vec<ImageRecord>) -> u64 {
-    let present: Vec<bool> = images
+/// What is wrong with an image file, if anything.
+enum ImageCheck {
+    Usable,
+    Missing,
+    Unreadable,
+    WrongSize,
+}
+
+/// Reads the header of `path` and compares its size with `record`'s.
+fn check_image(path: &Path, record: &ImageRecord) -> ImageCheck {
+    if !path.is_file() {
+        return ImageCheck::Missing;
+    }
+    let dims = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(image::ImageError::IoError)
+        .and_then(|r| r.into_dimensions());
+    match dims {
+        Err(_) => ImageCheck::Unreadable,
+        Ok(d) if d != (record.width, record.height) => ImageCheck::WrongSize,
+        Ok(_) => ImageCheck::Usable,
+    }
+}
+
+/// Removes the records whose `root/file` is missing, does not open as an
+/// image, or is not of the size the record gives (its header only is
+/// read); returns how many of each were removed.
+pub fn drop_unusable_images(root: &Path, images: &mut Vec<ImageRecord>) -> SkipCounts {
+    let checks: Vec<ImageCheck> = images
         .par_iter()
-        .map(|r| root.join(&r.file).is_file())
+        .map(|r| check_image(&root.join(&r.file), r))
         .collect();
-    let before = images.len();
-    let mut keep = present.into_iter();
-    images.retain(|_| keep.next().unwrap_or(false));
-    (before - images.len()) as u64
+    let mut counts = SkipCounts::default();
+    for c in &checks {
+        match c {
+            ImageCheck::Usable => {}
+            ImageCheck::Missing => counts.missing_images += 1,
+            ImageCheck::Unreadable => counts.unreadable_images += 1,
+            ImageCheck::WrongSize => counts.wrong_size_images += 1,
+        }
+    }
+    let mut keep = checks.into_iter();
+    images.retain(|_| matches!(keep.next(), Some(ImageCheck::Usable)));
+    counts
 }
 
 /// The requested splits, normalised and checked against `known`, or all
