@@ -362,6 +362,33 @@ fn predict_feeds_eval_and_report_inlines_everything() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("none.jsonl: no such samples file"));
+    // A sample whose image is not the size it gives is refused before any
+    // answering, naming the sample, the image and both sizes.
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    lines[1]["images"][1]["width"] = 999.into();
+    let resized = d.join("resized.jsonl");
+    let body: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&resized, body.join("\n") + "\n").unwrap();
+    let o = calico(&[
+        "predict",
+        "--data",
+        &s(&resized),
+        "--preset",
+        "tiny",
+        "--out",
+        &s(&d.join("r.jsonl")),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sample s/1: image 1 (") && err.contains("the sample gives width 999"),
+        "{err}"
+    );
+    assert!(!d.join("r.jsonl").exists());
 
     let eval = d.join("eval.json");
     let o = calico(&[

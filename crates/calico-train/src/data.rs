@@ -180,18 +180,45 @@ impl Dataset {
     }
 
     /// The images of sample `index` in the model's views, in order; an
-    /// image that does not decode names the samples file and the sample.
+    /// image that does not decode, or is not of the size the sample gives,
+    /// names the samples file and the sample.
     pub fn images_of(&self, index: usize) -> Result<Vec<ImageInput>> {
         let s = &self.samples[index];
         s.images
             .iter()
             .enumerate()
             .map(|(k, i)| {
-                self.image(&i.file)
-                    .map(|a| (*a).clone())
-                    .map_err(|e| self.sample_error(s, format!("image {k}: {e}")))
+                let a = self
+                    .image(&i.file)
+                    .map_err(|e| self.sample_error(s, format!("image {k}: {e}")))?;
+                let (h, w) = a.original;
+                self.check_size(s, k, (h as u32, w as u32))?;
+                Ok((*a).clone())
             })
             .collect()
+    }
+
+    /// Image `k` of sample `s` is `(height, width)` = `size` on disk, which
+    /// must be the size the sample gives it: masks are checked against the
+    /// file, and a record that disagrees means the sample and the image
+    /// came apart.
+    fn check_size(&self, s: &Sample, k: usize, size: (u32, u32)) -> Result<()> {
+        let im = &s.images[k];
+        if (im.height, im.width) == size {
+            return Ok(());
+        }
+        Err(self.sample_error(
+            s,
+            format!(
+                "image {k} ({}): the sample gives width {} and height {} but the file is {}x{} \
+                 (width x height)",
+                self.resolve(&im.file).display(),
+                im.width,
+                im.height,
+                size.1,
+                size.0
+            ),
+        ))
     }
 
     /// The low-resolution mask side and the SAM view's side.
@@ -309,27 +336,11 @@ impl Dataset {
                         let d = image_size(&path).map_err(|e| {
                             self.sample_error(s, format!("image {k} ({}): {e}", path.display()))
                         })?;
-                        sizes.insert(path.clone(), d);
+                        sizes.insert(path, d);
                         d
                     }
                 };
-                // The sample's own record of the size must be the file's:
-                // masks are checked against the file, and a record that
-                // disagrees means the sample and the image came apart.
-                if (im.height, im.width) != size {
-                    return Err(self.sample_error(
-                        s,
-                        format!(
-                            "image {k} ({}): the sample gives width {} and height {} but the \
-                             file is {}x{} (width x height)",
-                            path.display(),
-                            im.width,
-                            im.height,
-                            size.1,
-                            size.0
-                        ),
-                    ));
-                }
+                self.check_size(s, k, size)?;
                 dims.push(size);
             }
             let layout = self.layout(s, &s.answer, tok, special, format)?;
