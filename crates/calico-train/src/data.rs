@@ -444,12 +444,7 @@ impl Dataset {
 
 /// `(height, width)` of an image file, from its header.
 fn image_size(path: &Path) -> std::result::Result<(u32, u32), String> {
-    let (w, h) = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .into_dimensions()
-        .map_err(|e| format!("not a readable image: {e}"))?;
+    let (w, h) = calico_data::sources::image_dimensions(path)?;
     if w == 0 || h == 0 {
         return Err(format!("image has zero size ({w}x{h})"));
     }

@@ -98,16 +98,24 @@ enum ImageCheck {
     WrongSize,
 }
 
+/// `(width, height)` of the image file at `path`, from its header alone
+/// (the format is recognised by content; no EXIF rotation); the error says
+/// why the file cannot be read as an image.
+pub fn image_dimensions(path: &Path) -> std::result::Result<(u32, u32), String> {
+    image::ImageReader::open(path)
+        .map_err(|e| e.to_string())?
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?
+        .into_dimensions()
+        .map_err(|e| format!("not a readable image: {e}"))
+}
+
 /// Reads the header of `path` and compares its size with `record`'s.
 fn check_image(path: &Path, record: &ImageRecord) -> ImageCheck {
     if !path.is_file() {
         return ImageCheck::Missing;
     }
-    let dims = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(image::ImageError::IoError)
-        .and_then(|r| r.into_dimensions());
-    match dims {
+    match image_dimensions(path) {
         Err(_) => ImageCheck::Unreadable,
         Ok(d) if d != (record.width, record.height) => ImageCheck::WrongSize,
         Ok(_) => ImageCheck::Usable,
