@@ -243,3 +243,152 @@ fn release_json_converts_to_samples() {
     let img = out.parent().unwrap().join(&sample.images[0].file);
     assert!(img.exists(), "{}", img.display());
 }
+
+fn jsonl_lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn subset(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "data",
+        "subset",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    calico(&args)
+}
+
+#[test]
+fn subsets_are_evenly_spaced_or_seeded_and_keep_their_images_reachable() {
+    let d = tmp("subset");
+    let s = synth(&d);
+    let built = d.join("built");
+    assert!(build(&s, &built, &[]).status.success());
+    let samples = built.join("train.jsonl");
+    let all = jsonl_lines(&samples);
+    let n = all.len();
+    assert!(n > 20, "{n} samples");
+
+    // Evenly spaced, next to the data: the chosen lines, byte for byte.
+    let near = built.join("spread.jsonl");
+    let o = subset(&samples, &near, &["--count", "7"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want: Vec<String> = (0..7).map(|i| all[i * n / 7].clone()).collect();
+    assert_eq!(jsonl_lines(&near), want);
+    assert!(
+        stderr(&o).contains(&format!("wrote 7 of the {n} samples")),
+        "{}",
+        stderr(&o)
+    );
+
+    // Random: the seed decides, file order is kept, a task filter holds.
+    let pick = |name: &str, seed: &str| {
+        let out = built.join(name);
+        let o = subset(
+            &samples,
+            &out,
+            &[
+                "--count",
+                "5",
+                "--random",
+                "--seed",
+                seed,
+                "--task",
+                "common_parts",
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        jsonl_lines(&out)
+    };
+    let (a, b, c) = (
+        pick("r1.jsonl", "1"),
+        pick("r2.jsonl", "1"),
+        pick("r3.jsonl", "2"),
+    );
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    let positions: Vec<usize> = a
+        .iter()
+        .map(|l| all.iter().position(|x| x == l).expect("a line of the data"))
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    for l in &a {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["task"], "common_parts");
+    }
+
+    // Elsewhere: the image paths are rewritten to reach the same files, the
+    // rest of each sample is unchanged.
+    let far_dir = d.join("elsewhere/deeper");
+    std::fs::create_dir_all(&far_dir).unwrap();
+    let far = far_dir.join("spread.jsonl");
+    let o = subset(&samples, &far, &["--count", "7"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (moved, orig) in jsonl_lines(&far).iter().zip(&want) {
+        let mut m: serde_json::Value = serde_json::from_str(moved).unwrap();
+        let o: serde_json::Value = serde_json::from_str(orig).unwrap();
+        for (k, img) in m["images"].as_array_mut().unwrap().iter_mut().enumerate() {
+            let new = far_dir.join(img["file"].as_str().unwrap());
+            let old = built.join(o["images"][k]["file"].as_str().unwrap());
+            assert_ne!(img["file"], o["images"][k]["file"]);
+            assert_eq!(new.canonicalize().unwrap(), old.canonicalize().unwrap());
+            img["file"] = o["images"][k]["file"].clone();
+        }
+        assert_eq!(m, o);
+    }
+    // A count above what matches writes all of it and says so.
+    let o = subset(&samples, &d.join("all.jsonl"), &["--count", "1000000"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(jsonl_lines(&d.join("all.jsonl")).len(), n);
+    assert!(stderr(&o).contains("all"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_subset_requests_exit_2_and_write_nothing() {
+    let d = tmp("subset-bad");
+    let good = r#"{"id": "a/1", "task": "common_object", "source": "a", "images": [{"file": "x.png", "width": 4, "height": 4}], "question": "q", "answer": "a", "masks": []}"#;
+    let data = d.join("s.jsonl");
+    std::fs::write(&data, format!("{good}\n{good}\n")).unwrap();
+    let out = d.join("out.jsonl");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--count", "1", "--task", "common_objects"],
+            "--task common_objects: not a task",
+        ),
+        (vec!["--count", "1", "--source", "b"], "its sources: a"),
+        (
+            vec!["--count", "1", "--task", "unique_parts"],
+            "no sample of",
+        ),
+        (vec!["--count", "0"], "at least 1"),
+    ];
+    for (args, want) in cases {
+        let o = subset(&data, &out, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(!out.exists(), "{args:?}");
+    }
+    let o = subset(&data, &data, &["--count", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is the --data file itself"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(jsonl_lines(&data).len(), 2, "the data is untouched");
+    let o = subset(&data, &d.join("missing/out.jsonl"), &["--count", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    // A bad line anywhere is named, even one the subset would not take.
+    std::fs::write(&data, format!("{good}\n{good}\n{{\"id\": 3}}\n")).unwrap();
+    let o = subset(&data, &out, &["--count", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("line 3"), "{}", stderr(&o));
+    assert!(!out.exists());
+}

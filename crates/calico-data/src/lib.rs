@@ -9,6 +9,7 @@ pub mod jsonl;
 pub mod samples;
 pub mod sources;
 pub mod stats;
+pub mod subset;
 pub mod synth;
 pub mod taxonomy;
 

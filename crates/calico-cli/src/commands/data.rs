@@ -26,6 +26,35 @@ pub enum DataCommand {
     Demo(DemoArgs),
     /// Convert the released MixedParts annotation JSON into samples JSONL.
     ConvertRelease(ConvertArgs),
+    /// A smaller samples file: N samples evenly spaced over a file (or drawn at
+    /// random), optionally of some tasks or sources only, e.g. a held-out set to score.
+    Subset(SubsetArgs),
+}
+
+#[derive(Args)]
+pub struct SubsetArgs {
+    /// Samples file to draw from (e.g. calico data build's test.jsonl).
+    #[arg(long)]
+    data: PathBuf,
+    /// How many samples (all that match, if fewer do).
+    #[arg(long, value_parser = super::at_least_one)]
+    count: usize,
+    /// Output samples file. Next to --data its lines are copies of the chosen ones;
+    /// elsewhere their relative image paths are rewritten to stay valid.
+    #[arg(long)]
+    out: PathBuf,
+    /// Draw at random (with --seed) instead of evenly spaced over the file.
+    #[arg(long)]
+    random: bool,
+    /// Seed of --random.
+    #[arg(long, default_value_t = 0, requires = "random")]
+    seed: u64,
+    /// Only samples of these tasks: common_object, common_parts, unique_parts (repeatable, or comma-separated).
+    #[arg(long = "task", value_delimiter = ',')]
+    tasks: Vec<String>,
+    /// Only samples of these sources, e.g. part_image_net (repeatable, or comma-separated).
+    #[arg(long = "source", value_delimiter = ',')]
+    sources: Vec<String>,
 }
 
 #[derive(Args)]
@@ -137,6 +166,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
         DataCommand::Stats(a) => run_stats(a),
         DataCommand::Demo(a) => run_demo(a),
         DataCommand::ConvertRelease(a) => run_convert(a),
+        DataCommand::Subset(a) => run_subset(a),
     }
 }
 
@@ -181,6 +211,51 @@ fn run_convert(a: ConvertArgs) -> Result<()> {
         samples.len(),
         a.out.display()
     );
+    Ok(())
+}
+
+fn run_subset(a: SubsetArgs) -> Result<()> {
+    use calico_data::subset::{write_subset, Pick, SubsetOptions};
+    let opts = SubsetOptions {
+        count: a.count,
+        pick: if a.random {
+            Pick::Random { seed: a.seed }
+        } else {
+            Pick::Spread
+        },
+        tasks: a.tasks,
+        sources: a.sources,
+    };
+    let mut acc = StatsAccumulator::default();
+    let report = write_subset(&a.data, &a.out, &opts, |s| acc.add(s))?;
+    print!("{}", acc.finish().to_table());
+    let how = match opts.pick {
+        Pick::Spread => "evenly spaced".to_string(),
+        Pick::Random { seed } => format!("at random, seed {seed}"),
+    };
+    let of = if report.matching == report.total {
+        format!("{} samples", report.total)
+    } else {
+        format!(
+            "{} matching samples ({} in all)",
+            report.matching, report.total
+        )
+    };
+    eprintln!(
+        "wrote {} of the {of} of {} ({how}) to {}",
+        report.written,
+        a.data.display(),
+        a.out.display()
+    );
+    if report.written < a.count {
+        eprintln!(
+            "note: --count {} asked for more samples than match; all {} are written",
+            a.count, report.written
+        );
+    }
+    if report.paths_rewritten {
+        eprintln!("image paths are rewritten relative to the directory of the output file");
+    }
     Ok(())
 }
 
