@@ -25,14 +25,9 @@ cfg_args=()
 model_args=(--preset "${PRESET:-tiny}")
 [ -n "${MODEL_CONFIG:-}" ] && model_args=(--model-config "$MODEL_CONFIG")
 # Held-out evaluation set: LIMIT samples spread evenly over test.jsonl (all
-# sources and tasks), beside it so image paths stay valid.
+# sources and tasks), beside it so its lines are copies of test.jsonl's.
 test="$mp/test_every_$limit.jsonl"
-python3 - "$mp/test.jsonl" "$limit" "$test" <<'PY'
-import sys
-lines = [l for l in open(sys.argv[1]) if l.strip()]
-k = min(int(sys.argv[2]), len(lines))
-open(sys.argv[3], "w").writelines(lines[i * len(lines) // k] for i in range(k))
-PY
+"$calico" data subset --data "$mp/test.jsonl" --count "$limit" --out "$test" > /dev/null
 
 one() {
     local row="$1"; shift

@@ -6,7 +6,7 @@ image (exact match once a leading "the"/"a"/"an" and case are dropped), the
 IoU with the best such ground-truth mask, grouped by the ground truth's role
 (object, common_part, unique_part) and source. Predicted masks whose label
 names nothing on their image are counted apart, with their best IoU against
-any ground-truth mask of the image. A side experiment for docs/training.md
+any ground-truth mask of the image. A side experiment for docs/tiny-recipe.md
 ("Where the masks fall short").
 
 Needs pycocotools and numpy. Example:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How well can tiny's SAM path learn SynthParts masks, apart from the LLM?
 
-A PyTorch side experiment for docs/training.md ("Where the masks fall
+A PyTorch side experiment for docs/tiny-recipe.md ("Where the masks fall
 short"). Stage 2 trains SAM's image encoder and mask decoder through the
 LLM's `[SEG]` states; this probe replaces those states with a learned
 embedding of the mask's label (one sparse prompt token per mask), so that

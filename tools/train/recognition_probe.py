@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How learnable are a samples file's object classes for a small image encoder?
 
-A PyTorch side experiment for docs/training.md ("Why the encoders get a
+A PyTorch side experiment for docs/tiny-recipe.md ("Why EVA gets a
 convolutional stem"): it trains one small encoder on the images of a
 `calico data build` split to recognise the object classes annotated on them
 (every mask whose role is `object` labels its image), with stage 1's loss and

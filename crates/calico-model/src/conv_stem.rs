@@ -5,7 +5,7 @@
 //! A ViT whose patches are linear projections learns object classes from a
 //! few thousand images very slowly: on SynthParts, a 4-layer, 64-wide ViT
 //! plateaus at ~25 % top-1, where a small CNN reaches 70 % in the same time
-//! (docs/training.md, "Why the encoders get a convolutional stem"). Early
+//! (docs/tiny-recipe.md, "Why EVA gets a convolutional stem"). Early
 //! convolutions give the tower a CNN's locality (Xiao et al. 2021, "Early
 //! Convolutions Help Transformers See Better").
 //!

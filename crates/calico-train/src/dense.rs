@@ -4,7 +4,7 @@
 //! An image-level label says only that a chair is somewhere in the image;
 //! a patch-level label says which of the 64 tokens show its seat. Trained
 //! from scratch on a few thousand images, a ViT learns to recognise objects
-//! much faster from the second (docs/training.md, "Dense stage 1"). The
+//! much faster from the second (docs/tiny-recipe.md, "Dense stage 1"). The
 //! labels come from the samples' own masks: every object mask (role
 //! `object`) and part mask (roles `common_part`, `unique_part`) of an image,
 //! over all samples that show it, each distinct mask decoded once.

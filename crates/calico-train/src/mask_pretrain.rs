@@ -4,7 +4,7 @@
 //! Calico starts from a pretrained SAM: a `[SEG]` only has to find the
 //! prompt that makes SAM cut out the right region. `tiny`'s SAM starts from
 //! random weights, and measured apart from the LLM (`tools/train/
-//! mask_probe.py`, docs/training.md) its mask path learns slowly: with the
+//! mask_probe.py`, docs/tiny-recipe.md) its mask path learns slowly: with the
 //! right label given it reaches 34 % IoU on objects after 1,000 steps and
 //! is still improving after 3,000. In stage 2 it learns from prompts that
 //! are themselves still being learned.

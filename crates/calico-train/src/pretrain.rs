@@ -9,7 +9,7 @@
 //! for every image (the relative difference between two images' visual
 //! tokens falls from ~90 % to ~2 %), because to a random LLM image tokens
 //! are noise, and the answers never name an object correctly
-//! (docs/training.md, "Why `tiny` trains its encoders first"). So stage 1
+//! (docs/tiny-recipe.md, "Why `tiny` trains its encoders first"). So stage 1
 //! trains EVA + Q-Former (and DINOv2) on the training samples' own labels:
 //! every image is labelled with the object classes annotated on it
 //! (the masks whose role is `object`), and linear heads on the mean of
