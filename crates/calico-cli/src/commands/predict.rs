@@ -30,7 +30,8 @@ pub struct PredictArgs {
     /// Predictions file to write (JSONL, written atomically at the end).
     #[arg(long)]
     out: PathBuf,
-    /// Answer only the first N samples.
+    /// Answer only the first N samples (a built split lists its sources and tasks in runs, so
+    /// for a sample of all of them make a file with `calico data subset`).
     #[arg(long)]
     limit: Option<usize>,
     /// Most tokens to generate per answer.
