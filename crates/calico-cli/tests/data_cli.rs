@@ -301,7 +301,7 @@ fn subsets_are_evenly_spaced_or_seeded_and_keep_their_images_reachable() {
                 "--seed",
                 seed,
                 "--task",
-                "common_parts",
+                "common-parts",
             ],
         );
         assert!(o.status.success(), "{}", stderr(&o));

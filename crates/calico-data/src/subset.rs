@@ -85,7 +85,7 @@ pub fn write_subset(
     opts: &SubsetOptions,
     mut each: impl FnMut(&Sample),
 ) -> Result<SubsetReport> {
-    check_options(opts)?;
+    let tasks = check_options(opts)?;
     let data_dir = existing_dir_of(data)?;
     let out_dir = existing_dir_of(out)?;
     if data_dir == out_dir && out.file_name() == data.file_name() {
@@ -104,7 +104,7 @@ pub fn write_subset(
         let sample: Sample = serde_json::from_str(&text)
             .map_err(|e| DataError::json(data, format!("line {n}"), e))?;
         *sources_seen.entry(sample.source.clone()).or_default() += 1;
-        let wanted = (opts.tasks.is_empty() || opts.tasks.contains(&sample.task))
+        let wanted = (tasks.is_empty() || tasks.contains(&sample.task))
             && (opts.sources.is_empty() || opts.sources.contains(&sample.source));
         if wanted {
             matching.push(total);
@@ -187,19 +187,24 @@ pub fn write_subset(
     })
 }
 
-fn check_options(opts: &SubsetOptions) -> Result<()> {
+/// Checks the options and returns the task names as samples write them
+/// (`common-parts`, as `calico answer` spells it, is `common_parts`).
+fn check_options(opts: &SubsetOptions) -> Result<Vec<String>> {
     if opts.count == 0 {
         return Err(DataError::Config("--count must be at least 1".into()));
     }
+    let mut tasks = Vec::new();
     for t in &opts.tasks {
-        if !TASKS.contains(&t.as_str()) {
+        let task = t.replace('-', "_");
+        if !TASKS.contains(&task.as_str()) {
             return Err(DataError::Config(format!(
                 "--task {t}: not a task; expected one of {}",
                 TASKS.join(", ")
             )));
         }
+        tasks.push(task);
     }
-    Ok(())
+    Ok(tasks)
 }
 
 fn open_lines(path: &Path) -> Result<JsonLines<std::io::BufReader<std::fs::File>>> {

@@ -49,7 +49,7 @@ pub struct SubsetArgs {
     /// Seed of --random.
     #[arg(long, default_value_t = 0, requires = "random")]
     seed: u64,
-    /// Only samples of these tasks: common_object, common_parts, unique_parts (repeatable, or comma-separated).
+    /// Only samples of these tasks: common_object, common_parts, unique_parts (or common-object, …; repeatable, or comma-separated).
     #[arg(long = "task", value_delimiter = ',')]
     tasks: Vec<String>,
     /// Only samples of these sources, e.g. part_image_net (repeatable, or comma-separated).
