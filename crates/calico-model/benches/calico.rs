@@ -39,7 +39,7 @@ use calico_model::calico::{Calico, ImageInput, TrainBatch};
 use calico_model::config::{view_size, CalicoConfig};
 use calico_model::gguf::load_llama_gguf;
 use calico_model::llama::{ForwardOptions, GenerateOptions, KvCache, Llama, Sampling};
-use calico_model::prompt::{build, PromptFormat, SpecialIds, TextEncoder};
+use calico_model::prompt::{build, ByteText, PromptFormat, SpecialIds};
 use calico_model::tokenizer::CalicoTokenizer;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
@@ -163,34 +163,6 @@ fn timed<T>(repeats: usize, mut f: impl FnMut() -> Result<T>) -> Result<(Vec<f64
 
 // ------------------------------------------------------------ preset mode
 
-/// One id per byte (offset 100): the random models need no tokenizer file.
-struct Bytes;
-
-impl TextEncoder for Bytes {
-    fn encode_plain(&self, text: &str) -> Vec<u32> {
-        text.bytes().map(|b| 100 + b as u32).collect()
-    }
-    fn decode_plain(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter(|&&i| (100..356).contains(&i))
-            .map(|&i| (i - 100) as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-const IDS: SpecialIds = SpecialIds {
-    seg: 10,
-    p_open: 11,
-    p_close: 12,
-    image: 13,
-    im_start: 14,
-    im_end: 15,
-    eos: 2,
-    bos: Some(1),
-};
-
 const ANSWER: &str =
     "The chair: <p> a seat </p> [SEG] (IMAGE1) and <p> a seat </p> [SEG] (IMAGE2).";
 
@@ -234,7 +206,7 @@ fn bench_preset(args: &Args, preset: &str) -> Result<()> {
     // The model's eos is outside the vocabulary, so generation runs to N.
     let model_ids = SpecialIds {
         eos: u32::MAX,
-        ..IDS
+        ..ByteText::SPECIAL_IDS
     };
     let t = Instant::now();
     let map = VarMap::new();
@@ -274,8 +246,8 @@ fn bench_preset(args: &Args, preset: &str) -> Result<()> {
         &question,
         Some(ANSWER),
         2,
-        &Bytes,
-        &IDS,
+        &ByteText,
+        &ByteText::SPECIAL_IDS,
         &format,
         cfg.llm.max_position_embeddings,
     )
@@ -285,7 +257,7 @@ fn bench_preset(args: &Args, preset: &str) -> Result<()> {
         layouts: vec![layout],
         images: vec![images.clone()],
     };
-    let (times, out) = timed(args.repeats, || model.forward(&batch, &Bytes, None))?;
+    let (times, out) = timed(args.repeats, || model.forward(&batch, &ByteText, None))?;
     let masks: usize = out.mask_logits.iter().map(|m| m.len()).sum();
     line(
         preset,
@@ -300,9 +272,9 @@ fn bench_preset(args: &Args, preset: &str) -> Result<()> {
         eos: Vec::new(),
         sampling: Sampling::Greedy,
     };
-    let prompt_len = model.prompt(&question, 2, &Bytes)?.input_ids.len();
+    let prompt_len = model.prompt(&question, 2, &ByteText)?.input_ids.len();
     let (times, answer) = timed(args.repeats, || {
-        model.generate(&question, &images, &Bytes, &opts, None)
+        model.generate(&question, &images, &ByteText, &opts, None)
     })?;
     let n = answer.token_ids.len();
     let best = stats(&times).0;

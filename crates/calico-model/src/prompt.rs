@@ -79,6 +79,45 @@ pub trait TextEncoder {
     }
 }
 
+/// Text without a tokenizer file: one id per byte, [`ByteText::OFFSET`]
+/// plus the byte, decoded back to the bytes (ids outside that range are
+/// dropped). With the added tokens at [`ByteText::SPECIAL_IDS`], below the
+/// offset, it serves models with seeded random weights in tests and
+/// benchmarks. A model's vocabulary must hold `OFFSET + 256` ids.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByteText;
+
+impl ByteText {
+    /// The id of byte 0.
+    pub const OFFSET: u32 = 100;
+    /// Added tokens below the byte ids: `<s>` 1, `</s>` 2, `[SEG]` 10, `<p>`
+    /// 11, `</p>` 12, `<image>` 13, `<im_start>` 14, `<im_end>` 15.
+    pub const SPECIAL_IDS: SpecialIds = SpecialIds {
+        seg: 10,
+        p_open: 11,
+        p_close: 12,
+        image: 13,
+        im_start: 14,
+        im_end: 15,
+        eos: 2,
+        bos: Some(1),
+    };
+}
+
+impl TextEncoder for ByteText {
+    fn encode_plain(&self, text: &str) -> Vec<u32> {
+        text.bytes().map(|b| Self::OFFSET + b as u32).collect()
+    }
+    fn decode_plain(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids
+            .iter()
+            .filter(|&&i| (Self::OFFSET..Self::OFFSET + 256).contains(&i))
+            .map(|&i| (i - Self::OFFSET) as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
 /// How prompts are laid out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptFormat {
@@ -341,6 +380,17 @@ mod tests {
             tokens_per_image: n,
             im_start_end: true,
         }
+    }
+
+    #[test]
+    fn byte_text_round_trips_and_drops_what_is_not_a_byte() {
+        let ids = ByteText.encode_plain("a leg, é");
+        assert_eq!(ids[0], ByteText::OFFSET + b'a' as u32);
+        assert_eq!(ByteText.decode_plain(&ids), "a leg, é");
+        let mut with_special = vec![ByteText::SPECIAL_IDS.seg];
+        with_special.extend(&ids);
+        with_special.push(ByteText::OFFSET + 256);
+        assert_eq!(ByteText.decode_plain(&with_special), "a leg, é");
     }
 
     #[test]

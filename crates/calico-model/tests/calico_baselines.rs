@@ -3,46 +3,19 @@
 //! (32 wide, 2 blocks, 28 px, patch 14 → 4 tokens per image) and a frozen
 //! `mm_projector`, with the LLM, LoRA and SAM path of `tiny`.
 
-use std::collections::HashMap;
+mod common;
 
-use calico_model::calico::{is_trainable_name, Calico, ImageInput, TrainBatch};
+use common::{format, model, randn};
+
+use calico_model::calico::{is_trainable_name, ImageInput, TrainBatch};
 use calico_model::config::{CalicoConfig, VisionKind};
 use calico_model::count::param_counts;
 use calico_model::llama::{GenerateOptions, Sampling};
 use calico_model::preprocess::{ClipView, View, CLIP_MEAN, CLIP_STD};
-use calico_model::prompt::{build, PromptFormat, PromptLayout, SpecialIds, TextEncoder};
+use calico_model::prompt::{build, ByteText, PromptLayout, TextEncoder};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-/// One id per byte (offset 100), decoding back to the bytes.
-struct Bytes;
-
-impl TextEncoder for Bytes {
-    fn encode_plain(&self, text: &str) -> Vec<u32> {
-        text.bytes().map(|b| 100 + b as u32).collect()
-    }
-    fn decode_plain(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter(|&&i| (100..356).contains(&i))
-            .map(|&i| (i - 100) as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-const IDS: SpecialIds = SpecialIds {
-    seg: 10,
-    p_open: 11,
-    p_close: 12,
-    image: 13,
-    im_start: 14,
-    im_end: 15,
-    eos: 2,
-    bos: Some(1),
-};
 
 const BASELINES: [VisionKind; 2] = [VisionKind::MultiImageLisa, VisionKind::MultiImageGlamm];
 const CLIP_SIDE: usize = 28;
@@ -55,27 +28,6 @@ fn tiny(kind: VisionKind) -> CalicoConfig {
     // Round trip through JSON: the edited config is a valid config file.
     let text = serde_json::to_string(&c).unwrap();
     CalicoConfig::from_json_str(&text, "tiny baseline").unwrap()
-}
-
-fn format(cfg: &CalicoConfig) -> PromptFormat {
-    PromptFormat {
-        system: "SYS".into(),
-        tokens_per_image: cfg.image_tokens(),
-        im_start_end: true,
-    }
-}
-
-fn model(cfg: &CalicoConfig, seed: u64) -> (Calico, VarMap, HashMap<String, Tensor>) {
-    let map = VarMap::new();
-    let (mut m, frozen) = Calico::random(cfg, IDS, &map, seed, &Device::Cpu).unwrap();
-    m.set_prompt_format(format(cfg)).unwrap();
-    (m, map, frozen)
-}
-
-fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 /// A baseline image: the CLIP view at the tower's side; the DINOv2 view is
@@ -100,8 +52,8 @@ fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
         &question(),
         Some(answer),
         2,
-        &Bytes,
-        &IDS,
+        &ByteText,
+        &ByteText::SPECIAL_IDS,
         &format(cfg),
         cfg.llm.max_position_embeddings,
     )
@@ -277,7 +229,7 @@ fn forward_routes_masks_per_image() {
             layouts: vec![l.clone()],
             images: vec![vec![image(1), image(2)]],
         };
-        let out = m.forward(&b, &Bytes, None).unwrap();
+        let out = m.forward(&b, &ByteText, None).unwrap();
         assert_eq!(out.logits.dims(), &[1, l.input_ids.len(), 512]);
         let routes: Vec<usize> = out.seg_routes[0].iter().map(|r| r.image).collect();
         assert_eq!(routes, [0, 1]);
@@ -290,7 +242,7 @@ fn forward_routes_masks_per_image() {
             layouts: vec![l],
             images: vec![vec![image(2), image(1)]],
         };
-        let s = m.forward(&swapped, &Bytes, None).unwrap();
+        let s = m.forward(&swapped, &ByteText, None).unwrap();
         // Same phrase for both [SEG]s, but different positions; each mask
         // depends on its own image's SAM embedding, so it changes.
         assert!(max_diff(&out.mask_logits[0][0], &s.mask_logits[0][0]) > 0.0);
@@ -329,25 +281,29 @@ fn generate_runs_end_to_end() {
             eos: vec![],
             sampling: Sampling::Greedy,
         };
-        let ans = m.generate(&q, &imgs, &Bytes, &opts, None).unwrap();
+        let ans = m.generate(&q, &imgs, &ByteText, &opts, None).unwrap();
         assert!(!ans.token_ids.is_empty() && ans.token_ids.len() <= 6);
-        let segs = ans.token_ids.iter().filter(|&&t| t == IDS.seg).count();
+        let segs = ans
+            .token_ids
+            .iter()
+            .filter(|&&t| t == ByteText::SPECIAL_IDS.seg)
+            .count();
         assert_eq!(ans.masks.len() + ans.unrouted.len(), segs);
 
         // The mask half with a forced answer: one [SEG] routed to image 2.
-        let layout = m.prompt(&q, 2, &Bytes).unwrap();
+        let layout = m.prompt(&q, 2, &ByteText).unwrap();
         for s in &layout.image_spans {
             assert_eq!(s.len(), 4);
         }
-        let mut ids = vec![IDS.p_open];
-        ids.extend(Bytes.encode_plain(" a cat "));
-        ids.extend([IDS.p_close, IDS.seg]);
-        ids.extend(Bytes.encode_plain(" (IMAGE2)."));
-        ids.push(IDS.eos);
+        let mut ids = vec![ByteText::SPECIAL_IDS.p_open];
+        ids.extend(ByteText.encode_plain(" a cat "));
+        ids.extend([ByteText::SPECIAL_IDS.p_close, ByteText::SPECIAL_IDS.seg]);
+        ids.extend(ByteText.encode_plain(" (IMAGE2)."));
+        ids.push(ByteText::SPECIAL_IDS.eos);
         let refs: Vec<&ImageInput> = imgs.iter().collect();
         let enc = m.encode_images(&refs).unwrap();
         let ans = m
-            .answer_from_ids(&layout, &ids, &imgs, &enc, &Bytes)
+            .answer_from_ids(&layout, &ids, &imgs, &enc, &ByteText)
             .unwrap();
         assert_eq!(ans.masks.len(), 1);
         assert_eq!(ans.masks[0].image, 1);

@@ -2,69 +2,21 @@
 //! random weights (no checkpoints, no tokenizer file: a byte-level
 //! `TextEncoder` stands in for the tokenizer).
 
-use std::collections::HashMap;
+mod common;
 
-use calico_model::calico::{seeded_fill, Calico, FillMode, ImageInput, TrainBatch};
+use common::{format, model, randn};
+
+use calico_model::calico::{seeded_fill, FillMode, ImageInput, TrainBatch};
 use calico_model::config::CalicoConfig;
 use calico_model::count::param_counts;
 use calico_model::llama::{GenerateOptions, Sampling};
-use calico_model::prompt::{build, PromptFormat, PromptLayout, SpecialIds, TextEncoder};
+use calico_model::prompt::{build, ByteText, PromptLayout, TextEncoder};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-/// One id per byte (offset 100), decoding back to the bytes.
-struct Bytes;
-
-impl TextEncoder for Bytes {
-    fn encode_plain(&self, text: &str) -> Vec<u32> {
-        text.bytes().map(|b| 100 + b as u32).collect()
-    }
-    fn decode_plain(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids
-            .iter()
-            .filter(|&&i| (100..356).contains(&i))
-            .map(|&i| (i - 100) as u8)
-            .collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    }
-}
-
-const IDS: SpecialIds = SpecialIds {
-    seg: 10,
-    p_open: 11,
-    p_close: 12,
-    image: 13,
-    im_start: 14,
-    im_end: 15,
-    eos: 2,
-    bos: Some(1),
-};
 
 fn tiny() -> CalicoConfig {
     CalicoConfig::preset("tiny").unwrap()
-}
-
-fn format(cfg: &CalicoConfig) -> PromptFormat {
-    PromptFormat {
-        system: "SYS".into(),
-        tokens_per_image: cfg.image_tokens(),
-        im_start_end: true,
-    }
-}
-
-fn model(cfg: &CalicoConfig, seed: u64) -> (Calico, VarMap, HashMap<String, Tensor>) {
-    let map = VarMap::new();
-    let (mut m, frozen) = Calico::random(cfg, IDS, &map, seed, &Device::Cpu).unwrap();
-    m.set_prompt_format(format(cfg)).unwrap();
-    (m, map, frozen)
-}
-
-fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
 fn image(seed: u64) -> ImageInput {
@@ -87,8 +39,8 @@ fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
         &question(),
         Some(answer),
         2,
-        &Bytes,
-        &IDS,
+        &ByteText,
+        &ByteText::SPECIAL_IDS,
         &format(cfg),
         cfg.llm.max_position_embeddings,
     )
@@ -126,8 +78,8 @@ fn zero_initialised_cam_equals_no_cam() {
     let (with, _, _) = model(&cfg, 7);
     let (without, _, _) = model(&no_cam, 7);
     let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
-    let a = with.forward(&b, &Bytes, None).unwrap();
-    let c = without.forward(&b, &Bytes, None).unwrap();
+    let a = with.forward(&b, &ByteText, None).unwrap();
+    let c = without.forward(&b, &ByteText, None).unwrap();
     assert_eq!(max_diff(&a.logits, &c.logits), 0.0);
     assert_eq!(a.mask_logits[0].len(), 2);
     for (x, y) in a.mask_logits[0].iter().zip(&c.mask_logits[0]) {
@@ -148,7 +100,7 @@ fn swapping_images_permutes_the_per_image_masks() {
     }
     let (a, b) = (image(1), image(2));
     let run = |imgs: Vec<ImageInput>, answer: &str| {
-        m.forward(&batch(&cfg, answer, imgs), &Bytes, None)
+        m.forward(&batch(&cfg, answer, imgs), &ByteText, None)
             .unwrap()
             .mask_logits
             .remove(0)
@@ -179,7 +131,8 @@ fn a_seg_tagged_image2_reads_image2s_sam_features() {
     a2.sam = image(8).sam;
     let one = "Here: <p> it </p> [SEG] (IMAGE2).";
     let run = |imgs: Vec<ImageInput>, answer: &str| {
-        m.forward(&batch(&cfg, answer, imgs), &Bytes, None).unwrap()
+        m.forward(&batch(&cfg, answer, imgs), &ByteText, None)
+            .unwrap()
     };
     let base = run(vec![a.clone(), b.clone()], one);
     assert_eq!(base.seg_routes[0].len(), 1);
@@ -213,7 +166,7 @@ fn one_mask_per_routed_seg_and_padding_is_invisible() {
         layouts: vec![layout(&cfg, long), layout(&cfg, short)],
         images: vec![imgs(), imgs()],
     };
-    let out = m.forward(&both, &Bytes, None).unwrap();
+    let out = m.forward(&both, &ByteText, None).unwrap();
     let t0 = both.layouts[0].input_ids.len();
     let t1 = both.layouts[1].input_ids.len();
     assert!(t0 > t1);
@@ -228,7 +181,7 @@ fn one_mask_per_routed_seg_and_padding_is_invisible() {
     }
     // The padded row equals the row run alone.
     let alone = m
-        .forward(&batch(&cfg, short, imgs()), &Bytes, None)
+        .forward(&batch(&cfg, short, imgs()), &ByteText, None)
         .unwrap();
     let padded_row = out.logits.get(1).unwrap().narrow(0, 0, t1).unwrap();
     assert!(max_diff(&padded_row, &alone.logits.get(0).unwrap()) < 1e-4);
@@ -245,7 +198,7 @@ fn gradients_reach_exactly_the_trainable_tensors() {
     let out = m
         .forward(
             &batch(&cfg, TWO_SEGS, vec![image(1), image(2)]),
-            &Bytes,
+            &ByteText,
             None,
         )
         .unwrap();
@@ -308,9 +261,13 @@ fn generate_runs_end_to_end() {
         eos: vec![],
         sampling: Sampling::Greedy,
     };
-    let ans = m.generate(&q, &imgs, &Bytes, &opts, None).unwrap();
+    let ans = m.generate(&q, &imgs, &ByteText, &opts, None).unwrap();
     assert!(!ans.token_ids.is_empty() && ans.token_ids.len() <= 6);
-    let segs = ans.token_ids.iter().filter(|&&t| t == IDS.seg).count();
+    let segs = ans
+        .token_ids
+        .iter()
+        .filter(|&&t| t == ByteText::SPECIAL_IDS.seg)
+        .count();
     assert_eq!(ans.masks.len() + ans.unrouted.len(), segs);
     let sampled = GenerateOptions {
         sampling: Sampling::Sample {
@@ -322,22 +279,22 @@ fn generate_runs_end_to_end() {
     };
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let s = m
-        .generate(&q, &imgs, &Bytes, &sampled, Some(&mut rng))
+        .generate(&q, &imgs, &ByteText, &sampled, Some(&mut rng))
         .unwrap();
     assert!(!s.token_ids.is_empty());
 
     // The mask half with a forced answer containing a routed [SEG].
-    let layout = m.prompt(&q, 2, &Bytes).unwrap();
-    let mut ids = vec![IDS.p_open];
-    ids.extend(Bytes.encode_plain(" a cat "));
-    ids.extend([IDS.p_close, IDS.seg]);
-    ids.extend(Bytes.encode_plain(" (IMAGE2) and "));
-    ids.push(IDS.seg);
-    ids.push(IDS.eos);
+    let layout = m.prompt(&q, 2, &ByteText).unwrap();
+    let mut ids = vec![ByteText::SPECIAL_IDS.p_open];
+    ids.extend(ByteText.encode_plain(" a cat "));
+    ids.extend([ByteText::SPECIAL_IDS.p_close, ByteText::SPECIAL_IDS.seg]);
+    ids.extend(ByteText.encode_plain(" (IMAGE2) and "));
+    ids.push(ByteText::SPECIAL_IDS.seg);
+    ids.push(ByteText::SPECIAL_IDS.eos);
     let refs: Vec<&ImageInput> = imgs.iter().collect();
     let enc = m.encode_images(&refs).unwrap();
     let ans = m
-        .answer_from_ids(&layout, &ids, &imgs, &enc, &Bytes)
+        .answer_from_ids(&layout, &ids, &imgs, &enc, &ByteText)
         .unwrap();
     assert_eq!(ans.masks.len(), 1);
     assert_eq!(ans.unrouted.len(), 1);
@@ -360,7 +317,7 @@ fn prompts_longer_than_the_context_are_refused() {
         sampling: Sampling::Greedy,
     };
     let e = m
-        .generate(&q, &[image(1), image(2)], &Bytes, &opts, None)
+        .generate(&q, &[image(1), image(2)], &ByteText, &opts, None)
         .unwrap_err()
         .to_string();
     assert!(e.contains("context holds 512"), "{e}");
@@ -373,9 +330,9 @@ fn non_zero_cams_change_what_follows_the_images() {
     cfg.cam.layers = vec![0, 2];
     let (m, map, _) = model(&cfg, 23);
     let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
-    let before = m.forward(&b, &Bytes, None).unwrap();
+    let before = m.forward(&b, &ByteText, None).unwrap();
     seeded_fill(&map, 5, FillMode::All).unwrap();
-    let after = m.forward(&b, &Bytes, None).unwrap();
+    let after = m.forward(&b, &ByteText, None).unwrap();
     // Tokens before the first image are unaffected (causal attention).
     let first = b.layouts[0].image_spans[0].start;
     let head = |o: &calico_model::calico::ForwardOutput| o.logits.narrow(1, 0, first).unwrap();
@@ -393,7 +350,7 @@ fn non_zero_cams_change_what_follows_the_images() {
             }
         }
     }
-    let with_cam = m2.forward(&b, &Bytes, None).unwrap();
+    let with_cam = m2.forward(&b, &ByteText, None).unwrap();
     assert_eq!(max_diff(&head(&before), &head(&with_cam)), 0.0);
     assert!(max_diff(&before.logits, &with_cam.logits) > 1e-4);
 }
@@ -417,7 +374,7 @@ fn ablations_build_and_run() {
         let out = m
             .forward(
                 &batch(&cfg, TWO_SEGS, vec![image(1), image(2)]),
-                &Bytes,
+                &ByteText,
                 None,
             )
             .unwrap();
@@ -444,9 +401,9 @@ fn cached_frozen_features_give_the_same_outputs() {
     let cache = Arc::new(FeatureCache::on_disk(&dir).unwrap());
     cached.set_feature_cache(Some(cache.clone())).unwrap();
     let b = batch(&cfg, TWO_SEGS, vec![image(1), image(2)]);
-    let want = plain.forward(&b, &Bytes, None).unwrap();
+    let want = plain.forward(&b, &ByteText, None).unwrap();
     for round in 0..2 {
-        let got = cached.forward(&b, &Bytes, None).unwrap();
+        let got = cached.forward(&b, &ByteText, None).unwrap();
         assert!(max_diff(&want.logits, &got.logits) < 1e-6, "round {round}");
         for (x, y) in want.mask_logits[0].iter().zip(&got.mask_logits[0]) {
             assert!(max_diff(x, y) < 1e-6);
@@ -456,22 +413,22 @@ fn cached_frozen_features_give_the_same_outputs() {
     // A fresh cache over the same directory reads the files.
     let again = Arc::new(FeatureCache::on_disk(&dir).unwrap());
     cached.set_feature_cache(Some(again.clone())).unwrap();
-    let got = cached.forward(&b, &Bytes, None).unwrap();
+    let got = cached.forward(&b, &ByteText, None).unwrap();
     assert!(max_diff(&want.logits, &got.logits) < 1e-6);
     assert_eq!(again.stats(), (2, 0));
     // Another image is another key.
     let other = batch(&cfg, TWO_SEGS, vec![image(3), image(2)]);
-    cached.forward(&other, &Bytes, None).unwrap();
+    cached.forward(&other, &ByteText, None).unwrap();
     assert_eq!(again.stats(), (3, 1));
     // Other weights of the same config share the directory without
     // reading the first model's features.
     let (mut other_weights, _, _) = model(&cfg, 8);
-    let want = other_weights.forward(&b, &Bytes, None).unwrap();
+    let want = other_weights.forward(&b, &ByteText, None).unwrap();
     let third = Arc::new(FeatureCache::on_disk(&dir).unwrap());
     other_weights
         .set_feature_cache(Some(third.clone()))
         .unwrap();
-    let got = other_weights.forward(&b, &Bytes, None).unwrap();
+    let got = other_weights.forward(&b, &ByteText, None).unwrap();
     assert!(max_diff(&want.logits, &got.logits) < 1e-6);
     assert_eq!(
         third.stats(),

@@ -779,17 +779,7 @@ mod tests {
     fn the_probe_layout_accepts_the_models_entries_and_rejects_a_missing_field() {
         use crate::calico::Calico;
         use crate::config::CalicoConfig;
-        use crate::prompt::SpecialIds;
-        let ids = SpecialIds {
-            seg: 10,
-            p_open: 11,
-            p_close: 12,
-            image: 13,
-            im_start: 14,
-            im_end: 15,
-            eos: 2,
-            bos: Some(1),
-        };
+        let ids = crate::prompt::ByteText::SPECIAL_IDS;
         let cfg = CalicoConfig::preset("tiny").unwrap();
         let map = candle_nn::VarMap::new();
         let (mut model, _) = Calico::random(&cfg, ids, &map, 7, &Device::Cpu).unwrap();
