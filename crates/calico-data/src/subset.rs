@@ -15,7 +15,7 @@ use crate::samples::{Sample, TASKS};
 use crate::{DataError, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
@@ -98,12 +98,12 @@ pub fn write_subset(
     // Pass 1: every line is a sample; which match.
     let mut total = 0;
     let mut matching = Vec::new();
-    let mut sources_seen = BTreeMap::<String, usize>::new();
+    let mut sources_seen = BTreeSet::<String>::new();
     for line in open_lines(data)? {
         let (n, text) = line_or_error(data, line)?;
         let sample: Sample = serde_json::from_str(&text)
             .map_err(|e| DataError::json(data, format!("line {n}"), e))?;
-        *sources_seen.entry(sample.source.clone()).or_default() += 1;
+        sources_seen.insert(sample.source.clone());
         let wanted = (tasks.is_empty() || tasks.contains(&sample.task))
             && (opts.sources.is_empty() || opts.sources.contains(&sample.source));
         if wanted {
@@ -112,8 +112,8 @@ pub fn write_subset(
         total += 1;
     }
     for s in &opts.sources {
-        if !sources_seen.contains_key(s) {
-            let seen: Vec<&str> = sources_seen.keys().map(String::as_str).collect();
+        if !sources_seen.contains(s) {
+            let seen: Vec<&str> = sources_seen.iter().map(String::as_str).collect();
             return Err(DataError::Config(format!(
                 "--source {s}: no sample of {} is of this source (its sources: {})",
                 data.display(),
