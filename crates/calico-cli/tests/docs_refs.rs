@@ -3,10 +3,14 @@
 //! `docs/training.md, "Run directory"` or `docs/training.md ("Run
 //! directory")` in the docs, code comments and tools, `("Run directory",
 //! below)` inside a Markdown file — is a heading of that file (the title may
-//! stop early, e.g. "Ablations" for "Ablations (Table 2's rows)").
+//! stop early, e.g. "Ablations" for "Ablations (Table 2's rows)"); and
+//! every `calico …` command the docs show names a subcommand and flags that
+//! the binary has.
 
 use regex::Regex;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -168,6 +172,162 @@ fn every_cross_reference_names_an_existing_file_and_heading() {
     assert!(
         problems.is_empty(),
         "{} stale references:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// The `calico …` commands of a Markdown file: shell blocks' lines (joined
+/// over trailing backslashes) and inline code spans, from `calico` on.
+fn shown_commands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut fenced = None::<bool>;
+    let mut pending = String::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = match fenced {
+                None => Some(line.starts_with("```sh") || line.starts_with("```bash")),
+                Some(_) => None,
+            };
+            continue;
+        }
+        match fenced {
+            Some(true) => {
+                let line = line.split(" # ").next().unwrap_or_default();
+                pending.push_str(line.trim_end_matches('\\'));
+                pending.push(' ');
+                if !line.trim_end().ends_with('\\') {
+                    out.push(std::mem::take(&mut pending));
+                }
+            }
+            Some(false) => {}
+            None => {
+                for span in line.split('`').skip(1).step_by(2) {
+                    out.push(span.to_string());
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .filter_map(|c| {
+            let words: Vec<&str> = c.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "calico" || *w == "$B")?;
+            let rest = &words[at + 1..];
+            // Prose like "calico train's" or a bare "calico" names no command.
+            let first = rest.first()?;
+            first
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch == '-')
+                .then(|| rest.join(" "))
+        })
+        .collect()
+}
+
+/// `calico PATH --help`, cached; `None` when PATH is no command.
+fn help<'a>(cache: &'a mut HashMap<String, Option<String>>, path: &[&str]) -> Option<&'a str> {
+    let key = path.join(" ");
+    cache
+        .entry(key)
+        .or_insert_with(|| {
+            let o = Command::new(env!("CARGO_BIN_EXE_calico"))
+                .args(path)
+                .arg("--help")
+                .output()
+                .expect("run calico");
+            o.status
+                .success()
+                .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+        })
+        .as_deref()
+}
+
+/// The subcommand names a help text lists under `Commands:`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.split("Commands:")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .skip(1)
+                .take_while(|l| l.starts_with("  "))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_command_the_docs_show_exists_with_its_flags() {
+    let root = repo_root();
+    let mut docs = vec![
+        root.join("README.md"),
+        root.join("assets/demo-model/README.md"),
+    ];
+    let mut in_docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    in_docs.sort();
+    docs.extend(in_docs);
+
+    let flag = Regex::new(r"^--[a-z][a-z0-9-]*").unwrap();
+    let mut cache = HashMap::new();
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        let shown = doc.strip_prefix(&root).unwrap_or(doc).display().to_string();
+        for command in shown_commands(&text) {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            // The subcommand path: words while the current command has subcommands.
+            let mut path: Vec<&str> = Vec::new();
+            let mut rest = &words[..];
+            while let Some(h) = help(&mut cache, &path) {
+                let subs = subcommands(h);
+                match rest.first() {
+                    Some(w) if !subs.is_empty() && !w.starts_with('-') => {
+                        if !subs.iter().any(|s| s == w) {
+                            problems.push(format!(
+                                "{shown}: `calico {command}`: `calico {}` has no subcommand {w}",
+                                path.join(" ")
+                            ));
+                            path.clear();
+                            break;
+                        }
+                        path.push(w);
+                        rest = &rest[1..];
+                    }
+                    _ => break,
+                }
+            }
+            if path.is_empty() {
+                continue;
+            }
+            checked += 1;
+            let h = help(&mut cache, &path).unwrap_or_default().to_string();
+            for w in rest {
+                let w = w.trim_start_matches(['[', '(']);
+                let Some(m) = flag.find(w) else {
+                    continue;
+                };
+                let name = m.as_str();
+                let listed = h
+                    .split(|c: char| c.is_whitespace() || c == ',')
+                    .any(|t| t == name);
+                if !listed {
+                    problems.push(format!(
+                        "{shown}: `calico {command}`: `calico {}` has no flag {name}",
+                        path.join(" ")
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 30, "only {checked} commands found in the docs");
+    assert!(
+        problems.is_empty(),
+        "{} commands the binary does not take:\n{}",
         problems.len(),
         problems.join("\n")
     );
