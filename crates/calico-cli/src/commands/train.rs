@@ -466,6 +466,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
             a.out.join("metrics.jsonl").display(),
             a.out.join("curve.svg").display()
         );
+        // The held-out split beside the training samples, if the run's
+        // data came from `calico data build`.
+        let test = a.data.with_file_name("test.jsonl");
+        let test = if test.is_file() {
+            test.display().to_string()
+        } else {
+            "test.jsonl".to_string()
+        };
+        println!(
+            "score it: calico predict --weights {} --data {test} --out predictions.jsonl; \
+             calico eval --ground-truth {test} --predictions predictions.jsonl \
+             (calico data subset makes a smaller test set)",
+            dir.display()
+        );
     }
     Ok(())
 }
