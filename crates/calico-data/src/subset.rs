@@ -147,7 +147,7 @@ pub fn write_subset(
                     std::io::Error::other(DataError::json(data, format!("line {n}"), e))
                 })?;
                 let line = if rewrite {
-                    rewrite_image_paths(&text, &data_dir, &out_dir).map_err(|e| {
+                    rewrite_image_paths(&text, &sample, &data_dir, &out_dir).map_err(|e| {
                         std::io::Error::other(DataError::json(data, format!("line {n}"), e))
                     })?
                 } else {
@@ -236,12 +236,13 @@ fn existing_dir_of(file: &Path) -> Result<PathBuf> {
     })
 }
 
-/// `line` with each relative `images[].file` made relative to `to` instead
-/// of `from` (both resolved directories). A line that holds only the
-/// fields of a sample keeps their order; one with fields of its own keeps
-/// those too, its keys then sorted.
+/// `line` (which parses as `sample`) with each relative `images[].file`
+/// made relative to `to` instead of `from` (both resolved directories). A
+/// line that holds only the fields of a sample keeps their order; one with
+/// fields of its own keeps those too, its keys then sorted.
 fn rewrite_image_paths(
     line: &str,
+    sample: &Sample,
     from: &Path,
     to: &Path,
 ) -> std::result::Result<String, serde_json::Error> {
@@ -251,10 +252,8 @@ fn rewrite_image_paths(
             .then(|| crate::builder::relative_path(&normalise(&from.join(file)), to))
     };
     let mut value: serde_json::Value = serde_json::from_str(line)?;
-    let sample = serde_json::from_value::<Sample>(value.clone())
-        .ok()
-        .filter(|s| serde_json::to_value(s).is_ok_and(|v| v == value));
-    if let Some(mut sample) = sample {
+    if serde_json::to_value(sample)? == value {
+        let mut sample = sample.clone();
         for image in &mut sample.images {
             if let Some(file) = moved(&image.file) {
                 image.file = file;
@@ -333,14 +332,17 @@ mod tests {
     #[test]
     fn a_plain_sample_keeps_its_field_order() {
         let line = r#"{"id":"a/1","task":"common_object","source":"a","images":[{"file":"i/x.jpg","width":4,"height":4}],"question":"q","answer":"a","masks":[]}"#;
-        let got = rewrite_image_paths(line, Path::new("/w/mp"), Path::new("/w")).unwrap();
+        let sample: Sample = serde_json::from_str(line).unwrap();
+        let got = rewrite_image_paths(line, &sample, Path::new("/w/mp"), Path::new("/w")).unwrap();
         assert_eq!(got, line.replace("i/x.jpg", "mp/i/x.jpg"));
     }
 
     #[test]
     fn rewritten_paths_point_at_the_same_files_and_keep_other_fields() {
-        let line = r#"{"id":"a/1","images":[{"file":"../synth/x.jpg","width":4,"height":4},{"file":"/abs/y.png","width":4,"height":4}],"extra":[1,2]}"#;
-        let got = rewrite_image_paths(line, Path::new("/w/data/mp"), Path::new("/w/eval")).unwrap();
+        let line = r#"{"id":"a/1","task":"common_object","source":"a","images":[{"file":"../synth/x.jpg","width":4,"height":4},{"file":"/abs/y.png","width":4,"height":4}],"question":"q","answer":"a","masks":[],"extra":[1,2]}"#;
+        let sample: Sample = serde_json::from_str(line).unwrap();
+        let got = rewrite_image_paths(line, &sample, Path::new("/w/data/mp"), Path::new("/w/eval"))
+            .unwrap();
         let v: serde_json::Value = serde_json::from_str(&got).unwrap();
         assert_eq!(v["images"][0]["file"], "../data/synth/x.jpg");
         assert_eq!(v["images"][1]["file"], "/abs/y.png");
