@@ -197,6 +197,7 @@ fn signal_when(
     log: &Path,
     ready: impl Fn() -> bool,
 ) -> (Option<i32>, bool) {
+    default_signals(&mut cmd);
     let mut child = cmd
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -216,6 +217,27 @@ fn signal_when(
         .unwrap();
     assert!(sent.success() || !running);
     (child.wait().unwrap().code(), running)
+}
+
+/// Makes `cmd` start with SIGINT, SIGTERM and SIGHUP at their default
+/// actions. A process inherits ignored signals, and `calico train` keeps them
+/// ignored as `nohup` expects, so without this the interrupt tests would fail
+/// whenever the test runner itself was started with them ignored (a
+/// background job of a shell without job control is).
+fn default_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the hook calls only `signal`, which is
+    // async-signal-safe, and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Complete `"kind":"train"` lines in `run`'s metrics.jsonl so far.
