@@ -1,32 +1,18 @@
 //! Loading model directories: clear errors for missing files and tensors,
 //! and tensor names with or without a `bert.` prefix.
 //!
-//! The tests that need the real model (`bash tools/reference/fetch_models.sh`)
-//! fail without it unless `CALICO_SKIP_MODEL_TESTS=1`.
+//! The tests that need the real model fetch it with
+//! `bash tools/reference/fetch_models.sh` when it is missing, and fail
+//! without it unless `CALICO_SKIP_MODEL_TESTS=1`.
+
+mod common;
+
+use common::model_dir;
 
 use calico_eval::embed::{Device, EmbedError, SentenceEmbedder};
 use candle_core::Tensor;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn model_dir() -> Option<PathBuf> {
-    let dir = calico_eval::embed::default_dir();
-    if dir.join("model.safetensors").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CALICO_SKIP_MODEL_TESTS").as_deref() == Ok("1") {
-        eprintln!(
-            "NOTICE: model directory {} missing; skipped because CALICO_SKIP_MODEL_TESTS=1",
-            dir.display()
-        );
-        return None;
-    }
-    panic!(
-        "model directory {} is missing: run `bash tools/reference/fetch_models.sh` \
-         (or set CALICO_MINILM_DIR; CALICO_SKIP_MODEL_TESTS=1 skips these tests)",
-        dir.display()
-    );
-}
 
 /// A fresh empty directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);

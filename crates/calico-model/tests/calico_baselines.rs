@@ -5,14 +5,14 @@
 
 mod common;
 
-use common::{format, model, randn};
+use common::{layout, max_diff, model, question, randn};
 
 use calico_model::calico::{is_trainable_name, ImageInput, TrainBatch};
 use calico_model::config::{CalicoConfig, VisionKind};
 use calico_model::count::param_counts;
 use calico_model::llama::{GenerateOptions, Sampling};
 use calico_model::preprocess::{ClipView, View, CLIP_MEAN, CLIP_STD};
-use calico_model::prompt::{build, ByteText, PromptLayout, TextEncoder};
+use calico_model::prompt::{ByteText, TextEncoder};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -41,36 +41,6 @@ fn image(seed: u64) -> ImageInput {
         sam_resized: (128, 96),
         original: (100, 75),
     }
-}
-
-fn question() -> String {
-    calico_text::templates::multi_image_prefix(2) + "Segment the common object."
-}
-
-fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
-    build(
-        &question(),
-        Some(answer),
-        2,
-        &ByteText,
-        &ByteText::SPECIAL_IDS,
-        &format(cfg),
-        cfg.llm.max_position_embeddings,
-    )
-    .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 const TWO_SEGS: &str =

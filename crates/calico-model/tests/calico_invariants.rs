@@ -4,13 +4,13 @@
 
 mod common;
 
-use common::{format, model, randn};
+use common::{layout, max_diff, model, question, randn};
 
 use calico_model::calico::{seeded_fill, FillMode, ImageInput, TrainBatch};
 use calico_model::config::CalicoConfig;
 use calico_model::count::param_counts;
 use calico_model::llama::{GenerateOptions, Sampling};
-use calico_model::prompt::{build, ByteText, PromptLayout, TextEncoder};
+use calico_model::prompt::{ByteText, TextEncoder};
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -30,41 +30,11 @@ fn image(seed: u64) -> ImageInput {
     }
 }
 
-fn question() -> String {
-    calico_text::templates::multi_image_prefix(2) + "Segment the common object."
-}
-
-fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
-    build(
-        &question(),
-        Some(answer),
-        2,
-        &ByteText,
-        &ByteText::SPECIAL_IDS,
-        &format(cfg),
-        cfg.llm.max_position_embeddings,
-    )
-    .unwrap()
-}
-
 fn batch(cfg: &CalicoConfig, answer: &str, images: Vec<ImageInput>) -> TrainBatch {
     TrainBatch {
         layouts: vec![layout(cfg, answer)],
         images: vec![images],
     }
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 const TWO_SEGS: &str =

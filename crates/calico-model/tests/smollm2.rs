@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+mod common;
+
+use common::max_diff;
+
 use calico_model::gguf::{load_llama_gguf, GgufFile};
 use calico_model::llama::{generate_greedy, Llama, LlamaConfig};
 use calico_model::tokenizer::{CalicoTokenizer, ChatMessage};
@@ -231,25 +235,12 @@ fn tiny_llama_loads_like_transformers() {
     for (name, want) in &expected {
         let got = vb.get(want.dims(), name).unwrap();
         assert_eq!(
-            max_abs(&got, want),
+            max_diff(&got, want),
             0.0,
             "{name} differs from transformers' GGUF load"
         );
     }
     assert!(ckpt.report().unexpected.is_empty());
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------- real model

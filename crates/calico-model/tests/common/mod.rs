@@ -1,5 +1,6 @@
 //! What the Calico tests on seeded random weights share: the prompt format,
-//! a model over `ByteText`, and uniform random tensors.
+//! a model over `ByteText`, prompts over it, uniform random tensors and
+//! the largest difference between two tensors.
 
 #![allow(dead_code)]
 
@@ -7,7 +8,7 @@ use std::collections::HashMap;
 
 use calico_model::calico::Calico;
 use calico_model::config::CalicoConfig;
-use calico_model::prompt::{ByteText, PromptFormat};
+use calico_model::prompt::{build, ByteText, PromptFormat, PromptLayout};
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use rand::Rng;
@@ -37,4 +38,37 @@ pub fn randn(shape: &[usize], rng: &mut ChaCha8Rng) -> Tensor {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 2.0 - 1.0).collect();
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// The two-image question the tests ask.
+pub fn question() -> String {
+    calico_text::templates::multi_image_prefix(2) + "Segment the common object."
+}
+
+/// [`question`] with `answer`, laid out for `cfg` over [`ByteText`].
+pub fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
+    build(
+        &question(),
+        Some(answer),
+        2,
+        &ByteText,
+        &ByteText::SPECIAL_IDS,
+        &format(cfg),
+        cfg.llm.max_position_embeddings,
+    )
+    .unwrap()
+}
+
+/// The largest absolute difference between `a` and `b`.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
