@@ -1,6 +1,7 @@
 //! Mapping errors to messages and exit codes.
 
 use std::fmt;
+use std::path::Path;
 
 /// An error caused by the user's input (exit code 2).
 #[derive(Debug)]
@@ -42,6 +43,45 @@ pub fn message(err: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+/// Checks that `dir` can be a directory the command creates or writes
+/// into: neither it nor any of its ancestors may be a file. Saying so up
+/// front replaces the operating system's "File exists" or "Not a
+/// directory", which name neither the path nor the cause.
+pub fn out_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(bad_input(format!(
+            "{}: exists and is not a directory",
+            dir.display()
+        )));
+    }
+    below_no_file(dir, "created")
+}
+
+/// Checks that `file` can be written, before any slow work: it is not a
+/// directory, and none of its ancestors is a file.
+pub fn out_file(file: &Path) -> anyhow::Result<()> {
+    if file.is_dir() {
+        return Err(bad_input(format!("{}: is a directory", file.display())));
+    }
+    below_no_file(file, "written")
+}
+
+/// An error naming the first ancestor of `path` that is a file, if any.
+fn below_no_file(path: &Path, verb: &str) -> anyhow::Result<()> {
+    match path
+        .ancestors()
+        .skip(1)
+        .find(|a| !a.as_os_str().is_empty() && a.exists() && !a.is_dir())
+    {
+        Some(file) => Err(bad_input(format!(
+            "{}: cannot be {verb}: {} is a file, not a directory",
+            path.display(),
+            file.display()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Prints the error chain and returns the exit code.
@@ -118,5 +158,48 @@ mod tests {
         assert_eq!(report(&e), 2);
         let e = anyhow::Error::new(disk_full()).context("saving step 4");
         assert_eq!(message(&e), format!("saving step 4: {}", disk_full()));
+    }
+
+    #[test]
+    fn out_dirs_under_a_file_are_refused_naming_the_file() {
+        let root = std::env::temp_dir().join(format!("calico-out-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let file = root.join("afile");
+        std::fs::write(&file, "x").unwrap();
+        let said = |p: &Path| {
+            let e = out_dir(p).unwrap_err();
+            assert_eq!(report(&e), 2);
+            message(&e)
+        };
+        assert_eq!(
+            said(&file),
+            format!("{}: exists and is not a directory", file.display())
+        );
+        let below = file.join("run/a");
+        assert_eq!(
+            said(&below),
+            format!(
+                "{}: cannot be created: {} is a file, not a directory",
+                below.display(),
+                file.display()
+            )
+        );
+        out_dir(&root).unwrap();
+        out_dir(&root.join("new/dir")).unwrap();
+        out_dir(Path::new("relative/new")).unwrap();
+        let beside = file.join("p.jsonl");
+        let e = out_file(&beside).unwrap_err();
+        assert_eq!(
+            message(&e),
+            format!(
+                "{}: cannot be written: {} is a file, not a directory",
+                beside.display(),
+                file.display()
+            )
+        );
+        assert!(message(&out_file(&root).unwrap_err()).ends_with(": is a directory"));
+        out_file(&root.join("new/p.jsonl")).unwrap();
+        out_file(Path::new("p.jsonl")).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

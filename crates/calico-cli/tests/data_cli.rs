@@ -172,6 +172,25 @@ fn bad_arguments_exit_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("at least 1"), "{}", stderr(&o));
     assert!(!empty.exists());
+    // An --out that is a file, or lies below one, is named as such.
+    let file = d.join("afile");
+    std::fs::write(&file, "x").unwrap();
+    for (out, said) in [
+        (file.clone(), "afile: exists and is not a directory"),
+        (file.join("synth"), "afile is a file, not a directory"),
+    ] {
+        let o = calico(&[
+            "data",
+            "synth",
+            "--images",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(stderr(&o).contains(said), "{}", stderr(&o));
+    }
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
     // A source with no objects at all: nothing to build, nothing written.
     let paco = d.join("paco/annotations");
     std::fs::create_dir_all(&paco).unwrap();

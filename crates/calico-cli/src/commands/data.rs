@@ -260,6 +260,7 @@ fn run_subset(a: SubsetArgs) -> Result<()> {
 }
 
 fn run_demo(a: DemoArgs) -> Result<()> {
+    crate::exit::out_dir(&a.out)?;
     synth_and_build(&a.out, a.images, a.seed, Vec::new())?;
     eprintln!(
         "samples: {0}/mixedparts/{{train,val,test}}.jsonl; statistics: {0}/mixedparts/stats.{{txt,json,svg}}",
@@ -310,6 +311,7 @@ pub(crate) fn synth_and_build(
 }
 
 fn run_synth(a: SynthArgs) -> Result<()> {
+    crate::exit::out_dir(&a.out)?;
     let cfg = SynthConfig {
         seed: a.seed,
         images_per_source: a.images,
@@ -366,6 +368,7 @@ fn parse_source(spec: &str) -> Result<(SourceFormat, PathBuf, Option<String>)> {
 }
 
 fn run_build(a: BuildArgs) -> Result<()> {
+    crate::exit::out_dir(&a.out)?;
     let mut max_per_group = BTreeMap::new();
     for m in &a.max {
         let (split, n) = m

@@ -100,12 +100,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
              pick another so the demo's images are held out"
         )));
     }
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(bad_input(format!(
-            "{}: exists and is not a directory",
-            a.out.display()
-        )));
-    }
+    crate::exit::out_dir(&a.out)?;
     if a.images == 0 || a.eval_samples == 0 {
         return Err(bad_input("--images and --eval-samples must be at least 1"));
     }

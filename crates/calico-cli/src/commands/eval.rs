@@ -46,6 +46,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    for p in a.out.iter().chain(&a.html) {
+        crate::exit::out_file(p)?;
+    }
     let t = std::time::Instant::now();
     let similarity = match a.similarity {
         SimilarityArg::Exact => Similarity::Exact,

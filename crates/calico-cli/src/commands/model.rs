@@ -101,6 +101,7 @@ fn init(a: InitArgs) -> Result<()> {
         calico_model::calico::weights::check_gguf_llm(&cfg, g)
             .map_err(|e| bad_input(format!("--gguf: {e}")))?;
     }
+    crate::exit::out_dir(&a.out)?;
     let cfg_path = a.out.join(CONFIG_FILE);
     if cfg_path.exists() {
         return Err(bad_input(format!(

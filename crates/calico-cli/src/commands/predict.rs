@@ -53,9 +53,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
             a.data.display()
         )));
     }
-    if a.out.is_dir() {
-        return Err(bad_input(format!("{}: is a directory", a.out.display())));
-    }
+    crate::exit::out_file(&a.out)?;
     let source = a.model.source(a.seed)?;
     let (m, ds): (AppModel, data::Dataset) = match source {
         calico_app::model::ModelSource::Random { preset, seed } => {

@@ -36,6 +36,7 @@ pub fn run(a: ReportArgs) -> Result<()> {
             "nothing to report: pass --run, --eval and/or --overlays",
         ));
     }
+    crate::exit::out_file(&a.out)?;
     let mut input = ReportInput {
         title: a.title.clone(),
         ..Default::default()

@@ -84,12 +84,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
         images.push(load_image(p).map_err(app)?);
     }
     check_count(images.len()).map_err(app)?;
-    if a.out.exists() && !a.out.is_dir() {
-        return Err(bad_input(format!(
-            "{}: exists and is not a directory",
-            a.out.display()
-        )));
-    }
+    crate::exit::out_dir(&a.out)?;
     let source = a.model.source(a.seed)?;
     let (question, task_label) = match &a.question {
         Some(q) if q.trim().is_empty() => return Err(bad_input("--question is empty")),
