@@ -4,6 +4,10 @@
 //! value), 1 internal failure, 130 a `calico train` run stopped by an
 //! interrupt (Ctrl-C, SIGTERM; its checkpoint saved).
 
+// The arguments' doc comments are `--help` text, written for a terminal:
+// `pairs/<task>-<k>/` and `FORMAT=DIR[:NAME]` are meant literally there.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod commands;
 mod exit;
 mod interrupt;

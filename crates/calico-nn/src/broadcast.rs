@@ -11,7 +11,7 @@
 //! [`add`], [`sub`], [`mul`] and [`div`] compute what `Tensor::broadcast_*`
 //! computes. When an operand that must be broadcast over non-trailing
 //! dimensions takes part in autograd (CPU, `f32`), it is expanded by
-//! [`Expand`], whose backward pass sums the gradient back with nested loops
+//! `Expand`, whose backward pass sums the gradient back with nested loops
 //! over contiguous rows. The sum visits the gradient in memory order and
 //! adds each element to its destination, the order of candle's own sum, so
 //! the gradients are bit for bit those of `Tensor::broadcast_*`. Every other
