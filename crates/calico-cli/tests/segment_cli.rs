@@ -388,7 +388,7 @@ fn predict_feeds_eval_and_report_inlines_everything() {
         err.contains("sample s/1: image 1 (") && err.contains("the sample gives width 999"),
         "{err}"
     );
-    assert!(!d.join("r.jsonl").exists());
+    assert!(!d.join("r.jsonl").exists() && !d.join("r.jsonl.partial").exists());
 
     let eval = d.join("eval.json");
     let o = calico(&[
@@ -466,4 +466,68 @@ fn predict_feeds_eval_and_report_inlines_everything() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(!d.join("r2.html").exists());
+}
+
+#[test]
+fn a_killed_predict_resumes_to_the_same_predictions() {
+    let d = tmp("predict-resume");
+    let two = std::fs::read_to_string(samples(&d)).unwrap();
+    let data = d.join("many.jsonl");
+    std::fs::write(&data, two.repeat(20)).unwrap();
+    let args = |out: &Path| {
+        vec![
+            "predict".to_string(),
+            "--data".into(),
+            s(&data),
+            "--preset".into(),
+            "tiny".into(),
+            "--out".into(),
+            s(out),
+            "--max-new-tokens".into(),
+            "24".into(),
+        ]
+    };
+    let full = d.join("full.jsonl");
+    let o = calico(&args(&full).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want = std::fs::read(&full).unwrap();
+    assert_eq!(want.iter().filter(|&&c| c == b'\n').count(), 40);
+
+    let out = d.join("killed.jsonl");
+    let partial = d.join("killed.jsonl.partial");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_calico"))
+        .args(args(&out))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || {
+        std::fs::read(&partial)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0)
+    };
+    let t = std::time::Instant::now();
+    while lines() < 2 && child.try_wait().unwrap().is_none() && t.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(running, "the run finished before the kill");
+    assert!(!out.exists());
+
+    // Started again without --resume, it says what to do and keeps them.
+    let kept = std::fs::read(&partial).unwrap();
+    let o = calico(&args(&out).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("pass --resume"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&partial).unwrap(), kept);
+
+    let mut resume = args(&out);
+    resume.push("--resume".into());
+    let o = calico(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming: "), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), want);
+    assert!(!partial.exists() && !d.join("killed.jsonl.partial.json").exists());
 }

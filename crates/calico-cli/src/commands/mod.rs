@@ -7,6 +7,7 @@ pub mod eval;
 pub mod masks;
 pub mod model;
 pub mod predict;
+mod predict_partial;
 pub mod report;
 pub mod segment;
 pub mod serve;

@@ -4,16 +4,18 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use calico_app::model::{load, random, AppModel};
 use calico_model::config::CalicoConfig;
 use calico_model::prompt::PromptFormat;
 use calico_train::data;
 use calico_train::predict::{greedy, predict_sample};
+use calico_train::samples_record::SamplesRecord;
 use calico_train::TrainError;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::predict_partial::{paths, Partial, Settings};
 use super::segment::ModelArgs;
 use crate::exit::{app, bad_input};
 
@@ -27,9 +29,14 @@ pub struct PredictArgs {
     /// Seed of --preset's random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Predictions file to write (JSONL, written atomically at the end).
+    /// Predictions file to write (JSONL). Answers go to OUT.partial as they are made, which
+    /// becomes OUT at the end; a run that stops early continues with --resume.
     #[arg(long)]
     out: PathBuf,
+    /// Continue a run that stopped early: keep the answers in OUT.partial (made from the same
+    /// samples file, model and --max-new-tokens) and answer the remaining samples.
+    #[arg(long)]
+    resume: bool,
     /// Answer only the first N samples (a built split lists its sources and tasks in runs, so
     /// for a sample of all of them make a file with `calico data subset`).
     #[arg(long)]
@@ -74,6 +81,32 @@ pub fn run(a: PredictArgs) -> Result<()> {
         eprintln!("warning: {}", m.description);
     }
     let n = a.limit.unwrap_or(ds.len()).min(ds.len());
+    let settings = Settings {
+        data: SamplesRecord::of(&a.data, ds.len()).map_err(train_err)?,
+        model: m.description.clone(),
+        max_new_tokens: a.max_new_tokens,
+    };
+    // Every image is read before anything is written.
+    for i in 0..n {
+        ds.images_of(i).map_err(train_err)?;
+    }
+    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut partial = if a.resume {
+        let ids: Vec<&str> = ds.samples[..n].iter().map(|s| s.id.as_str()).collect();
+        Partial::resume(&a.out, &settings, &ids)?
+    } else {
+        Partial::start(&a.out, &settings)?
+    };
+    let first = partial.done;
+    if first > 0 {
+        eprintln!(
+            "resuming: {first} of {n} samples already answered in {}",
+            paths(&a.out).0.display()
+        );
+    }
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
@@ -81,18 +114,30 @@ pub fn run(a: PredictArgs) -> Result<()> {
             .progress_chars("=> "),
     );
     bar.set_prefix("predict");
+    bar.set_position(first as u64);
+    bar.reset_eta();
     let t = std::time::Instant::now();
-    let (text, masks) = predict_jsonl(&m, &ds, n, a.max_new_tokens, &|done, _, id| {
-        bar.set_position(done as u64);
-        bar.set_message(id.to_string());
-    })?;
+    predict_each(
+        &m,
+        &ds,
+        first..n,
+        a.max_new_tokens,
+        &|done, _, id| {
+            bar.set_position(done as u64);
+            bar.set_message(id.to_string());
+        },
+        &mut |line, masks| partial.append(line, masks),
+    )?;
     bar.finish_and_clear();
-    if let Some(parent) = a.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    calico_masks::png_io::write_atomic(&a.out, |w| std::io::Write::write_all(w, text.as_bytes()))?;
+    let masks = partial.masks;
+    partial.finish(&a.out)?;
     println!(
-        "{n} predictions ({masks} masks) in {:.1} s -> {} (model: {})",
+        "{n} predictions ({masks} masks{}) in {:.1} s -> {} (model: {})",
+        if first > 0 {
+            format!("; {first} of them from the run resumed")
+        } else {
+            String::new()
+        },
         t.elapsed().as_secs_f64(),
         a.out.display(),
         m.description
@@ -112,20 +157,41 @@ pub(crate) fn predict_jsonl(
     max_new_tokens: usize,
     progress: &dyn Fn(usize, usize, &str),
 ) -> Result<(String, usize)> {
-    let n = n.min(ds.len());
-    for i in 0..n {
+    let mut text = String::new();
+    let mut masks = 0usize;
+    predict_each(m, ds, 0..n, max_new_tokens, progress, &mut |line, k| {
+        text.push_str(line);
+        text.push('\n');
+        masks += k;
+        Ok(())
+    })?;
+    Ok((text, masks))
+}
+
+/// Answers samples `range` of `ds` in order, handing each prediction's
+/// JSON line (without its newline) and mask count to `emit`. Every
+/// sample's images are read before the (slow) answering starts.
+/// `progress(done, end, id)` is called before each sample with its id, and
+/// once at the end with an empty id.
+fn predict_each(
+    m: &AppModel,
+    ds: &data::Dataset,
+    range: std::ops::Range<usize>,
+    max_new_tokens: usize,
+    progress: &dyn Fn(usize, usize, &str),
+    emit: &mut dyn FnMut(&str, usize) -> Result<()>,
+) -> Result<()> {
+    let end = range.end.min(ds.len());
+    let range = range.start.min(end)..end;
+    for i in range.clone() {
         ds.images_of(i).map_err(train_err)?;
     }
     let opts = greedy(max_new_tokens);
-    let mut text = String::new();
-    let mut masks = 0usize;
-    for i in 0..n {
-        progress(i, n, &ds.samples[i].id);
+    for i in range {
+        progress(i, end, &ds.samples[i].id);
         let (p, _) = predict_sample(&m.model, &m.tokenizer, ds, i, &opts).map_err(train_err)?;
-        masks += p.masks.len();
-        text.push_str(&serde_json::to_string(&p)?);
-        text.push('\n');
+        emit(&serde_json::to_string(&p)?, p.masks.len())?;
     }
-    progress(n, n, "");
-    Ok((text, masks))
+    progress(end, end, "");
+    Ok(())
 }
