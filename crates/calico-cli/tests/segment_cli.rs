@@ -492,6 +492,15 @@ fn a_killed_predict_resumes_to_the_same_predictions() {
     assert!(o.status.success(), "{}", stderr(&o));
     let want = std::fs::read(&full).unwrap();
     assert_eq!(want.iter().filter(|&&c| c == b'\n').count(), 40);
+    // Any number of workers gives the same predictions.
+    for workers in ["1", "3"] {
+        let out = d.join(format!("workers-{workers}.jsonl"));
+        let mut w = args(&out);
+        w.extend(["--workers".to_string(), workers.to_string()]);
+        let o = calico(&w.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(std::fs::read(&out).unwrap(), want, "--workers {workers}");
+    }
 
     let out = d.join("killed.jsonl");
     let partial = d.join("killed.jsonl.partial");

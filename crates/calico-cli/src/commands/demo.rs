@@ -94,6 +94,14 @@ pub struct DemoArgs {
 
 pub fn run(a: DemoArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
+    // The shipped model is `tiny`: its samples are answered on one thread
+    // per core, each with single-threaded kernels (docs/performance.md,
+    // "`calico predict` on several threads"). Set before any thread pool
+    // starts.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     if a.seed == TRAINING_SEED {
         return Err(bad_input(format!(
             "--seed {TRAINING_SEED} is the seed the shipped model was trained on; \
@@ -127,7 +135,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let ds = data::open(&test, m.model.config()).map_err(train_err)?;
     let n = ds.len().min(a.eval_samples);
     let tp = std::time::Instant::now();
-    let (text, masks) = predict_jsonl(&m, &ds, n, a.max_new_tokens, &|done, total, _| {
+    let (text, masks) = predict_jsonl(&m, &ds, n, a.max_new_tokens, workers, &|done, total, _| {
         bars.update("predict", done as u64, total as u64)
     })?;
     let predictions = a.out.join("predictions.jsonl");

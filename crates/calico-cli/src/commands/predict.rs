@@ -3,9 +3,11 @@
 //! `calico eval`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use calico_app::model::{load, random, AppModel};
+use calico_model::calico::weights::CONFIG_FILE as WEIGHTS_CONFIG_FILE;
 use calico_model::config::CalicoConfig;
 use calico_model::prompt::PromptFormat;
 use calico_train::data;
@@ -44,6 +46,12 @@ pub struct PredictArgs {
     /// Most tokens to generate per answer.
     #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     max_new_tokens: usize,
+    /// Threads answering samples at once (default: the number of CPU cores for models with an
+    /// LLM narrower than 512 such as `tiny`, whose small tensors gain little from threaded
+    /// kernels; 1 otherwise). With more than one, each runs its tensor kernels single-threaded.
+    /// Any value gives the same predictions.
+    #[arg(long, value_parser = super::at_least_one)]
+    workers: Option<usize>,
 }
 
 pub(crate) fn train_err(e: TrainError) -> anyhow::Error {
@@ -62,6 +70,15 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     crate::exit::out_file(&a.out)?;
     let source = a.model.source(a.seed)?;
+    let workers = match a.workers {
+        Some(w) => w,
+        None => default_workers(&source),
+    };
+    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Set before any tensor kernel runs: candle reads it for its matrix
+        // products and its thread pool; the workers are the parallelism.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let (m, ds): (AppModel, data::Dataset) = match source {
         calico_app::model::ModelSource::Random { preset, seed } => {
             let cfg = CalicoConfig::preset(&preset).map_err(|e| bad_input(e.to_string()))?;
@@ -122,6 +139,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         &ds,
         first..n,
         a.max_new_tokens,
+        workers,
         &|done, _, id| {
             bar.set_position(done as u64);
             bar.set_message(id.to_string());
@@ -145,39 +163,68 @@ pub fn run(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
+/// The CPU cores for a model whose LLM is narrower than 512 (`tiny`), else
+/// 1: as in `calico train --workers`, small tensors run faster on
+/// single-threaded workers, large ones on candle's own threads. A weights
+/// directory whose config cannot be read gets 1 (loading it will say why).
+pub(crate) fn default_workers(source: &calico_app::model::ModelSource) -> usize {
+    let cfg = match source {
+        calico_app::model::ModelSource::Random { preset, .. } => CalicoConfig::preset(preset).ok(),
+        calico_app::model::ModelSource::Weights(dir) => {
+            CalicoConfig::from_json_file(&dir.join(WEIGHTS_CONFIG_FILE)).ok()
+        }
+    };
+    match cfg {
+        Some(c) if c.llm.hidden_size < 512 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        _ => 1,
+    }
+}
+
 /// Answers samples `0..n` of `ds` (greedy, at most `max_new_tokens`
 /// each): the predictions JSONL text and the number of masks. Every
 /// sample's images are read before the (slow) answering starts.
-/// `progress(done, n, id)` is called before each sample with its id, and
-/// once at the end with an empty id.
+/// `workers` and `progress` as for [`predict_each`].
 pub(crate) fn predict_jsonl(
     m: &AppModel,
     ds: &data::Dataset,
     n: usize,
     max_new_tokens: usize,
+    workers: usize,
     progress: &dyn Fn(usize, usize, &str),
 ) -> Result<(String, usize)> {
     let mut text = String::new();
     let mut masks = 0usize;
-    predict_each(m, ds, 0..n, max_new_tokens, progress, &mut |line, k| {
-        text.push_str(line);
-        text.push('\n');
-        masks += k;
-        Ok(())
-    })?;
+    predict_each(
+        m,
+        ds,
+        0..n,
+        max_new_tokens,
+        workers,
+        progress,
+        &mut |line, k| {
+            text.push_str(line);
+            text.push('\n');
+            masks += k;
+            Ok(())
+        },
+    )?;
     Ok((text, masks))
 }
 
-/// Answers samples `range` of `ds` in order, handing each prediction's
-/// JSON line (without its newline) and mask count to `emit`. Every
-/// sample's images are read before the (slow) answering starts.
-/// `progress(done, end, id)` is called before each sample with its id, and
-/// once at the end with an empty id.
+/// Answers samples `range` of `ds`, handing each prediction's JSON line
+/// (without its newline) and mask count to `emit` in sample order. Every
+/// sample's images are read before the (slow) answering starts. With
+/// `workers > 1` that many threads answer samples at once (each answer is
+/// the same as one thread's). `progress(done, end, id)` is called once
+/// before the first sample and after each one is emitted, with its id.
 fn predict_each(
     m: &AppModel,
     ds: &data::Dataset,
     range: std::ops::Range<usize>,
     max_new_tokens: usize,
+    workers: usize,
     progress: &dyn Fn(usize, usize, &str),
     emit: &mut dyn FnMut(&str, usize) -> Result<()>,
 ) -> Result<()> {
@@ -187,11 +234,55 @@ fn predict_each(
         ds.images_of(i).map_err(train_err)?;
     }
     let opts = greedy(max_new_tokens);
-    for i in range {
-        progress(i, end, &ds.samples[i].id);
+    let answer = |i: usize| -> Result<(String, usize)> {
         let (p, _) = predict_sample(&m.model, &m.tokenizer, ds, i, &opts).map_err(train_err)?;
-        emit(&serde_json::to_string(&p)?, p.masks.len())?;
+        Ok((serde_json::to_string(&p)?, p.masks.len()))
+    };
+    progress(range.start, end, "");
+    let workers = workers.clamp(1, range.len().max(1));
+    if workers == 1 {
+        for i in range {
+            let (line, masks) = answer(i)?;
+            emit(&line, masks)?;
+            progress(i + 1, end, &ds.samples[i].id);
+        }
+        return Ok(());
     }
-    progress(end, end, "");
-    Ok(())
+    // Workers take the next sample as they finish one; answers are emitted
+    // in sample order, an error when its sample's turn comes.
+    let next = AtomicUsize::new(range.start);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(String, usize)>)>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, stop, answer) = (&next, &stop, &answer);
+            scope.spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= end || stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                if tx.send((i, answer(i))).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut waiting = std::collections::BTreeMap::new();
+        let mut turn = range.start;
+        let result = (|| {
+            for (i, r) in rx.iter() {
+                waiting.insert(i, r);
+                while let Some(r) = waiting.remove(&turn) {
+                    let (line, masks) = r?;
+                    emit(&line, masks)?;
+                    progress(turn + 1, end, &ds.samples[turn].id);
+                    turn += 1;
+                }
+            }
+            Ok(())
+        })();
+        stop.store(true, Ordering::SeqCst);
+        result
+    })
 }
