@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
+use calico_app::model::ModelSource;
 use calico_serve::{Engine, ServeConfig, Server};
 use clap::Args;
 
@@ -27,9 +28,11 @@ pub struct ServeArgs {
     /// Largest request body, in MiB (413 above).
     #[arg(long, default_value_t = 16)]
     max_body_mb: usize,
-    /// Model runs at a time.
-    #[arg(long, default_value_t = 1)]
-    workers: usize,
+    /// Model runs at a time (default: the number of CPU cores for models with an LLM narrower
+    /// than 512 such as `tiny`, each run's kernels then single-threaded, which answers faster;
+    /// 1 otherwise, on candle's own threads).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Requests waiting for a model run (503 when full).
     #[arg(long, default_value_t = 8)]
     queue: usize,
@@ -45,8 +48,22 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    if a.workers == 0 || a.max_body_mb == 0 {
+    if a.workers == Some(0) || a.max_body_mb == 0 {
         return Err(bad_input("--workers and --max-body-mb must be at least 1"));
+    }
+    let workers = a.workers.unwrap_or_else(|| {
+        super::predict::default_workers(&match (&a.weights, &a.preset) {
+            (Some(dir), _) => ModelSource::Weights(dir.clone()),
+            (None, p) => ModelSource::Random {
+                preset: p.clone().unwrap_or_default(),
+                seed: a.seed,
+            },
+        })
+    });
+    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Set before any tensor kernel runs: each model run's kernels are
+        // single-threaded, the workers are the parallelism.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     if !(a.timeout_s > 0.0 && a.timeout_s.is_finite()) {
         return Err(bad_input("--timeout-s must be a positive number"));
@@ -60,7 +77,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let cfg = ServeConfig {
         addr: a.addr,
         max_body_bytes: a.max_body_mb * 1024 * 1024,
-        workers: a.workers,
+        workers,
         queue: a.queue,
         timeout: Duration::from_secs_f64(a.timeout_s),
         data_dir: a.data_dir,
