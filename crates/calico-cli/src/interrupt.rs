@@ -1,10 +1,12 @@
-//! Stopping `calico train` cleanly. Until the run's checks are done nothing
-//! is written, and an interrupt ends the process at once. From then on
-//! ([`arm`]), the first interrupt (Ctrl-C, or the SIGTERM a batch scheduler
-//! sends before its time limit, or SIGHUP) asks the run to stop at the next
-//! step boundary, where it saves a checkpoint that `--resume` continues
-//! from; a second one quits at once (the steps since the last checkpoint
-//! are then lost, the checkpoints kept whole).
+//! Stopping `calico train` and `calico predict` cleanly. Until the run's
+//! checks are done nothing is written, and an interrupt ends the process at
+//! once. From then on ([`arm`]), the first interrupt (Ctrl-C, or the SIGTERM
+//! a batch scheduler sends before its time limit, or SIGHUP) asks the run
+//! to stop at the next boundary: `train` after the current step, where it
+//! saves a checkpoint that `--resume` continues from; `predict` after the
+//! samples being answered, whose answers `--resume` keeps. A second one
+//! quits at once (the steps since the last checkpoint are then lost, the
+//! checkpoints kept whole).
 //!
 //! A signal the process was started with ignored stays ignored: `nohup
 //! calico train …` keeps training when its terminal closes, and a run
@@ -13,17 +15,25 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 /// The exit code of a run stopped by an interrupt (128 + SIGINT).
 pub const EXIT_CODE: i32 = 130;
 
 static ARMED: AtomicBool = AtomicBool::new(false);
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static FIRST: OnceLock<&'static str> = OnceLock::new();
+
+/// What `calico train` says at the first interrupt.
+pub const TRAIN_STOPPING: &str = "interrupt: stopping after the current step and saving a \
+     checkpoint (interrupt again to quit at once, losing the steps since the last checkpoint)";
 
 /// Handles SIGINT, SIGTERM and SIGHUP, those of them that are not ignored,
-/// on a thread of its own.
+/// on a thread of its own; `first` is said at the first interrupt once
+/// armed (what the command does before it stops).
 #[cfg(unix)]
-pub fn install() -> anyhow::Result<()> {
+pub fn install(first: &'static str) -> anyhow::Result<()> {
+    let _ = FIRST.set(first);
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let wanted: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
         .into_iter()
@@ -47,7 +57,7 @@ pub fn install() -> anyhow::Result<()> {
 
 /// Elsewhere the default handling stays: an interrupt ends the process.
 #[cfg(not(unix))]
-pub fn install() -> anyhow::Result<()> {
+pub fn install(_first: &'static str) -> anyhow::Result<()> {
     Ok(())
 }
 
@@ -76,10 +86,7 @@ fn on_interrupt() {
         say("interrupted again: quitting now");
         std::process::exit(EXIT_CODE);
     }
-    say(
-        "interrupt: stopping after the current step and saving a checkpoint \
-         (interrupt again to quit at once, losing the steps since the last checkpoint)",
-    );
+    say(FIRST.get().copied().unwrap_or(TRAIN_STOPPING));
 }
 
 /// From now on an interrupt stops the run at a step boundary.

@@ -1,8 +1,9 @@
 //! `calico`: part-focused semantic co-segmentation tools.
 //!
 //! Exit codes: 0 success, 2 bad input (the message names the file, field or
-//! value), 1 internal failure, 130 a `calico train` run stopped by an
-//! interrupt (Ctrl-C, SIGTERM; its checkpoint saved).
+//! value), 1 internal failure, 130 a `calico train` or `calico predict` run
+//! stopped by an interrupt (Ctrl-C, SIGTERM; its checkpoint or answers
+//! saved for `--resume`).
 
 // The arguments' doc comments are `--help` text, written for a terminal:
 // `pairs/<task>-<k>/` and `FORMAT=DIR[:NAME]` are meant literally there.

@@ -539,4 +539,53 @@ fn a_killed_predict_resumes_to_the_same_predictions() {
     assert!(stderr(&o).contains("resuming: "), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), want);
     assert!(!partial.exists() && !d.join("killed.jsonl.partial.json").exists());
+
+    // Ctrl-C stops between samples, keeping every answer made, and says so.
+    let out = d.join("interrupted.jsonl");
+    let partial = d.join("interrupted.jsonl.partial");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_calico"));
+    cmd.args(args(&out))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(d.join("interrupted.log")).unwrap());
+    // SAFETY: between fork and exec only `signal` (async-signal-safe) runs.
+    // SIGINT at its default even if this test runner inherited it ignored.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let t = std::time::Instant::now();
+    let lines = || {
+        std::fs::read(&partial)
+            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+            .unwrap_or(0)
+    };
+    while lines() < 2 && child.try_wait().unwrap().is_none() && t.elapsed().as_secs() < 300 {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let running = child.try_wait().unwrap().is_none();
+    // SAFETY: sends a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let code = child.wait().unwrap().code();
+    let err = std::fs::read_to_string(d.join("interrupted.log")).unwrap();
+    assert!(running, "the run finished before the interrupt: {err}");
+    assert_eq!(code, Some(130), "{err}");
+    let kept = lines();
+    assert!(
+        err.contains(&format!("interrupted: stopped after {kept} of 40 samples"))
+            && err.contains("--resume"),
+        "{err}"
+    );
+    assert!((2..40).contains(&kept), "{kept}: {err}");
+    // Whole lines only, the first ones of the uninterrupted run.
+    let text = std::fs::read(&partial).unwrap();
+    assert!(want.starts_with(&text) && text.ends_with(b"\n"));
+    let mut resume = args(&out);
+    resume.push("--resume".into());
+    let o = calico(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), want);
 }

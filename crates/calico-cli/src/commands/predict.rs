@@ -61,7 +61,12 @@ pub(crate) fn train_err(e: TrainError) -> anyhow::Error {
     }
 }
 
+/// What `calico predict` says at the first interrupt.
+const STOPPING: &str = "interrupt: stopping once the samples being answered are done (interrupt \
+     again to quit at once; --resume answers the rest either way)";
+
 pub fn run(a: PredictArgs) -> Result<()> {
+    crate::interrupt::install(STOPPING)?;
     if !a.data.is_file() {
         return Err(bad_input(format!(
             "{}: no such samples file",
@@ -111,6 +116,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    // From here on an interrupt stops between samples, keeping the answers.
+    crate::interrupt::arm();
     let mut partial = if a.resume {
         let ids: Vec<&str> = ds.samples[..n].iter().map(|s| s.id.as_str()).collect();
         Partial::resume(&a.out, &settings, &ids)?
@@ -140,6 +147,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         first..n,
         a.max_new_tokens,
         workers,
+        &crate::interrupt::requested,
         &|done, _, id| {
             bar.set_position(done as u64);
             bar.set_message(id.to_string());
@@ -147,6 +155,16 @@ pub fn run(a: PredictArgs) -> Result<()> {
         &mut |line, masks| partial.append(line, masks),
     )?;
     bar.finish_and_clear();
+    if partial.done < n {
+        // Stopped by an interrupt: the answers so far stay for --resume.
+        partial.sync()?;
+        return Err(anyhow::Error::new(TrainError::Interrupted(format!(
+            "stopped after {} of {n} samples; {} keeps their answers and the same \
+             command with --resume answers the rest",
+            partial.done,
+            paths(&a.out).0.display()
+        ))));
+    }
     let masks = partial.masks;
     partial.finish(&a.out)?;
     println!(
@@ -202,6 +220,7 @@ pub(crate) fn predict_jsonl(
         0..n,
         max_new_tokens,
         workers,
+        &|| false,
         progress,
         &mut |line, k| {
             text.push_str(line);
@@ -217,14 +236,19 @@ pub(crate) fn predict_jsonl(
 /// (without its newline) and mask count to `emit` in sample order. Every
 /// sample's images are read before the (slow) answering starts. With
 /// `workers > 1` that many threads answer samples at once (each answer is
-/// the same as one thread's). `progress(done, end, id)` is called once
-/// before the first sample and after each one is emitted, with its id.
+/// the same as one thread's). Once `stop()` holds no further sample is
+/// started; the ones started are finished and emitted, so what was emitted
+/// is always the first samples of `range`. `progress(done, end, id)` is
+/// called once before the first sample and after each one is emitted, with
+/// its id.
+#[allow(clippy::too_many_arguments)]
 fn predict_each(
     m: &AppModel,
     ds: &data::Dataset,
     range: std::ops::Range<usize>,
     max_new_tokens: usize,
     workers: usize,
+    stop: &(dyn Fn() -> bool + Sync),
     progress: &dyn Fn(usize, usize, &str),
     emit: &mut dyn FnMut(&str, usize) -> Result<()>,
 ) -> Result<()> {
@@ -242,6 +266,9 @@ fn predict_each(
     let workers = workers.clamp(1, range.len().max(1));
     if workers == 1 {
         for i in range {
+            if stop() {
+                break;
+            }
             let (line, masks) = answer(i)?;
             emit(&line, masks)?;
             progress(i + 1, end, &ds.samples[i].id);
@@ -251,15 +278,18 @@ fn predict_each(
     // Workers take the next sample as they finish one; answers are emitted
     // in sample order, an error when its sample's turn comes.
     let next = AtomicUsize::new(range.start);
-    let stop = AtomicBool::new(false);
+    let failed = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(String, usize)>)>();
     std::thread::scope(|scope| {
         for _ in 0..workers {
             let tx = tx.clone();
-            let (next, stop, answer) = (&next, &stop, &answer);
+            let (next, failed, answer) = (&next, &failed, &answer);
             scope.spawn(move || loop {
+                if failed.load(Ordering::SeqCst) || stop() {
+                    break;
+                }
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= end || stop.load(Ordering::SeqCst) {
+                if i >= end {
                     break;
                 }
                 if tx.send((i, answer(i))).is_err() {
@@ -282,7 +312,7 @@ fn predict_each(
             }
             Ok(())
         })();
-        stop.store(true, Ordering::SeqCst);
+        failed.store(true, Ordering::SeqCst);
         result
     })
 }

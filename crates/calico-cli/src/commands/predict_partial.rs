@@ -175,6 +175,13 @@ impl Partial {
         Ok(())
     }
 
+    /// Syncs the answers so far to disk (a run stopped early keeps them).
+    pub fn sync(&self) -> Result<()> {
+        self.file
+            .sync_all()
+            .with_context(|| format!("syncing {}", self.path.display()))
+    }
+
     /// Makes the finished file `out` (synced, then renamed into place) and
     /// removes the settings record.
     pub fn finish(self, out: &Path) -> Result<()> {

@@ -288,7 +288,7 @@ impl Observer for Bar {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    crate::interrupt::install()?;
+    crate::interrupt::install(crate::interrupt::TRAIN_STOPPING)?;
     crate::exit::out_dir(&a.out)?;
     // With --weights the model is the directory's; the preset still picks
     // the training defaults, and a --model-config must say the same.
