@@ -7,7 +7,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{calico, stderr, tmp};
+use common::{calico, interrupt_when, signal_when, stderr, tmp};
 
 /// A gradient image with a coloured box.
 fn write_png(path: &Path, w: u32, h: u32, colour: [u8; 3]) {
@@ -504,24 +504,11 @@ fn a_killed_predict_resumes_to_the_same_predictions() {
 
     let out = d.join("killed.jsonl");
     let partial = d.join("killed.jsonl.partial");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_calico"))
-        .args(args(&out))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = || {
-        std::fs::read(&partial)
-            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-            .unwrap_or(0)
-    };
-    let t = std::time::Instant::now();
-    while lines() < 2 && child.try_wait().unwrap().is_none() && t.elapsed().as_secs() < 300 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let running = child.try_wait().unwrap().is_none();
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_calico"));
+    cmd.args(args(&out));
+    let (_, running) = signal_when(cmd, "KILL", &d.join("killed.log"), || {
+        newlines(&partial) >= 2
+    });
     assert!(running, "the run finished before the kill");
     assert!(!out.exists());
 
@@ -543,37 +530,15 @@ fn a_killed_predict_resumes_to_the_same_predictions() {
     // Ctrl-C stops between samples, keeping every answer made, and says so.
     let out = d.join("interrupted.jsonl");
     let partial = d.join("interrupted.jsonl.partial");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_calico"));
-    cmd.args(args(&out))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(d.join("interrupted.log")).unwrap());
-    // SAFETY: between fork and exec only `signal` (async-signal-safe) runs.
-    // SIGINT at its default even if this test runner inherited it ignored.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    let t = std::time::Instant::now();
-    let lines = || {
-        std::fs::read(&partial)
-            .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-            .unwrap_or(0)
-    };
-    while lines() < 2 && child.try_wait().unwrap().is_none() && t.elapsed().as_secs() < 300 {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let running = child.try_wait().unwrap().is_none();
-    // SAFETY: sends a signal to the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let code = child.wait().unwrap().code();
+    let interrupt = args(&out);
+    let interrupt: Vec<&str> = interrupt.iter().map(String::as_str).collect();
+    let (code, running) = interrupt_when(&interrupt, &d.join("interrupted.log"), || {
+        newlines(&partial) >= 2
+    });
     let err = std::fs::read_to_string(d.join("interrupted.log")).unwrap();
     assert!(running, "the run finished before the interrupt: {err}");
     assert_eq!(code, Some(130), "{err}");
-    let kept = lines();
+    let kept = newlines(&partial);
     assert!(
         err.contains(&format!("interrupted: stopped after {kept} of 40 samples"))
             && err.contains("--resume"),
@@ -588,4 +553,11 @@ fn a_killed_predict_resumes_to_the_same_predictions() {
     let o = calico(&resume.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&out).unwrap(), want);
+}
+
+/// Complete lines in `path` so far (0 while it does not exist).
+fn newlines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
 }

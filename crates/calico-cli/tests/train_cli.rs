@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{build, calico, stderr, synth, tmp};
+use common::{build, calico, interrupt_when, signal_when, stderr, synth, tmp};
 
 /// Six steps of two micro-batches of two samples, a checkpoint every step.
 const CONFIG: &str = r#"{"epochs": 1, "steps_per_epoch": 6, "batch_size": 2,
@@ -177,67 +177,6 @@ fn kill_at(args: &[&str], ckdir: &Path, at: &str, log: Option<&Path>) -> bool {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     running
-}
-
-/// Runs `calico args` with standard error in `log` until `ready()` holds,
-/// then sends it SIGINT as Ctrl-C does; its exit code, and whether it was
-/// still running at the signal.
-fn interrupt_when(args: &[&str], log: &Path, ready: impl Fn() -> bool) -> (Option<i32>, bool) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_calico"));
-    cmd.args(args);
-    signal_when(cmd, "INT", log, ready)
-}
-
-/// Runs `cmd` with standard error in `log` until `ready()` holds, then
-/// sends it signal `sig` (a name `kill` knows: INT, TERM, HUP); its exit code, and whether
-/// it was still running at the signal.
-fn signal_when(
-    mut cmd: Command,
-    sig: &str,
-    log: &Path,
-    ready: impl Fn() -> bool,
-) -> (Option<i32>, bool) {
-    default_signals(&mut cmd);
-    let mut child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while !ready() && child.try_wait().unwrap().is_none() && t.elapsed() < Duration::from_secs(600)
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let running = child.try_wait().unwrap().is_none();
-    let pid = child.id().to_string();
-    // The shell's own `kill`: no procps needed.
-    let sent = Command::new("sh")
-        .args(["-c", &format!("kill -{sig} {pid}")])
-        .status()
-        .unwrap();
-    assert!(sent.success() || !running);
-    (child.wait().unwrap().code(), running)
-}
-
-/// Makes `cmd` start with SIGINT, SIGTERM and SIGHUP at their default
-/// actions. A process inherits ignored signals, and `calico train` keeps them
-/// ignored as `nohup` expects, so without this the interrupt tests would fail
-/// whenever the test runner itself was started with them ignored (a
-/// background job of a shell without job control is).
-fn default_signals(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec the hook calls only `signal`, which is
-    // async-signal-safe, and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Complete `"kind":"train"` lines in `run`'s metrics.jsonl so far.
