@@ -98,10 +98,8 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // per core, each with single-threaded kernels (docs/performance.md,
     // "`calico predict` on several threads"). Set before any thread pool
     // starts.
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
+    let workers = super::cores();
+    super::single_threaded_kernels_for(workers);
     if a.seed == TRAINING_SEED {
         return Err(bad_input(format!(
             "--seed {TRAINING_SEED} is the seed the shipped model was trained on; \

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
-use calico_app::model::{load, random, AppModel};
+use calico_app::model::{load, random, AppModel, ModelSource};
 use calico_model::calico::weights::CONFIG_FILE as WEIGHTS_CONFIG_FILE;
 use calico_model::config::CalicoConfig;
 use calico_model::prompt::PromptFormat;
@@ -75,17 +75,10 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     crate::exit::out_file(&a.out)?;
     let source = a.model.source(a.seed)?;
-    let workers = match a.workers {
-        Some(w) => w,
-        None => default_workers(&source),
-    };
-    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Set before any tensor kernel runs: candle reads it for its matrix
-        // products and its thread pool; the workers are the parallelism.
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
+    let workers = a.workers.unwrap_or_else(|| default_workers(&source));
+    super::single_threaded_kernels_for(workers);
     let (m, ds): (AppModel, data::Dataset) = match source {
-        calico_app::model::ModelSource::Random { preset, seed } => {
+        ModelSource::Random { preset, seed } => {
             let cfg = CalicoConfig::preset(&preset).map_err(|e| bad_input(e.to_string()))?;
             let ds = data::open(&a.data, &cfg).map_err(train_err)?;
             let format = PromptFormat::vicuna_v1(cfg.image_tokens());
@@ -181,21 +174,19 @@ pub fn run(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The CPU cores for a model whose LLM is narrower than 512 (`tiny`), else
-/// 1: as in `calico train --workers`, small tensors run faster on
-/// single-threaded workers, large ones on candle's own threads. A weights
-/// directory whose config cannot be read gets 1 (loading it will say why).
-pub(crate) fn default_workers(source: &calico_app::model::ModelSource) -> usize {
+/// One worker per core for a model that prefers them
+/// ([`super::prefers_workers`]), else 1, as `calico train --workers`
+/// chooses. A weights directory whose config cannot be read gets 1 (loading
+/// it will say why).
+pub(crate) fn default_workers(source: &ModelSource) -> usize {
     let cfg = match source {
-        calico_app::model::ModelSource::Random { preset, .. } => CalicoConfig::preset(preset).ok(),
-        calico_app::model::ModelSource::Weights(dir) => {
+        ModelSource::Random { preset, .. } => CalicoConfig::preset(preset).ok(),
+        ModelSource::Weights(dir) => {
             CalicoConfig::from_json_file(&dir.join(WEIGHTS_CONFIG_FILE)).ok()
         }
     };
     match cfg {
-        Some(c) if c.llm.hidden_size < 512 => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        Some(c) if super::prefers_workers(&c) => super::cores(),
         _ => 1,
     }
 }
@@ -212,6 +203,9 @@ pub(crate) fn predict_jsonl(
     workers: usize,
     progress: &dyn Fn(usize, usize, &str),
 ) -> Result<(String, usize)> {
+    for i in 0..n.min(ds.len()) {
+        ds.images_of(i).map_err(train_err)?;
+    }
     let mut text = String::new();
     let mut masks = 0usize;
     predict_each(
@@ -233,8 +227,9 @@ pub(crate) fn predict_jsonl(
 }
 
 /// Answers samples `range` of `ds`, handing each prediction's JSON line
-/// (without its newline) and mask count to `emit` in sample order. Every
-/// sample's images are read before the (slow) answering starts. With
+/// (without its newline) and mask count to `emit` in sample order (the
+/// caller reads every sample's images first, so that a bad one is said
+/// before anything is answered or written). With
 /// `workers > 1` that many threads answer samples at once (each answer is
 /// the same as one thread's). Once `stop()` holds no further sample is
 /// started; the ones started are finished and emitted, so what was emitted
@@ -254,9 +249,6 @@ fn predict_each(
 ) -> Result<()> {
     let end = range.end.min(ds.len());
     let range = range.start.min(end)..end;
-    for i in range.clone() {
-        ds.images_of(i).map_err(train_err)?;
-    }
     let opts = greedy(max_new_tokens);
     let answer = |i: usize| -> Result<(String, usize)> {
         let (p, _) = predict_sample(&m.model, &m.tokenizer, ds, i, &opts).map_err(train_err)?;

@@ -185,9 +185,7 @@ impl Partial {
     /// Makes the finished file `out` (synced, then renamed into place) and
     /// removes the settings record.
     pub fn finish(self, out: &Path) -> Result<()> {
-        self.file
-            .sync_all()
-            .with_context(|| format!("syncing {}", self.path.display()))?;
+        self.sync()?;
         drop(self.file);
         std::fs::rename(&self.path, out)
             .with_context(|| format!("renaming {} to {}", self.path.display(), out.display()))?;

@@ -60,11 +60,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             },
         })
     });
-    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Set before any tensor kernel runs: each model run's kernels are
-        // single-threaded, the workers are the parallelism.
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
+    super::single_threaded_kernels_for(workers);
     if !(a.timeout_s > 0.0 && a.timeout_s.is_finite()) {
         return Err(bad_input("--timeout-s must be a positive number"));
     }

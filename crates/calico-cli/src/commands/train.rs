@@ -410,22 +410,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
             })
         }
     };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let workers = match a.workers {
         Some(0) => return Err(bad_input("--workers must be at least 1")),
         Some(w) => w,
-        // Small tensors (tiny's) run faster on single-threaded workers;
-        // large ones (small's 576-wide LLM) on candle's own threads.
-        None if model.llm.hidden_size < 512 => cores.min(config.grad_accumulation),
+        None if super::prefers_workers(&model) => super::cores().min(config.grad_accumulation),
         None => 1,
     };
-    if workers > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Set before any tensor kernel runs: candle reads it for its matrix
-        // products and its thread pool; the workers are the parallelism.
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
+    super::single_threaded_kernels_for(workers);
     let spec = RunSpec {
         run_dir: a.out.clone(),
         train: a.data.clone(),
