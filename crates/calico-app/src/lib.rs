@@ -1,6 +1,7 @@
 //! Calico as a product: what `calico segment`, `calico predict` and
 //! `calico report` (and later `calico demo` / `calico serve`) are built on.
 //!
+//! * [`device`] — `--device cpu|cuda[:N]`, parsed and opened;
 //! * [`model`] — a model and tokenizer from a weights directory or from a
 //!   preset with seeded random (untrained) weights;
 //! * [`segment`] — validated images + a task or question → answer, masks
@@ -11,6 +12,7 @@
 //! * [`output`] — the files of `calico segment --out DIR` and reading them back;
 //! * [`report`] — a self-contained HTML report (curve, Table 5, gallery).
 
+pub mod device;
 pub mod error;
 pub mod font;
 pub mod model;

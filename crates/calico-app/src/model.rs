@@ -86,14 +86,14 @@ pub fn template_corpus(format: &PromptFormat) -> Vec<String> {
 
 /// Loads the model of `source`. For random weights the word-level
 /// vocabulary covers [`template_corpus`] plus `extra_corpus` (e.g. the
-/// questions and answers of a samples file).
-pub fn load(source: &ModelSource, extra_corpus: &[String]) -> Result<AppModel> {
-    let device = Device::Cpu;
+/// questions and answers of a samples file). The model's tensors live on
+/// `device` ([`crate::device`]).
+pub fn load(source: &ModelSource, extra_corpus: &[String], device: &Device) -> Result<AppModel> {
     match source {
-        ModelSource::Weights(dir) => load_weights(dir, &device),
+        ModelSource::Weights(dir) => load_weights(dir, device),
         ModelSource::Random { preset, seed } => {
             let cfg = CalicoConfig::preset(preset).map_err(|e| AppError::Input(e.to_string()))?;
-            random(&cfg, *seed, extra_corpus, &device)
+            random(&cfg, *seed, extra_corpus, device)
         }
     }
 }
@@ -160,6 +160,7 @@ mod tests {
                 seed: 1,
             },
             &[],
+            &Device::Cpu,
         )
         .unwrap();
         assert!(m.untrained);
@@ -171,9 +172,14 @@ mod tests {
                 seed: 1,
             },
             &[],
+            &Device::Cpu,
         );
         assert!(matches!(bad, Err(AppError::Input(_))));
-        let missing = load(&ModelSource::Weights("/no/such/dir".into()), &[]);
+        let missing = load(
+            &ModelSource::Weights("/no/such/dir".into()),
+            &[],
+            &Device::Cpu,
+        );
         assert!(matches!(missing, Err(AppError::Input(m)) if m.contains("/no/such/dir")));
     }
 }

@@ -343,6 +343,7 @@ mod tests {
                 seed: 0,
             },
             &[],
+            &candle_core::Device::Cpu,
         )
         .unwrap();
         let imgs: Vec<NamedImage> = [(40, 30), (32, 48), (20, 20)]

@@ -468,25 +468,28 @@ fn predict_feeds_eval_and_report_inlines_everything() {
     assert!(!d.join("r2.html").exists());
 }
 
+/// `calico predict` of `data` into `out` with `tiny`'s random weights.
+fn predict_args(data: &Path, out: &Path, max_new_tokens: usize) -> Vec<String> {
+    vec![
+        "predict".to_string(),
+        "--data".into(),
+        s(data),
+        "--preset".into(),
+        "tiny".into(),
+        "--out".into(),
+        s(out),
+        "--max-new-tokens".into(),
+        max_new_tokens.to_string(),
+    ]
+}
+
 #[test]
 fn a_killed_predict_resumes_to_the_same_predictions() {
     let d = tmp("predict-resume");
     let two = std::fs::read_to_string(samples(&d)).unwrap();
     let data = d.join("many.jsonl");
     std::fs::write(&data, two.repeat(20)).unwrap();
-    let args = |out: &Path| {
-        vec![
-            "predict".to_string(),
-            "--data".into(),
-            s(&data),
-            "--preset".into(),
-            "tiny".into(),
-            "--out".into(),
-            s(out),
-            "--max-new-tokens".into(),
-            "24".into(),
-        ]
-    };
+    let args = |out: &Path| predict_args(&data, out, 24);
     let full = d.join("full.jsonl");
     let o = calico(&args(&full).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(o.status.success(), "{}", stderr(&o));
@@ -560,4 +563,103 @@ fn newlines(path: &Path) -> usize {
     std::fs::read(path)
         .map(|b| b.iter().filter(|&&c| c == b'\n').count())
         .unwrap_or(0)
+}
+
+/// `--device cpu` is the default's path exactly; a CUDA device that this
+/// build or machine lacks is refused with exit 2 before anything is
+/// written, saying what to do; a device name that is neither is refused by
+/// the parser. (With a GPU and a CUDA build, `--device cuda` runs; the GPU
+/// check is tools/device/gpu_check.sh, docs/gpu.md.)
+#[test]
+fn the_device_is_chosen_and_a_missing_gpu_is_refused_up_front() {
+    let d = tmp("predict-device");
+    let data = samples(&d);
+    let predict = |out: &Path, device: Option<&str>| {
+        let mut args = predict_args(&data, out, 12);
+        if let Some(dev) = device {
+            args.extend(["--device".to_string(), dev.to_string()]);
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        calico(&refs)
+    };
+    let default = d.join("default.jsonl");
+    let o = predict(&default, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cpu = d.join("cpu.jsonl");
+    let o = predict(&cpu, Some("cpu"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&default).unwrap(),
+        std::fs::read(&cpu).unwrap()
+    );
+
+    let (a, b) = pair(&d);
+    let cases: Vec<(&str, Vec<String>, PathBuf)> = vec![
+        ("predict", vec![], d.join("gpu.jsonl")),
+        (
+            "segment",
+            vec![s(&a), s(&b), "--preset".into(), "tiny".into()],
+            d.join("gpu-seg"),
+        ),
+        (
+            "demo",
+            vec!["--seed".into(), "5".into()],
+            d.join("gpu-demo"),
+        ),
+    ];
+    for (command, extra, out) in &cases {
+        let o = if *command == "predict" {
+            predict(out, Some("cuda"))
+        } else {
+            let mut args = vec![command.to_string()];
+            args.extend(extra.iter().cloned());
+            args.extend(["--device", "cuda:0", "--out"].map(String::from));
+            args.push(s(out));
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            calico(&refs)
+        };
+        if o.status.success() {
+            // A CUDA build on a machine with a GPU: nothing to refuse.
+            continue;
+        }
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{command}: {err}");
+        assert!(err.contains("--device cuda:0:"), "{command}: {err}");
+        assert!(
+            err.contains("--features cuda") || err.contains("cannot open CUDA device 0"),
+            "{command}: {err}"
+        );
+        assert!(
+            !out.exists() && !d.join("gpu.jsonl.partial").exists(),
+            "{command} wrote {}",
+            out.display()
+        );
+    }
+    for bad in ["metal", "cuda:x"] {
+        let o = predict(&d.join("bad.jsonl"), Some(bad));
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("--device") && (err.contains("cuda:N") || err.contains("as in cuda:0")),
+            "{bad}: {err}"
+        );
+    }
+    if !cfg!(feature = "cuda") {
+        // (A CUDA build on a GPU would start serving.)
+        let o = calico(&[
+            "serve",
+            "--preset",
+            "tiny",
+            "--device",
+            "cuda:0",
+            "--addr",
+            "127.0.0.1:0",
+        ]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "serve: {err}");
+        assert!(
+            err.contains("--device cuda:0:") && err.contains("--features cuda"),
+            "serve: {err}"
+        );
+    }
 }

@@ -89,9 +89,14 @@ pub const PALETTE: [&str; 12] = [
 ];
 
 impl Engine {
-    /// Loads a weights directory (every tensor must be present).
-    pub fn from_weights(dir: &Path, max_new_tokens: usize) -> Result<Self, String> {
-        let l = load_dir(dir, MissingFrozen::Error, &Device::Cpu)
+    /// Loads a weights directory (every tensor must be present) onto
+    /// `device`.
+    pub fn from_weights(
+        dir: &Path,
+        max_new_tokens: usize,
+        device: &Device,
+    ) -> Result<Self, String> {
+        let l = load_dir(dir, MissingFrozen::Error, device)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         Ok(Self {
             model: l.model,
@@ -103,8 +108,13 @@ impl Engine {
     }
 
     /// A seeded random model of `preset` with a word-level tokenizer over
-    /// the protocol's question and answer templates.
-    pub fn random_preset(preset: &str, seed: u64, max_new_tokens: usize) -> Result<Self, String> {
+    /// the protocol's question and answer templates, on `device`.
+    pub fn random_preset(
+        preset: &str,
+        seed: u64,
+        max_new_tokens: usize,
+        device: &Device,
+    ) -> Result<Self, String> {
         let cfg = CalicoConfig::preset(preset).map_err(|e| e.to_string())?;
         let format = PromptFormat::vicuna_v1(cfg.image_tokens());
         let mut tok =
@@ -122,7 +132,7 @@ impl Engine {
             special,
             calico_train::model::TrainableSet::Paper,
             seed,
-            &Device::Cpu,
+            device,
         )
         .map_err(|e| e.to_string())?;
         Ok(Self {
@@ -379,7 +389,7 @@ mod tests {
 
     #[test]
     fn scripted_answers_fit_the_tiny_vocabulary() {
-        let e = Engine::random_preset("tiny", 1, 4).unwrap();
+        let e = Engine::random_preset("tiny", 1, 4, &Device::Cpu).unwrap();
         assert!(e.untrained);
         let q = Engine::question(&Query::Task(Task::CommonParts), 2);
         assert_eq!(q, Engine::question(&Query::Task(Task::CommonParts), 2));

@@ -90,6 +90,8 @@ pub struct DemoArgs {
     /// Most tokens to generate per answer.
     #[arg(long, default_value_t = 256, hide = true, value_parser = super::at_least_one)]
     max_new_tokens: usize,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
@@ -97,8 +99,9 @@ pub fn run(a: DemoArgs) -> Result<()> {
     // The shipped model is `tiny`: its samples are answered on one thread
     // per core, each with single-threaded kernels (docs/performance.md,
     // "`calico predict` on several threads"). Set before any thread pool
-    // starts.
-    let workers = super::cores();
+    // starts. A GPU answers on one.
+    let device = a.device.open()?;
+    let workers = if device.is_cpu() { super::cores() } else { 1 };
     super::single_threaded_kernels_for(workers);
     if a.seed == TRAINING_SEED {
         return Err(bad_input(format!(
@@ -123,7 +126,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let bars = StageBars::new();
     let model_dir = a.out.join("model");
     write_model(&model_dir, &bars)?;
-    let mut m = load(&ModelSource::Weights(model_dir.clone()), &[]).map_err(app)?;
+    let mut m = load(&ModelSource::Weights(model_dir.clone()), &[], &device).map_err(app)?;
     m.description = format!(
         "the shipped tiny demo model (assets/demo-model, written to {})",
         model_dir.display()

@@ -13,6 +13,23 @@ pub mod segment;
 pub mod serve;
 pub mod train;
 
+/// `--device`: where a command's model runs.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct DeviceArgs {
+    /// Where the model runs: cpu, or cuda / cuda:N in a calico built with `--features cuda`
+    /// (docs/gpu.md).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    pub device: calico_app::device::DeviceSpec,
+}
+
+impl DeviceArgs {
+    /// Opens the device; a CUDA device this build or machine lacks is bad
+    /// input (exit 2) saying what to do.
+    pub fn open(&self) -> anyhow::Result<candle_core::Device> {
+        self.device.open().map_err(crate::exit::app)
+    }
+}
+
 /// The CPU cores this process may use.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -28,6 +28,8 @@ pub struct PredictArgs {
     data: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Seed of --preset's random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -48,7 +50,8 @@ pub struct PredictArgs {
     max_new_tokens: usize,
     /// Threads answering samples at once (default: the number of CPU cores for models with an
     /// LLM narrower than 512 such as `tiny`, whose small tensors gain little from threaded
-    /// kernels; 1 otherwise). With more than one, each runs its tensor kernels single-threaded.
+    /// kernels; 1 otherwise, and 1 on a GPU). With more than one on the CPU, each runs its
+    /// tensor kernels single-threaded.
     /// Any value gives the same predictions.
     #[arg(long, value_parser = super::at_least_one)]
     workers: Option<usize>,
@@ -75,7 +78,10 @@ pub fn run(a: PredictArgs) -> Result<()> {
     }
     crate::exit::out_file(&a.out)?;
     let source = a.model.source(a.seed)?;
-    let workers = a.workers.unwrap_or_else(|| default_workers(&source));
+    let device = a.device.open()?;
+    let workers = a
+        .workers
+        .unwrap_or_else(|| default_workers(&source, &device));
     super::single_threaded_kernels_for(workers);
     let (m, ds): (AppModel, data::Dataset) = match source {
         ModelSource::Random { preset, seed } => {
@@ -83,11 +89,11 @@ pub fn run(a: PredictArgs) -> Result<()> {
             let ds = data::open(&a.data, &cfg).map_err(train_err)?;
             let format = PromptFormat::vicuna_v1(cfg.image_tokens());
             let corpus = data::corpus(&ds.samples, &format);
-            let m = random(&cfg, seed, &corpus, &candle_core::Device::Cpu).map_err(app)?;
+            let m = random(&cfg, seed, &corpus, &device).map_err(app)?;
             (m, ds)
         }
         weights => {
-            let m = load(&weights, &[]).map_err(app)?;
+            let m = load(&weights, &[], &device).map_err(app)?;
             let ds = data::open(&a.data, m.model.config()).map_err(train_err)?;
             (m, ds)
         }
@@ -175,10 +181,14 @@ pub fn run(a: PredictArgs) -> Result<()> {
 }
 
 /// One worker per core for a model that prefers them
-/// ([`super::prefers_workers`]), else 1, as `calico train --workers`
-/// chooses. A weights directory whose config cannot be read gets 1 (loading
-/// it will say why).
-pub(crate) fn default_workers(source: &ModelSource) -> usize {
+/// ([`super::prefers_workers`]) on the CPU, else 1, as `calico train
+/// --workers` chooses. A GPU gets 1 (one stream does the work), and so does
+/// a weights directory whose config cannot be read (loading it will say
+/// why).
+pub(crate) fn default_workers(source: &ModelSource, device: &candle_core::Device) -> usize {
+    if !device.is_cpu() {
+        return 1;
+    }
     let cfg = match source {
         ModelSource::Random { preset, .. } => CalicoConfig::preset(preset).ok(),
         ModelSource::Weights(dir) => {

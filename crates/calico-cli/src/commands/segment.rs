@@ -54,6 +54,8 @@ pub struct SegmentArgs {
     question: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    device: super::DeviceArgs,
     /// Seed of --preset's random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -86,12 +88,13 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     check_count(images.len()).map_err(app)?;
     crate::exit::out_dir(&a.out)?;
     let source = a.model.source(a.seed)?;
+    let device = a.device.open()?;
     let (question, task_label) = match &a.question {
         Some(q) if q.trim().is_empty() => return Err(bad_input("--question is empty")),
         Some(q) => (q.clone(), "custom".to_string()),
         None => (task_question(task).to_string(), task_name(task).to_string()),
     };
-    let m = load(&source, &[]).map_err(app)?;
+    let m = load(&source, &[], &device).map_err(app)?;
     if m.untrained {
         eprintln!("warning: {}", m.description);
     }

@@ -30,7 +30,7 @@ pub struct ServeArgs {
     max_body_mb: usize,
     /// Model runs at a time (default: the number of CPU cores for models with an LLM narrower
     /// than 512 such as `tiny`, each run's kernels then single-threaded, which answers faster;
-    /// 1 otherwise, on candle's own threads).
+    /// 1 otherwise, on candle's own threads, and 1 on a GPU).
     #[arg(long)]
     workers: Option<usize>,
     /// Requests waiting for a model run (503 when full).
@@ -45,28 +45,34 @@ pub struct ServeArgs {
     /// Longest generated answer, in tokens.
     #[arg(long, default_value_t = 128, value_parser = super::at_least_one)]
     max_new_tokens: usize,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
     if a.workers == Some(0) || a.max_body_mb == 0 {
         return Err(bad_input("--workers and --max-body-mb must be at least 1"));
     }
+    let device = a.device.open()?;
     let workers = a.workers.unwrap_or_else(|| {
-        super::predict::default_workers(&match (&a.weights, &a.preset) {
-            (Some(dir), _) => ModelSource::Weights(dir.clone()),
-            (None, p) => ModelSource::Random {
-                preset: p.clone().unwrap_or_default(),
-                seed: a.seed,
+        super::predict::default_workers(
+            &match (&a.weights, &a.preset) {
+                (Some(dir), _) => ModelSource::Weights(dir.clone()),
+                (None, p) => ModelSource::Random {
+                    preset: p.clone().unwrap_or_default(),
+                    seed: a.seed,
+                },
             },
-        })
+            &device,
+        )
     });
     super::single_threaded_kernels_for(workers);
     if !(a.timeout_s > 0.0 && a.timeout_s.is_finite()) {
         return Err(bad_input("--timeout-s must be a positive number"));
     }
     let engine = match (&a.weights, &a.preset) {
-        (Some(dir), _) => Engine::from_weights(dir, a.max_new_tokens),
-        (None, Some(p)) => Engine::random_preset(p, a.seed, a.max_new_tokens),
+        (Some(dir), _) => Engine::from_weights(dir, a.max_new_tokens, &device),
+        (None, Some(p)) => Engine::random_preset(p, a.seed, a.max_new_tokens, &device),
         (None, None) => unreachable!("clap requires --weights or --preset"),
     }
     .map_err(bad_input)?;
@@ -82,8 +88,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let server =
         Server::start(cfg, engine.clone()).map_err(|e| bad_input(format!("cannot serve: {e}")))?;
     println!(
-        "calico serve: {} on http://{}/",
+        "calico serve: {} ({}) on http://{}/",
         engine.description,
+        a.device.device,
         server.addr()
     );
     server.wait();

@@ -10,7 +10,8 @@ use calico_serve::{Engine, ServeConfig, Server};
 
 /// A server on a free loopback port over the seeded random `tiny` model.
 pub fn start(cfg: ServeConfig) -> Server {
-    let engine = Engine::random_preset("tiny", 7, 8).expect("tiny engine");
+    let engine =
+        Engine::random_preset("tiny", 7, 8, &candle_core::Device::Cpu).expect("tiny engine");
     Server::start(
         ServeConfig {
             addr: "127.0.0.1:0".into(),

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The GPU check of `--device cuda` (docs/gpu.md): run on a machine with an NVIDIA GPU, from the
+# repository root, with a calico built with `--features cuda`:
+#
+#   bash tools/device/gpu_check.sh CALICO_BIN OUT_DIR
+#
+# CALICO_BIN may be xz-compressed (`*.xz`): a stripped CUDA build is about 80 MB, 13 MB as xz.
+# From a machine without a GPU (docs/gpu.md, "Building with CUDA"):
+#   cargo build --release -p calico-cli --features cuda --target-dir target-cuda
+#   mkdir -p .gpu && strip -o .gpu/calico target-cuda/release/calico && xz -f .gpu/calico
+# then carry .gpu (ignored by git) and run `bash tools/device/gpu_check.sh .gpu/calico.xz "$OUT"`.
+#
+# 1. `calico demo` on the CPU and on the GPU (the shipped tiny model, 60 held-out samples):
+#    the answers and masks of the two devices compared line by line, and both Table 5s;
+# 2. `calico predict` with the `small` preset's random weights (untrained, but the tensor
+#    sizes are small's) on 20 samples, CPU against GPU: wall time and whether the answers agree.
+# Prints a summary and writes it to OUT_DIR/gpu_check.md. Exits non-zero if a GPU run fails.
+# GPU_CHECK_DEVICE=cpu runs the "GPU" side on the CPU too, to try the script on a machine without one.
+set -euo pipefail
+gpu_device=${GPU_CHECK_DEVICE:-cuda}
+bin=${1:?usage: gpu_check.sh CALICO_BIN OUT_DIR}
+out=${2:?usage: gpu_check.sh CALICO_BIN OUT_DIR}
+mkdir -p "$out"
+if [[ $bin == *.xz ]]; then
+  xz -dc "$bin" > /tmp/calico-gpu-check
+  chmod +x /tmp/calico-gpu-check
+  bin=/tmp/calico-gpu-check
+fi
+bin=$(realpath "$bin")
+
+# candle's CUDA backend loads CUDA 13's runtime, cuBLAS and cuRAND: the system's if the loader
+# knows them, else those of the Python `nvidia-*` packages (a PyTorch install has them).
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas.so.13'; then
+  libs=$(python3 - <<'PY'
+import glob, os, site, sys
+dirs = set()
+roots = site.getsitepackages() + [p for p in sys.path if p.endswith("site-packages")]
+for root in roots:
+    for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"):
+        for f in glob.glob(os.path.join(root, "nvidia", "**", name), recursive=True):
+            dirs.add(os.path.dirname(f))
+print(":".join(sorted(dirs)))
+PY
+)
+  export LD_LIBRARY_PATH=${libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1 || echo "no nvidia-smi")
+summary=$out/gpu_check.md
+{
+  echo "# GPU check, $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "- GPU: $gpu; CPU cores: $(nproc)"
+  echo "- calico: $bin"
+} > "$summary"
+
+seconds() { # seconds COMMAND…: runs it, prints its wall time in seconds
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@" > "$out/last.log" 2>&1 || { cat "$out/last.log" >&2; return 1; }
+  t1=$(date +%s.%N)
+  python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+
+# Compares two predictions files line by line: answers equal, and masks' IoU.
+compare() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+def load(p):
+    return [json.loads(l) for l in open(p) if l.strip()]
+a, b = load(sys.argv[1]), load(sys.argv[2])
+same_text = sum(x.get("answer") == y.get("answer") for x, y in zip(a, b))
+masks = same_masks = 0
+for x, y in zip(a, b):
+    for m, n in zip(x.get("masks", []), y.get("masks", [])):
+        masks += 1
+        same_masks += m.get("rle") == n.get("rle")
+print(f"{len(a)} / {len(b)} predictions; answers identical: {same_text} of {min(len(a), len(b))}; "
+      f"masks identical: {same_masks} of {masks}")
+PY
+}
+
+echo "== 1. calico demo, CPU then GPU" >&2
+t_cpu=$(seconds "$bin" demo --device cpu --out "$out/demo-cpu")
+t_gpu=$(seconds "$bin" demo --device "$gpu_device" --out "$out/demo-gpu")
+{
+  echo
+  echo "## calico demo (tiny, 60 held-out samples)"
+  echo
+  echo "- wall: CPU $t_cpu s, GPU $t_gpu s"
+  echo "- $(compare "$out/demo-cpu/predictions.jsonl" "$out/demo-gpu/predictions.jsonl")"
+  echo
+  echo "CPU eval:"; echo '```'; python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['overall']['average'], indent=1))" "$out/demo-cpu/eval.json"; echo '```'
+  echo "GPU eval:"; echo '```'; python3 -c "import json,sys; print(json.dumps(json.load(open(sys.argv[1]))['overall']['average'], indent=1))" "$out/demo-gpu/eval.json"; echo '```'
+} >> "$summary"
+
+echo "== 2. calico predict, preset small, CPU then GPU" >&2
+test=$out/demo-cpu/mixedparts/test.jsonl
+sides=()
+rm -f "$out/small-times.txt"
+for dev in cpu "$gpu_device"; do
+  side=$([[ ${#sides[@]} -eq 0 ]] && echo cpu || echo gpu)
+  sides+=("$side")
+  t=$(seconds "$bin" predict --device "$dev" --preset small --data "$test" --limit 20 \
+        --max-new-tokens 64 --out "$out/small-$side.jsonl")
+  echo "$side ($dev) $t" >> "$out/small-times.txt"
+done
+{
+  echo
+  echo "## calico predict --preset small (random weights), 20 samples, 64 new tokens"
+  echo
+  while read -r side dev t; do echo "- $side $dev: $t s"; done < "$out/small-times.txt"
+  echo "- $(compare "$out/small-cpu.jsonl" "$out/small-gpu.jsonl")"
+} >> "$summary"
+rm -f "$out/small-times.txt" "$out/last.log"
+cat "$summary"
