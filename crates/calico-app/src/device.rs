@@ -57,11 +57,6 @@ pub const NO_CUDA_BUILD: &str = "this calico was built without CUDA; build it wi
      `cargo build --release -p calico-cli --features cuda` (docs/gpu.md) or pass --device cpu";
 
 impl DeviceSpec {
-    /// Whether this is the CPU.
-    pub fn is_cpu(&self) -> bool {
-        matches!(self, DeviceSpec::Cpu)
-    }
-
     /// Opens the device. A CUDA device in a build without candle's CUDA
     /// backend, or one the machine does not have, is an input error
     /// naming the device and what to do.

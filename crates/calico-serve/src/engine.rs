@@ -148,6 +148,16 @@ impl Engine {
         self.model.config()
     }
 
+    /// Where the model runs: `cpu` or `cuda:N` (`--device`), for
+    /// `/api/health` and the startup line.
+    pub fn device(&self) -> String {
+        match self.model.llm().device().location() {
+            candle_core::DeviceLocation::Cpu => "cpu".into(),
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+        }
+    }
+
     /// The full question (image prefix + task phrasing or free text).
     pub fn question(query: &Query, n_images: usize) -> String {
         let q = match query {

@@ -88,6 +88,7 @@ struct Stats {
 struct Shared {
     cfg: ServeConfig,
     engine_description: String,
+    engine_device: String,
     jobs: SyncSender<Job>,
     stats: Arc<Stats>,
     /// Canonical data directory.
@@ -124,6 +125,7 @@ impl Server {
         let stats = Arc::new(Stats::default());
         let shared = Arc::new(Shared {
             engine_description: engine.description.clone(),
+            engine_device: engine.device(),
             cfg: cfg.clone(),
             jobs,
             stats: Arc::clone(&stats),
@@ -290,6 +292,7 @@ fn health(sh: &Shared) -> Response {
         &serde_json::json!({
             "status": "ok",
             "model": sh.engine_description,
+            "device": sh.engine_device,
             "workers": sh.cfg.workers,
             "queue": sh.cfg.queue,
             "running": s.running.load(Ordering::SeqCst),

@@ -200,6 +200,7 @@ fn bad_inputs_give_json_4xx() {
     assert_eq!(s, 200);
     let h: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(h["status"], "ok");
+    assert_eq!(h["device"], "cpu");
     server.shutdown();
 }
 

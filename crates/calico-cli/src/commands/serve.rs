@@ -90,7 +90,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     println!(
         "calico serve: {} ({}) on http://{}/",
         engine.description,
-        a.device.device,
+        engine.device(),
         server.addr()
     );
     server.wait();
