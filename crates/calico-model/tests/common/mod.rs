@@ -60,15 +60,4 @@ pub fn layout(cfg: &CalicoConfig, answer: &str) -> PromptLayout {
 }
 
 /// The largest absolute difference between `a` and `b`.
-pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+pub use calico_nn::testing::max_abs_diff as max_diff;
