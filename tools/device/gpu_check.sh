@@ -13,7 +13,9 @@
 # 1. `calico demo` on the CPU and on the GPU (the shipped tiny model, 60 held-out samples):
 #    the answers and masks of the two devices compared line by line, and both Table 5s;
 # 2. `calico predict` with the `small` preset's random weights (untrained, but the tensor
-#    sizes are small's) on 20 samples, CPU against GPU: wall time and whether the answers agree.
+#    sizes are small's) on 20 samples, CPU against GPU: wall time and whether the answers agree;
+# 3. `calico serve` of the demo model on the GPU: /api/health's device and one segmentation
+#    request, whose answer is compared with the CPU's answer to the same request.
 # Prints a summary and writes it to OUT_DIR/gpu_check.md. Exits non-zero if a GPU run fails.
 # GPU_CHECK_DEVICE=cpu runs the "GPU" side on the CPU too, to try the script on a machine without one.
 set -euo pipefail
@@ -112,4 +114,47 @@ done
   echo "- $(compare "$out/small-cpu.jsonl" "$out/small-gpu.jsonl")"
 } >> "$summary"
 rm -f "$out/small-times.txt" "$out/last.log"
+
+echo "== 3. calico serve, GPU then CPU" >&2
+pair=$(python3 - "$test" <<'PY'
+import json, os, sys
+first = json.loads(open(sys.argv[1]).readline())
+base = os.path.dirname(sys.argv[1])
+print(" ".join(os.path.join(base, im["file"]) for im in first["images"][:2]))
+PY
+)
+read -r img1 img2 <<< "$pair"
+serve_once() { # serve_once DEVICE NAME: starts calico serve, saves health and one answer, stops it
+  local log=$out/serve-$2.log
+  "$bin" serve --weights "$out/demo-cpu/model" --device "$1" --addr 127.0.0.1:0 > "$log" 2>&1 &
+  local pid=$! url=""
+  for _ in $(seq 120); do
+    url=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$log" | head -1 || true)
+    [[ -n $url ]] && break
+    sleep 1
+  done
+  [[ -n $url ]] || { cat "$log" >&2; kill $pid 2>/dev/null; return 1; }
+  curl -s "$url/api/health" > "$out/serve-$2-health.json"
+  curl -s -F image=@"$img1" -F image=@"$img2" -F task=common-parts "$url/api/segment" \
+    > "$out/serve-$2-answer.json"
+  kill $pid
+  wait $pid 2>/dev/null || true
+}
+serve_once "$gpu_device" gpu
+serve_once cpu cpu
+python3 - "$out" >> "$summary" <<'PY'
+import json, sys
+out = sys.argv[1]
+h = json.load(open(f"{out}/serve-gpu-health.json"))
+g = json.load(open(f"{out}/serve-gpu-answer.json"))
+c = json.load(open(f"{out}/serve-cpu-answer.json"))
+print()
+print("## calico serve (the demo model), one common-parts request")
+print()
+print(f"- GPU health: device {h.get('device')}, model {h.get('model')}")
+print(f"- GPU: {g.get('elapsed_s', 0):.3f} s, {len(g.get('masks', []))} masks; "
+      f"CPU: {c.get('elapsed_s', 0):.3f} s, {len(c.get('masks', []))} masks")
+print(f"- answers identical: {g.get('answer') == c.get('answer')}; "
+      f"masks identical: {g.get('masks') == c.get('masks')}")
+PY
 cat "$summary"
