@@ -10,6 +10,8 @@
 #   mkdir -p .gpu && strip -o .gpu/calico target-cuda/release/calico && xz -f .gpu/calico
 # then carry .gpu (ignored by git) and run `bash tools/device/gpu_check.sh .gpu/calico.xz "$OUT"`.
 #
+# 0. `calico model parity` on the GPU: the 65 committed parity cases (every block against
+#    PyTorch, docs/parity.md), each case's relative error against its tolerance;
 # 1. `calico demo` on the CPU and on the GPU (the shipped tiny model, 60 held-out samples):
 #    the answers and masks of the two devices compared line by line, and both Table 5s;
 # 2. `calico predict` with the `small` preset's random weights (untrained, but the tensor
@@ -80,6 +82,19 @@ print(f"{len(a)} / {len(b)} predictions; answers identical: {same_text} of {min(
       f"masks identical: {same_masks} of {masks}")
 PY
 }
+
+echo "== 0. calico model parity on the GPU" >&2
+parity_rc=0
+"$bin" model parity crates/calico-model/tests/fixtures/parity --device "$gpu_device" \
+  > "$out/parity-gpu.txt" 2>&1 || parity_rc=$?
+{
+  echo
+  echo "## calico model parity (committed cases) on $gpu_device: exit $parity_rc"
+  echo
+  echo '```'
+  grep -E 'within tolerance|^error' "$out/parity-gpu.txt" || tail -5 "$out/parity-gpu.txt"
+  echo '```'
+} >> "$summary"
 
 echo "== 1. calico demo, CPU then GPU" >&2
 t_cpu=$(seconds "$bin" demo --device cpu --out "$out/demo-cpu")

@@ -163,3 +163,58 @@ fn init_writes_a_weights_directory_and_check_reports_on_it() {
     assert!(stderr(&o).contains("not a GGUF file"), "{}", stderr(&o));
     assert!(!other.exists());
 }
+
+/// `calico model parity` replays committed cases and reports each one; a
+/// case whose data no longer matches its reference fails with exit 1
+/// naming it; a file that is no case, or a path that is not there, is bad
+/// input (exit 2).
+#[test]
+fn parity_replays_cases_and_fails_on_a_mismatch() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../calico-model/tests/fixtures/parity");
+    let good = fixtures.join("sam_prompt_mask_decoder_text_d16_8x8.safetensors");
+    let o = calico(&["model", "parity", good.to_str().unwrap(), "--device", "cpu"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.contains("sam_prompt_mask_decoder  tol 1e-4"), "{out}");
+    assert!(
+        out.contains("1 of 1 parity cases within tolerance on cpu"),
+        "{out}"
+    );
+
+    // The same case with its tensor data overwritten: the outputs no longer
+    // follow from the inputs and weights.
+    let d = tmp("model-parity");
+    let bytes = std::fs::read(&good).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut broken = bytes.clone();
+    broken[header..].fill(0x3f);
+    let bad = d.join("broken.safetensors");
+    std::fs::write(&bad, &broken).unwrap();
+    let o = calico(&[
+        "model",
+        "parity",
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("1 of 2 parity cases within tolerance"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(err.contains("broken.safetensors"), "{err}");
+
+    let text = d.join("notes.safetensors");
+    std::fs::write(&text, "not a case").unwrap();
+    for (path, expected) in [
+        (text.clone(), "notes.safetensors"),
+        (d.join("missing"), "no such file or directory"),
+    ] {
+        let o = calico(&["model", "parity", path.to_str().unwrap()]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains(expected), "{err}");
+    }
+}

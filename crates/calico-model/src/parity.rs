@@ -54,6 +54,40 @@ impl CaseResult {
                 .values()
                 .all(|e| e.is_finite() && *e <= self.tolerance)
     }
+    /// One line of a parity table: file, component, tolerance and the
+    /// relative error of each output.
+    pub fn line(&self) -> String {
+        let worst = self
+            .errors
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2e}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let file = self.path.file_name().unwrap_or_default().to_string_lossy();
+        format!(
+            "{file:<60} {:<24} tol {:.0e}  {worst}",
+            self.component, self.tolerance
+        )
+    }
+
+    /// Why the case failed (`None` if it passed): the largest error against
+    /// the tolerance, and any weights the component never read.
+    pub fn failure(&self) -> Option<String> {
+        if self.passed() {
+            return None;
+        }
+        Some(format!(
+            "{}: max relative error {:.3e} > {:.0e}{}",
+            self.path.display(),
+            self.max_error(),
+            self.tolerance,
+            if self.unused_weights.is_empty() {
+                String::new()
+            } else {
+                format!("; weights never read: {}", self.unused_weights.join(", "))
+            }
+        ))
+    }
 }
 
 fn meta_err(path: &Path, msg: impl std::fmt::Display) -> candle_core::Error {

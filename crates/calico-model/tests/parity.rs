@@ -28,30 +28,8 @@ fn every_parity_case_matches_its_reference() {
             let outcome = Case::read(&file).and_then(|case| check(&case, &device));
             match outcome {
                 Ok(r) => {
-                    let worst = r
-                        .errors
-                        .iter()
-                        .map(|(k, v)| format!("{k} {v:.2e}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    println!(
-                        "{:<60} {:<24} tol {:.0e}  {worst}",
-                        file.file_name().unwrap().to_string_lossy(),
-                        r.component,
-                        r.tolerance
-                    );
-                    if !r.passed() {
-                        failures.push(format!(
-                            "{name}: max relative error {:.3e} > {:.0e}{}",
-                            r.max_error(),
-                            r.tolerance,
-                            if r.unused_weights.is_empty() {
-                                String::new()
-                            } else {
-                                format!("; weights never read: {}", r.unused_weights.join(", "))
-                            }
-                        ));
-                    }
+                    println!("{}", r.line());
+                    failures.extend(r.failure());
                 }
                 Err(e) => failures.push(format!("{name}: {e}")),
             }

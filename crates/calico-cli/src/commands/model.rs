@@ -23,6 +23,20 @@ pub enum ModelCommand {
     /// what is missing and what no module read; exits 1 when something is
     /// missing or mis-shaped.
     Check(CheckArgs),
+    /// Replay parity cases (reference inputs and outputs of a block,
+    /// docs/parity.md) on a device and print each case's relative error;
+    /// exits 1 when one exceeds its tolerance.
+    Parity(ParityArgs),
+}
+
+#[derive(Args)]
+pub struct ParityArgs {
+    /// Case files (`*.safetensors`) or directories of them, e.g.
+    /// crates/calico-model/tests/fixtures/parity.
+    #[arg(required = true, value_name = "CASES")]
+    cases: Vec<PathBuf>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 #[derive(Args)]
@@ -74,6 +88,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Info(a) => info(a),
         ModelCommand::Init(a) => init(a),
         ModelCommand::Check(a) => check(a),
+        ModelCommand::Parity(a) => parity(a),
     }
 }
 
@@ -152,6 +167,57 @@ fn check(a: CheckArgs) -> Result<()> {
             loaded.report.checkpoint.missing.len(),
             loaded.report.checkpoint.misshaped.len()
         );
+    }
+    Ok(())
+}
+
+fn parity(a: ParityArgs) -> Result<()> {
+    use calico_model::parity::{case_files, check, Case};
+    let mut files = Vec::new();
+    for p in &a.cases {
+        if p.is_dir() {
+            let found = case_files(p).map_err(|e| bad_input(format!("{}: {e}", p.display())))?;
+            if found.is_empty() {
+                return Err(bad_input(format!(
+                    "{}: no parity cases (*.safetensors) in this directory",
+                    p.display()
+                )));
+            }
+            files.extend(found);
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            return Err(bad_input(format!(
+                "{}: no such file or directory",
+                p.display()
+            )));
+        }
+    }
+    // Every case is read before any runs: a file that is no case is bad
+    // input; a case that runs and misses its reference is a failure.
+    let mut cases = Vec::with_capacity(files.len());
+    for file in &files {
+        cases.push(Case::read(file).map_err(|e| bad_input(e.to_string()))?);
+    }
+    let device = a.device.open()?;
+    let mut failures = Vec::new();
+    for (file, case) in files.iter().zip(&cases) {
+        match check(case, &device) {
+            Ok(r) => {
+                println!("{}", r.line());
+                failures.extend(r.failure());
+            }
+            Err(e) => failures.push(format!("{}: {e}", file.display())),
+        }
+    }
+    println!(
+        "{} of {} parity cases within tolerance on {}",
+        files.len() - failures.len(),
+        files.len(),
+        a.device.device
+    );
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("\n"));
     }
     Ok(())
 }
