@@ -18,7 +18,11 @@ machine cores, one warm-up, best of R. It then runs
 prompt (the same loop in candle) and prints one markdown table: prefill
 seconds, decode tokens/s (N - 1 steps over the best decode time) and the
 ratio candle / transformers in speed (> 1 means candle is faster), plus
-whether the prompt ids and the generated ids are identical.
+whether the prompt ids and the generated ids are identical. A second table
+adds the LLM held in the GGUF's own blocks (`--quantized dequantize` and
+`--quantized q8`, docs/quantized.md): bytes of the LLM's weights as held, the
+process's peak resident memory, speed, and whether the generated ids match
+transformers'.
 
 Part 2 runs `cargo bench -p calico-model --bench calico -- --preset P` for
 each preset (random weights; no PyTorch counterpart exists) and prints a
@@ -28,6 +32,7 @@ generation of N tokens (see the header of crates/calico-model/benches/calico.rs)
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -102,6 +107,8 @@ def main():
         decode.append(d)
     hf_prefill, hf_decode = min(prefill), min(decode)
     hf_tps = (n - 1) / hf_decode if n > 1 else float("nan")
+    hf_weights_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 1e6
+    hf_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
     print(f"  transformers: prefill {hf_prefill:.3f} s, decode {hf_tps:.1f} tok/s", file=sys.stderr)
     del model
 
@@ -130,6 +137,31 @@ def main():
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     answer = hf_ids[:hf_ids.index(eos)] if eos in hf_ids else hf_ids
     print(f"answer up to the first <|im_end|>: {tok.decode(answer, skip_special_tokens=True)!r}")
+
+    # ------------------------------------------------------------ part 1b
+    rows = [("candle, float32", ours)]
+    for m in ("dequantize", "q8"):
+        rows.append((f"candle, {m}", cargo_json(["--gguf", args.gguf, "--prompt", args.prompt,
+                                                 "--new-tokens", str(n), "--repeats", str(args.repeats),
+                                                 "--quantized", m])[-1]))
+    print()
+    print(f"The LLM's weights as held ({gname}); each candle row is its own process, "
+          f"so peak RSS is that run's alone; the transformers process also holds PyTorch itself")
+    print()
+    print("| run | LLM weights | weights (MB) | peak RSS (MB) | prefill (s) | decode (tokens/s) | "
+          "ids as transformers |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    print(f"| transformers | float32 | {hf_weights_mb:.0f} | {hf_rss_mb:.0f} | {hf_prefill:.3f} | "
+          f"{hf_tps:.1f} | — |")
+    for name, r in rows:
+        same = r["ids"] == hf_ids
+        if not same:
+            first = next((i for i, (a, b) in enumerate(zip(r["ids"], hf_ids)) if a != b), len(hf_ids))
+            same = f"no, from new token {first}"
+        else:
+            same = "yes"
+        print(f"| {name} | {r['llm_weights']} | {r['weights_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['prefill_best_s']:.3f} | {r['decode_tokens_per_s']:.1f} | {same} |")
 
     # ---------------------------------------------------------------- part 2
     if not presets:

@@ -17,7 +17,10 @@
 # 2. `calico predict` with the `small` preset's random weights (untrained, but the tensor
 #    sizes are small's) on 20 samples, CPU against GPU: wall time and whether the answers agree;
 # 3. `calico serve` of the demo model on the GPU: /api/health's device and one segmentation
-#    request, whose answer is compared with the CPU's answer to the same request.
+#    request, whose answer is compared with the CPU's answer to the same request;
+# 4. `--quantized-llm` (docs/quantized.md): the demo model quantized to Q8_0 with
+#    `calico model quantize`, then `calico predict` of 20 held-out samples with both matmuls on
+#    the CPU and on the GPU: answers and masks compared with the float model's CPU predictions.
 # Prints a summary and writes it to OUT_DIR/gpu_check.md. Exits non-zero if a GPU run fails.
 # GPU_CHECK_DEVICE=cpu runs the "GPU" side on the CPU too, to try the script on a machine without one.
 set -euo pipefail
@@ -172,4 +175,23 @@ print(f"- GPU: {g.get('elapsed_s', 0):.3f} s, {len(g.get('masks', []))} masks; "
 print(f"- answers identical: {g.get('answer') == c.get('answer')}; "
       f"masks identical: {g.get('masks') == c.get('masks')}")
 PY
+
+echo "== 4. --quantized-llm, CPU then GPU" >&2
+"$bin" model quantize --weights "$out/demo-cpu/model" --type q8_0 --out "$out/demo-q8" \
+  > "$out/quantize.log" 2>&1 || { cat "$out/quantize.log" >&2; exit 1; }
+"$bin" predict --device cpu --weights "$out/demo-cpu/model" --data "$test" --limit 20 \
+  --out "$out/q-float-cpu.jsonl" > /dev/null 2>&1
+{
+  echo
+  echo "## --quantized-llm: the demo model in Q8_0, 20 samples, against the float model on the CPU"
+  echo
+  for matmul in dequantize q8; do
+    for dev in cpu "$gpu_device"; do
+      t=$(seconds "$bin" predict --device "$dev" --weights "$out/demo-q8" --quantized-llm "$matmul" \
+            --data "$test" --limit 20 --out "$out/q-$matmul-$dev.jsonl")
+      echo "- $matmul on $dev ($t s): $(compare "$out/q-float-cpu.jsonl" "$out/q-$matmul-$dev.jsonl")"
+    done
+  done
+} >> "$summary"
+rm -f "$out/last.log"
 cat "$summary"

@@ -5,9 +5,10 @@
 
 use std::path::{Path, PathBuf};
 
-use calico_model::calico::weights::{load_dir, MissingFrozen};
+use calico_model::calico::weights::{load_dir_with_llm, MissingFrozen};
 use calico_model::calico::Calico;
 use calico_model::config::CalicoConfig;
+use calico_model::llama::QuantizedMatmul;
 use calico_model::prompt::PromptFormat;
 use calico_model::tokenizer::CalicoTokenizer;
 use calico_text::templates::{answers, multi_image_prefix, questions, Task};
@@ -19,8 +20,13 @@ use crate::error::{AppError, Result};
 /// Where the model comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
-    /// A weights directory (docs/weights.md).
-    Weights(PathBuf),
+    /// A weights directory (docs/weights.md); with `quantized_llm`, the
+    /// projections of its GGUF LLM stay in the file's quantised blocks,
+    /// multiplied that way (docs/quantized.md).
+    Weights {
+        dir: PathBuf,
+        quantized_llm: Option<QuantizedMatmul>,
+    },
     /// A preset with seeded random weights (untrained).
     Random { preset: String, seed: u64 },
 }
@@ -90,7 +96,7 @@ pub fn template_corpus(format: &PromptFormat) -> Vec<String> {
 /// `device` ([`crate::device`]).
 pub fn load(source: &ModelSource, extra_corpus: &[String], device: &Device) -> Result<AppModel> {
     match source {
-        ModelSource::Weights(dir) => load_weights(dir, device),
+        ModelSource::Weights { dir, quantized_llm } => load_weights(dir, *quantized_llm, device),
         ModelSource::Random { preset, seed } => {
             let cfg = CalicoConfig::preset(preset).map_err(|e| AppError::Input(e.to_string()))?;
             random(&cfg, *seed, extra_corpus, device)
@@ -98,19 +104,27 @@ pub fn load(source: &ModelSource, extra_corpus: &[String], device: &Device) -> R
     }
 }
 
-fn load_weights(dir: &Path, device: &Device) -> Result<AppModel> {
+fn load_weights(
+    dir: &Path,
+    quantized_llm: Option<QuantizedMatmul>,
+    device: &Device,
+) -> Result<AppModel> {
     if !dir.is_dir() {
         return Err(AppError::Input(format!(
             "{}: no such weights directory",
             dir.display()
         )));
     }
-    let l = load_dir(dir, MissingFrozen::Error, device)
+    let l = load_dir_with_llm(dir, MissingFrozen::Error, device, quantized_llm)
         .map_err(|e| AppError::Input(format!("loading weights from {}: {e}", dir.display())))?;
+    let mut description = format!("weights {}", dir.display());
+    if let Some(m) = quantized_llm {
+        description.push_str(&l.report.quantized_note(m));
+    }
     Ok(AppModel {
         model: l.model,
         tokenizer: l.tokenizer,
-        description: format!("weights {}", dir.display()),
+        description,
         untrained: false,
     })
 }
@@ -176,7 +190,10 @@ mod tests {
         );
         assert!(matches!(bad, Err(AppError::Input(_))));
         let missing = load(
-            &ModelSource::Weights("/no/such/dir".into()),
+            &ModelSource::Weights {
+                dir: "/no/such/dir".into(),
+                quantized_llm: None,
+            },
             &[],
             &Device::Cpu,
         );

@@ -218,3 +218,157 @@ fn parity_replays_cases_and_fails_on_a_mismatch() {
         assert!(err.contains(expected), "{err}");
     }
 }
+
+/// `calico model quantize` on the shipped demo model, then `calico segment
+/// --quantized-llm` on the result: the same answer as the float model, masks
+/// within the Q8_0 weights' own error, and bad requests refused up front.
+#[test]
+fn quantize_writes_a_gguf_llm_that_segment_runs_quantized() {
+    let d = tmp("model-quantize");
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/demo-model");
+    let (demo_s, d_s) = (demo.to_str().unwrap(), d.to_str().unwrap());
+    let q = d.join("q8");
+    let q_s = q.to_str().unwrap();
+    let o = calico(&[
+        "model",
+        "quantize",
+        "--weights",
+        demo_s,
+        "--type",
+        "q8_0",
+        "--out",
+        q_s,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("21 LLM projections → Q8_0"), "{text}");
+    assert!(q.join("llm.gguf").is_file() && q.join("model.safetensors").is_file());
+
+    let synth = common::synth(&d, 2);
+    let img = |n: usize| {
+        synth
+            .join(format!("paco_lvis/train2017/{n:012}.jpg"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let (a, b) = (img(1), img(2));
+    let segment = |weights: &str, extra: &[&str], out: &str| {
+        let mut args = vec![
+            "segment",
+            &a,
+            &b,
+            "--weights",
+            weights,
+            "--json",
+            "--out",
+            out,
+        ];
+        args.extend(extra);
+        let o = calico(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("segment.json")
+    };
+    let float = segment(demo_s, &[], &format!("{d_s}/seg-float"));
+    for (extra, name) in [
+        (vec!["--quantized-llm"], "dequantize"),
+        (vec!["--quantized-llm", "q8"], "q8"),
+    ] {
+        let out = format!("{d_s}/seg-{name}");
+        let got = segment(q_s, &extra, &out);
+        assert_eq!(got["answer"], float["answer"], "{name}");
+        let model = got["model"].as_str().unwrap_or_default();
+        assert!(
+            model.contains(&format!("LLM kept in Q8_0, {name} matmul")),
+            "{model}"
+        );
+        // Each mask against the float model's: IoU of the PNGs' pixels.
+        let masks = std::fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("mask_"))
+            .collect::<Vec<_>>();
+        assert!(!masks.is_empty());
+        for m in masks {
+            let load = |dir: &str| {
+                image::open(format!("{dir}/{m}"))
+                    .unwrap()
+                    .to_luma8()
+                    .pixels()
+                    .map(|p| p.0[0] > 0)
+                    .collect::<Vec<bool>>()
+            };
+            let (x, y) = (load(&out), load(&format!("{d_s}/seg-float")));
+            let inter = x.iter().zip(&y).filter(|(p, q)| **p && **q).count();
+            let union = x.iter().zip(&y).filter(|(p, q)| **p || **q).count();
+            let iou = inter as f64 / union.max(1) as f64;
+            assert!(iou > 0.95, "{name} {m}: IoU {iou}");
+        }
+    }
+
+    // Refused with exit 2, nothing written: a preset, a directory without
+    // a GGUF LLM, an unknown type, a k-type whose blocks do not fit, and an
+    // output directory that holds something.
+    let refused = |args: &[&str], msg: &str| {
+        let o = calico(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(msg), "{args:?}: {}", stderr(&o));
+    };
+    let no = format!("{d_s}/no");
+    refused(
+        &[
+            "segment",
+            &a,
+            &b,
+            "--preset",
+            "tiny",
+            "--quantized-llm",
+            "--out",
+            &no,
+        ],
+        "--quantized-llm needs --weights DIR whose LLM is a GGUF file",
+    );
+    refused(
+        &[
+            "segment",
+            &a,
+            &b,
+            "--weights",
+            demo_s,
+            "--quantized-llm",
+            "--out",
+            &no,
+        ],
+        "no GGUF LLM to keep quantized",
+    );
+    refused(
+        &[
+            "segment",
+            &a,
+            &b,
+            "--weights",
+            q_s,
+            "--quantized-llm",
+            "q4",
+            "--out",
+            &no,
+        ],
+        "`q4` is not a quantized matmul",
+    );
+    assert!(!std::path::Path::new(&no).exists());
+    let q2 = format!("{d_s}/q2");
+    for (dtype, msg) in [
+        ("q3", "`q3` is not a quantization type"),
+        ("q4_k", "do not split into Q4K blocks of 256"),
+    ] {
+        let quantize = ["model", "quantize", "--weights", demo_s, "--type", dtype];
+        refused(&[&quantize[..], &["--out", &q2]].concat(), msg);
+    }
+    assert!(!std::path::Path::new(&q2).exists());
+    refused(
+        &["model", "quantize", "--weights", demo_s, "--out", q_s],
+        "already exists and is not an empty directory",
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -5,7 +5,7 @@
 //! cargo bench -p calico-model --bench calico -- [--preset tiny|small] [--repeats R]
 //!     [--new-tokens N]
 //! cargo bench -p calico-model --bench calico -- --gguf PATH [--prompt TEXT]
-//!     [--new-tokens N] [--repeats R]
+//!     [--new-tokens N] [--repeats R] [--quantized dequantize|q8]
 //! ```
 //!
 //! **Preset mode** (default `tiny`) builds `Calico::random` for the preset
@@ -29,7 +29,12 @@
 //! position's logits only), then N − 1 one-token steps. One warm-up, then R
 //! timed runs; prints one JSON line with the prompt ids, the best/mean
 //! prefill time, the best/mean decode time of the N − 1 steps, decode
-//! tokens/s (from the best) and the generated ids.
+//! tokens/s (from the best) and the generated ids. The LLM is dequantised to
+//! float32 at load, or with `--quantized M` its projections stay in the
+//! file's blocks and are multiplied per `calico_nn::QuantizedMatmul` `M`;
+//! the line then also holds the bytes of the LLM's weights as held
+//! (`weights_mb`) and the process's peak resident memory (`peak_rss_mb`,
+//! `VmHWM` from `/proc/self/status`).
 //! `tools/bench/llm_bench.py` runs this beside transformers.
 
 use std::path::PathBuf;
@@ -37,16 +42,19 @@ use std::time::Instant;
 
 use calico_model::calico::{Calico, ImageInput, TrainBatch};
 use calico_model::config::{view_size, CalicoConfig};
-use calico_model::gguf::load_llama_gguf;
-use calico_model::llama::{ForwardOptions, GenerateOptions, KvCache, Llama, Sampling};
+use calico_model::gguf::{load_llama_gguf, load_llama_gguf_quantized};
+use calico_model::llama::{
+    ForwardOptions, GenerateOptions, KvCache, Llama, QuantizedWeights, Sampling,
+};
 use calico_model::prompt::{build, ByteText, PromptFormat, SpecialIds};
 use calico_model::tokenizer::CalicoTokenizer;
+use calico_nn::QuantizedMatmul;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarMap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-const USAGE: &str = "usage: calico [--preset tiny|small] [--repeats R] [--new-tokens N]\n       calico --gguf PATH [--prompt TEXT] [--new-tokens N] [--repeats R]";
+const USAGE: &str = "usage: calico [--preset tiny|small] [--repeats R] [--new-tokens N]\n       calico --gguf PATH [--prompt TEXT] [--new-tokens N] [--repeats R] [--quantized dequantize|q8]";
 const DEFAULT_PROMPT: &str = "What is the capital of France?";
 
 struct Args {
@@ -55,6 +63,7 @@ struct Args {
     new_tokens: usize,
     gguf: Option<PathBuf>,
     prompt: Option<String>,
+    quantized: Option<QuantizedMatmul>,
 }
 
 fn parse_args() -> Args {
@@ -64,6 +73,7 @@ fn parse_args() -> Args {
         new_tokens: 32,
         gguf: None,
         prompt: None,
+        quantized: None,
     };
     let mut args = std::env::args().skip(1);
     let positive = |v: Option<String>, what: &str| -> usize {
@@ -100,6 +110,13 @@ fn parse_args() -> Args {
                         .unwrap_or_else(|| fail(&format!("--prompt needs a text\n{USAGE}"))),
                 )
             }
+            "--quantized" => {
+                let m = args.next().unwrap_or_default();
+                a.quantized = Some(
+                    m.parse()
+                        .unwrap_or_else(|e: String| fail(&format!("--quantized: {e}\n{USAGE}"))),
+                )
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0)
@@ -110,8 +127,8 @@ fn parse_args() -> Args {
     if a.gguf.is_some() && a.preset.is_some() {
         fail(&format!("--gguf cannot be combined with --preset\n{USAGE}"));
     }
-    if a.gguf.is_none() && a.prompt.is_some() {
-        fail(&format!("--prompt needs --gguf\n{USAGE}"));
+    if a.gguf.is_none() && (a.prompt.is_some() || a.quantized.is_some()) {
+        fail(&format!("--prompt and --quantized need --gguf\n{USAGE}"));
     }
     a
 }
@@ -134,6 +151,19 @@ fn main() {
 fn fail(msg: &str) -> ! {
     eprintln!("calico bench: {msg}");
     std::process::exit(2)
+}
+
+/// The process's peak resident memory (`VmHWM`), in MB; NaN where
+/// `/proc/self/status` cannot tell.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
 }
 
 fn threads() -> usize {
@@ -352,10 +382,32 @@ fn argmax(logits: &Tensor) -> Result<u32> {
 fn bench_gguf(args: &Args, path: &PathBuf) -> Result<()> {
     let device = Device::Cpu;
     let t = Instant::now();
-    let (cfg, ckpt) = load_llama_gguf(path, &device)?;
-    let model = Llama::new(&cfg, ckpt.var_builder(DType::F32, &device))?;
+    let (cfg, ckpt, quantized) = match args.quantized {
+        Some(m) => load_llama_gguf_quantized(path, &device, m)?,
+        None => {
+            let (cfg, ckpt) = load_llama_gguf(path, &device)?;
+            (cfg, ckpt, QuantizedWeights::default())
+        }
+    };
+    let model = Llama::new_quantized(&cfg, ckpt.var_builder(DType::F32, &device), &quantized)?;
     let tok = CalicoTokenizer::from_gguf(path)?;
     let load_s = t.elapsed().as_secs_f64();
+    let float_bytes: usize = ckpt
+        .names()
+        .iter()
+        .map(|n| {
+            ckpt.get(n, &device)
+                .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+        })
+        .sum::<Result<usize>>()?;
+    let weights_mb = (float_bytes + quantized.size_in_bytes()) as f64 / 1e6;
+    let llm_weights = match args.quantized {
+        Some(m) => {
+            let types: Vec<String> = quantized.type_counts().into_keys().collect();
+            format!("{} projections, {}", types.join("+"), m.name())
+        }
+        None => "float32".to_string(),
+    };
     let text = tok.chat_prompt(args.prompt.as_deref().unwrap_or(DEFAULT_PROMPT))?;
     let prompt_ids = tok.encode(&text, true)?;
     if prompt_ids.is_empty() {
@@ -397,8 +449,10 @@ fn bench_gguf(args: &Args, path: &PathBuf) -> Result<()> {
     };
     let answer = serde_json::to_string(&tok.decode(&ids, true)?).unwrap_or_default();
     println!(
-        "{{\"op\":\"llm\",\"gguf\":{},\"load_s\":{load_s:.3},\"prompt_len\":{},\"prompt_ids\":[{}],\"new_tokens\":{n},\"prefill_best_s\":{pb:.6},\"prefill_mean_s\":{pm:.6},\"decode_steps\":{steps},\"decode_best_s\":{db:.6},\"decode_mean_s\":{dm:.6},\"decode_tokens_per_s\":{tps:.3},\"repeats\":{},\"threads\":{},\"ids\":[{}],\"text\":{}}}",
+        "{{\"op\":\"llm\",\"gguf\":{},\"llm_weights\":{},\"weights_mb\":{weights_mb:.1},\"peak_rss_mb\":{:.1},\"load_s\":{load_s:.3},\"prompt_len\":{},\"prompt_ids\":[{}],\"new_tokens\":{n},\"prefill_best_s\":{pb:.6},\"prefill_mean_s\":{pm:.6},\"decode_steps\":{steps},\"decode_best_s\":{db:.6},\"decode_mean_s\":{dm:.6},\"decode_tokens_per_s\":{tps:.3},\"repeats\":{},\"threads\":{},\"ids\":[{}],\"text\":{}}}",
         serde_json::to_string(&path.display().to_string()).unwrap_or_default(),
+        serde_json::to_string(&llm_weights).unwrap_or_default(),
+        peak_rss_mb(),
         prompt_ids.len(),
         list(&prompt_ids),
         args.repeats,

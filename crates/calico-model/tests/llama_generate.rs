@@ -404,13 +404,13 @@ fn with_only_lora_trainable_gradients_reach_every_adapter_and_no_base_weight() {
     let mut base_tensors: Vec<&Tensor> = vec![m.embed_weight()];
     for l in m.layers() {
         base_tensors.extend([
-            l.self_attn.q_proj.weight(),
-            l.self_attn.k_proj.weight(),
-            l.self_attn.v_proj.weight(),
-            l.self_attn.o_proj.weight(),
-            l.mlp.gate_proj.weight(),
-            l.mlp.up_proj.weight(),
-            l.mlp.down_proj.weight(),
+            l.self_attn.q_proj.weight().unwrap(),
+            l.self_attn.k_proj.weight().unwrap(),
+            l.self_attn.v_proj.weight().unwrap(),
+            l.self_attn.o_proj.weight().unwrap(),
+            l.mlp.gate_proj.weight().unwrap(),
+            l.mlp.up_proj.weight().unwrap(),
+            l.mlp.down_proj.weight().unwrap(),
             &l.input_layernorm.weight,
             &l.post_attention_layernorm.weight,
         ]);

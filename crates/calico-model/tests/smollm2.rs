@@ -156,22 +156,7 @@ fn tokenizer() -> Option<&'static CalicoTokenizer> {
 }
 
 fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    diff / scale
+    calico_nn::testing::max_rel_diff(a, b)
 }
 
 fn same_bits(a: f32, b: f32) -> bool {
@@ -458,16 +443,12 @@ fn logits_and_greedy_decoding_match_transformers() {
     assert!(answer.contains("Paris"), "{answer:?}");
 }
 
-/// The `small` preset built from a weights directory whose LLM is the GGUF:
-/// every LLM tensor comes from the file, the vision side (no released
-/// weights at this size) is seeded random, the trainable set is fresh, and
-/// the LLM inside Calico still answers like SmolLM2 (LoRA `B` is zero).
-#[test]
-fn small_preset_loads_smollm2_from_gguf() {
-    use calico_model::calico::weights::{load_dir, MissingFrozen, CONFIG_FILE, SOURCES_FILE};
+/// A weights directory for the `small` preset whose LLM is the GGUF (named
+/// by `sources.json`); the vision side is left to `MissingFrozen::Random`.
+fn small_dir(gguf: &Path, tag: &str) -> PathBuf {
+    use calico_model::calico::weights::{CONFIG_FILE, SOURCES_FILE};
     use calico_model::config::CalicoConfig;
-    let Some(gguf) = gguf_path() else { return };
-    let dir = std::env::temp_dir().join(format!("calico-small-gguf-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("calico-small-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = CalicoConfig::preset("small").unwrap();
     std::fs::write(
@@ -477,6 +458,26 @@ fn small_preset_loads_smollm2_from_gguf() {
     .unwrap();
     let sources = serde_json::json!({"sources": [{"path": gguf}]});
     std::fs::write(dir.join(SOURCES_FILE), sources.to_string()).unwrap();
+    dir
+}
+
+/// The answer of `llm` to the capital question, greedy.
+fn capital_of_france(llm: &Llama, tok: &CalicoTokenizer) -> String {
+    let prompt = tok.chat_prompt("What is the capital of France?").unwrap();
+    let ids = tok.encode(&prompt, true).unwrap();
+    let new = generate_greedy(llm, &ids, 24, tok.eos_id()).unwrap();
+    tok.decode(&new, true).unwrap()
+}
+
+/// The `small` preset built from a weights directory whose LLM is the GGUF:
+/// every LLM tensor comes from the file, the vision side (no released
+/// weights at this size) is seeded random, the trainable set is fresh, and
+/// the LLM inside Calico still answers like SmolLM2 (LoRA `B` is zero).
+#[test]
+fn small_preset_loads_smollm2_from_gguf() {
+    use calico_model::calico::weights::{load_dir, MissingFrozen};
+    let Some(gguf) = gguf_path() else { return };
+    let dir = small_dir(&gguf, "gguf");
     let l = load_dir(&dir, MissingFrozen::Random { seed: 0 }, &Device::Cpu).unwrap();
     let r = &l.report;
     println!("{r}");
@@ -491,13 +492,131 @@ fn small_preset_loads_smollm2_from_gguf() {
     assert!(r.fresh.iter().any(|n| n.ends_with("lora_A.weight")));
     assert_eq!(r.vocab, (49152, 49158));
     assert!(r.tokenizer.contains("GGUF"));
+    assert!(r.quantized.is_empty());
 
-    let tok = &l.tokenizer;
-    let prompt = tok.chat_prompt("What is the capital of France?").unwrap();
-    let ids = tok.encode(&prompt, true).unwrap();
-    let new = generate_greedy(l.model.llm(), &ids, 24, tok.eos_id()).unwrap();
-    let answer = tok.decode(&new, true).unwrap();
+    let answer = capital_of_france(l.model.llm(), &l.tokenizer);
     println!("small preset, Q: What is the capital of France?\nA: {answer}");
     assert!(answer.contains("Paris"), "{answer:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same directory loaded with the LLM's projections kept in the GGUF's
+/// Q4_1 blocks: the checkpoint then holds only the embeddings and norms, the
+/// report counts the quantised weights, and the LLM still answers.
+#[test]
+fn small_preset_keeps_the_gguf_projections_quantized() {
+    use calico_model::calico::weights::{load_dir_quantized_llm, MissingFrozen};
+    use calico_nn::QuantizedMatmul;
+    let Some(gguf) = gguf_path() else { return };
+    let dir = small_dir(&gguf, "quantized");
+    let random = MissingFrozen::Random { seed: 0 };
+    let l =
+        load_dir_quantized_llm(&dir, random, &Device::Cpu, QuantizedMatmul::Dequantize).unwrap();
+    let r = &l.report;
+    println!("{r}");
+    assert!(r.is_complete() && r.checkpoint.unexpected.is_empty(), "{r}");
+    // 30 layers × 2 norms + embeddings + final norm; 30 × 7 projections.
+    assert_eq!(r.checkpoint.loaded.len(), 30 * 2 + 2);
+    assert_eq!(
+        r.quantized.values().sum::<usize>(),
+        30 * 7,
+        "{:?}",
+        r.quantized
+    );
+    assert!(r.to_string().contains("LLM projections kept quantized: "));
+    assert!(r.filled.iter().all(|n| !n.starts_with("model.layers.")));
+    let layer = &l.model.llm().layers()[0];
+    assert!(layer.self_attn.q_proj.quantized_dtype().is_some());
+    assert!(layer.mlp.down_proj.weight().is_none());
+
+    let answer = capital_of_france(l.model.llm(), &l.tokenizer);
+    println!("small preset, quantized LLM, Q: What is the capital of France?\nA: {answer}");
+    assert!(answer.contains("Paris"), "{answer:?}");
+
+    // A directory whose LLM is not a GGUF file has nothing to keep quantized.
+    std::fs::remove_file(dir.join(calico_model::calico::weights::SOURCES_FILE)).unwrap();
+    let e = load_dir_quantized_llm(&dir, random, &Device::Cpu, QuantizedMatmul::Q8)
+        .err()
+        .expect("no GGUF, no quantized LLM")
+        .to_string();
+    assert!(e.contains("no GGUF LLM to keep quantized"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SmolLM2 with its projections kept in their Q4_1 blocks, both ways of
+/// multiplying them, against transformers (which runs the same weights
+/// dequantised). `dequantize` must give the float path's logits and greedy
+/// tokens; `q8` (llama.cpp's kernels for inputs of at most 8 rows, the input
+/// quantised to 8 bits per block) moves every one-token step a little, and
+/// over 30 layers this small model's answers drift: its numbers are
+/// printed, and bounded loosely.
+#[test]
+fn quantized_projections_answer_like_the_dequantized_model() {
+    use calico_model::gguf::load_llama_gguf_quantized;
+    use calico_nn::QuantizedMatmul;
+    let Some(path) = gguf_path() else { return };
+    let tok = tokenizer().unwrap();
+    let r = reference();
+    let t = reference_tensors();
+    let dev = Device::Cpu;
+    let (cfg, ckpt, mut quantized) =
+        load_llama_gguf_quantized(&path, &dev, QuantizedMatmul::Dequantize).unwrap();
+    let bytes = quantized.size_in_bytes();
+    let floats: usize = quantized
+        .tensors
+        .values()
+        .map(|q| q.shape().elem_count() * 4)
+        .sum();
+    println!(
+        "{} projections: {:.1} MB quantized, {:.1} MB as float32",
+        quantized.len(),
+        bytes as f64 / 1e6,
+        floats as f64 / 1e6
+    );
+    assert_eq!(quantized.len(), cfg.num_hidden_layers * 7);
+    assert!(bytes * 5 < floats, "Q4_1 takes 5 bits a weight, not 32");
+    for matmul in QuantizedMatmul::ALL {
+        quantized.matmul = matmul;
+        let vb = ckpt.var_builder(DType::F32, &dev);
+        let model = Llama::new_quantized(&cfg, vb, &quantized).unwrap();
+        let (mut worst, mut agree, mut total) = (0f32, 0usize, 0usize);
+        let (mut gen_tokens, mut gen_secs) = (0usize, 0f64);
+        for (i, p) in r.prompts.iter().enumerate() {
+            let ids = Tensor::new(p.ids.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits = model.forward(&ids, None).unwrap().squeeze(0).unwrap();
+            let last = logits.i(p.ids.len() - 1).unwrap();
+            worst = worst.max(max_rel_err(&last, &t[&format!("logits.{i}")]));
+            let start = Instant::now();
+            let new = generate_greedy(&model, &p.ids, r.max_new, Some(r.eos_id)).unwrap();
+            gen_secs += start.elapsed().as_secs_f64();
+            gen_tokens += new.len();
+            agree += new
+                .iter()
+                .zip(&p.greedy_ids)
+                .take_while(|(a, b)| a == b)
+                .count();
+            total += p.greedy_ids.len();
+            if matmul == QuantizedMatmul::Dequantize {
+                assert_eq!(new, p.greedy_ids, "greedy tokens of {}", p.name);
+            }
+        }
+        println!(
+            "{}: worst last-logit rel err {worst:.2e}; greedy agrees with transformers on \
+             {agree} of {total} tokens (each prompt up to its first difference); \
+             {:.1} tokens/s",
+            matmul.name(),
+            gen_tokens as f64 / gen_secs
+        );
+        match matmul {
+            QuantizedMatmul::Dequantize => {
+                assert!(worst <= MAX_LOGIT_REL_ERR, "rel err {worst}");
+                let answer = capital_of_france(&model, tok);
+                assert!(answer.contains("Paris"), "{answer:?}");
+            }
+            QuantizedMatmul::Q8 => assert!(worst < 0.2, "q8 logits rel err {worst}"),
+        }
+    }
 }

@@ -20,7 +20,7 @@ pub mod ops;
 pub mod testing;
 
 pub use attention::scaled_dot_product_attention;
-pub use linear::{Linear, LoraConfig};
+pub use linear::{Linear, LoraConfig, QuantizedMatmul};
 pub use mlp::Mlp;
 pub use norm::{LayerNorm, RmsNorm};
 pub use ops::Activation;

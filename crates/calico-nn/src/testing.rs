@@ -14,6 +14,15 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap_or_else(|e| panic!("max_abs_diff of {:?} and {:?}: {e}", a.dims(), b.dims()))
 }
 
+/// `max |a − b| / max |b|`: the largest difference relative to `b`'s
+/// largest magnitude.
+pub fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let zeros = b
+        .zeros_like()
+        .unwrap_or_else(|e| panic!("max_rel_diff of {:?}: {e}", b.dims()));
+    max_abs_diff(a, b) / max_abs_diff(b, &zeros)
+}
+
 /// Asserts that every named variable received a non-zero gradient.
 pub fn assert_gradients_reach<'a>(
     grads: &candle_core::backprop::GradStore,

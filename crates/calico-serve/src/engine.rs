@@ -5,9 +5,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use calico_masks::{Mask, Rle};
-use calico_model::calico::weights::{load_dir, MissingFrozen};
+use calico_model::calico::weights::{load_dir_with_llm, MissingFrozen};
 use calico_model::calico::{Answer, Calico, ImageInput};
 use calico_model::config::CalicoConfig;
+use calico_model::llama::QuantizedMatmul;
 use calico_model::preprocess::RgbImage;
 use calico_model::prompt::{build, PromptFormat};
 use calico_model::tokenizer::CalicoTokenizer;
@@ -90,20 +91,23 @@ pub const PALETTE: [&str; 12] = [
 
 impl Engine {
     /// Loads a weights directory (every tensor must be present) onto
-    /// `device`.
+    /// `device`; with `quantized_llm`, its GGUF LLM's projections stay
+    /// quantised (`load_dir_quantized_llm`).
     pub fn from_weights(
         dir: &Path,
         max_new_tokens: usize,
         device: &Device,
+        quantized_llm: Option<QuantizedMatmul>,
     ) -> Result<Self, String> {
-        let l = load_dir(dir, MissingFrozen::Error, device)
+        let l = load_dir_with_llm(dir, MissingFrozen::Error, device, quantized_llm)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let note = quantized_llm.map_or(String::new(), |m| l.report.quantized_note(m));
         Ok(Self {
             model: l.model,
             tok: l.tokenizer,
             untrained: false,
             max_new_tokens,
-            description: format!("weights {}", dir.display()),
+            description: format!("weights {}{note}", dir.display()),
         })
     }
 

@@ -126,7 +126,11 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let bars = StageBars::new();
     let model_dir = a.out.join("model");
     write_model(&model_dir, &bars)?;
-    let mut m = load(&ModelSource::Weights(model_dir.clone()), &[], &device).map_err(app)?;
+    let source = ModelSource::Weights {
+        dir: model_dir.clone(),
+        quantized_llm: None,
+    };
+    let mut m = load(&source, &[], &device).map_err(app)?;
     m.description = format!(
         "the shipped tiny demo model (assets/demo-model, written to {})",
         model_dir.display()

@@ -30,6 +30,54 @@ impl DeviceArgs {
     }
 }
 
+/// `--quantized-llm`: how a weights directory's GGUF LLM is held.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct LlmArgs {
+    /// With --weights whose LLM is a GGUF file: keep its projection weights in the file's
+    /// quantized blocks (Q4_K, Q8_0, …), for a fraction of the memory. `dequantize` (the
+    /// default value) expands each weight to float32 as it is used: the same answers as without
+    /// the flag. `q8` uses llama.cpp's integer kernels for one-token steps: faster, but answers
+    /// can drift a little (docs/quantized.md).
+    #[arg(
+        long,
+        value_name = "MATMUL",
+        num_args = 0..=1,
+        default_missing_value = "dequantize",
+        value_parser = clap::value_parser!(calico_model::llama::QuantizedMatmul)
+    )]
+    pub quantized_llm: Option<calico_model::llama::QuantizedMatmul>,
+}
+
+impl LlmArgs {
+    /// The model source for `--weights DIR` or `--preset NAME` (seed
+    /// `seed`); `--quantized-llm` with a preset is bad input.
+    pub fn source(
+        &self,
+        weights: Option<&std::path::Path>,
+        preset: Option<&str>,
+        seed: u64,
+    ) -> anyhow::Result<calico_app::model::ModelSource> {
+        use calico_app::model::ModelSource;
+        match (weights, preset) {
+            (Some(dir), _) => Ok(ModelSource::Weights {
+                dir: dir.to_path_buf(),
+                quantized_llm: self.quantized_llm,
+            }),
+            (None, Some(_)) if self.quantized_llm.is_some() => Err(crate::exit::bad_input(
+                "--quantized-llm needs --weights DIR whose LLM is a GGUF file \
+                 (a --preset model's weights are float tensors)",
+            )),
+            (None, Some(p)) => Ok(ModelSource::Random {
+                preset: p.to_string(),
+                seed,
+            }),
+            (None, None) => Err(crate::exit::bad_input(
+                "pass --weights DIR or --preset tiny",
+            )),
+        }
+    }
+}
+
 /// The CPU cores this process may use.
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())

@@ -27,6 +27,25 @@ pub enum ModelCommand {
     /// docs/parity.md) on a device and print each case's relative error;
     /// exits 1 when one exceeds its tolerance.
     Parity(ParityArgs),
+    /// Write a weights directory's LLM as a llama.cpp GGUF file with block-quantized
+    /// projections (Q4_K, Q8_0, …) into a new directory, to run with --quantized-llm
+    /// (docs/quantized.md).
+    Quantize(QuantizeArgs),
+}
+
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The weights directory to read (docs/weights.md).
+    #[arg(long)]
+    weights: PathBuf,
+    /// Type of the LLM's projection weights: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k,
+    /// q5_k or q6_k (the k-types need rows of a multiple of 256 values).
+    #[arg(long = "type", value_name = "TYPE", default_value = "q8_0")]
+    dtype: String,
+    /// The directory to write (must not exist, or be empty; written under a temporary name
+    /// and renamed at the end).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -68,6 +87,8 @@ pub struct CheckArgs {
     /// Seed for `--missing random` and for fresh trainable tensors.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    #[command(flatten)]
+    llm: super::LlmArgs,
 }
 
 #[derive(Args)]
@@ -89,6 +110,7 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
         ModelCommand::Init(a) => init(a),
         ModelCommand::Check(a) => check(a),
         ModelCommand::Parity(a) => parity(a),
+        ModelCommand::Quantize(a) => quantize(a),
     }
 }
 
@@ -151,14 +173,15 @@ fn init(a: InitArgs) -> Result<()> {
 }
 
 fn check(a: CheckArgs) -> Result<()> {
-    use calico_model::calico::weights::{load_dir, MissingFrozen};
+    use calico_model::calico::weights::{load_dir_with_llm, MissingFrozen};
     let missing = match a.missing.as_str() {
         "error" => MissingFrozen::Error,
         "random" => MissingFrozen::Random { seed: a.seed },
         _ => MissingFrozen::Zeros,
     };
     let device = candle_core::Device::Cpu;
-    let loaded = load_dir(&a.dir, missing, &device).map_err(|e| bad_input(e.to_string()))?;
+    let loaded = load_dir_with_llm(&a.dir, missing, &device, a.llm.quantized_llm)
+        .map_err(|e| bad_input(e.to_string()))?;
     println!("{}", loaded.report);
     if !loaded.report.is_complete() {
         anyhow::bail!(
@@ -168,6 +191,31 @@ fn check(a: CheckArgs) -> Result<()> {
             loaded.report.checkpoint.misshaped.len()
         );
     }
+    Ok(())
+}
+
+fn quantize(a: QuantizeArgs) -> Result<()> {
+    use calico_model::calico::quantize::{parse_quant_type, quantize_dir};
+    let dtype = parse_quant_type(&a.dtype).map_err(|e| bad_input(format!("--type: {e}")))?;
+    if !a.weights.is_dir() {
+        return Err(bad_input(format!(
+            "{}: no such weights directory",
+            a.weights.display()
+        )));
+    }
+    crate::exit::out_dir(&a.out)?;
+    let bars = crate::progress::StageBars::new();
+    let report = quantize_dir(&a.weights, &a.out, dtype, &|done, total| {
+        bars.update("tensors", done as u64, total as u64)
+    });
+    bars.finish();
+    let report = report.map_err(|e| bad_input(e.to_string()))?;
+    println!("{report}");
+    println!(
+        "run it with --quantized-llm, e.g. `calico segment A.png B.png --weights {} \
+         --quantized-llm --out seg`",
+        a.out.display()
+    );
     Ok(())
 }
 

@@ -29,6 +29,8 @@ pub struct PredictArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    llm: super::LlmArgs,
+    #[command(flatten)]
     device: super::DeviceArgs,
     /// Seed of --preset's random weights.
     #[arg(long, default_value_t = 0)]
@@ -77,7 +79,7 @@ pub fn run(a: PredictArgs) -> Result<()> {
         )));
     }
     crate::exit::out_file(&a.out)?;
-    let source = a.model.source(a.seed)?;
+    let source = a.model.source(a.seed, &a.llm)?;
     let device = a.device.open()?;
     let workers = a
         .workers
@@ -191,7 +193,7 @@ pub(crate) fn default_workers(source: &ModelSource, device: &candle_core::Device
     }
     let cfg = match source {
         ModelSource::Random { preset, .. } => CalicoConfig::preset(preset).ok(),
-        ModelSource::Weights(dir) => {
+        ModelSource::Weights { dir, .. } => {
             CalicoConfig::from_json_file(&dir.join(WEIGHTS_CONFIG_FILE)).ok()
         }
     };

@@ -28,15 +28,8 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn source(&self, seed: u64) -> Result<ModelSource> {
-        match (&self.weights, &self.preset) {
-            (Some(w), _) => Ok(ModelSource::Weights(w.clone())),
-            (None, Some(p)) => Ok(ModelSource::Random {
-                preset: p.clone(),
-                seed,
-            }),
-            (None, None) => Err(bad_input("pass --weights DIR or --preset tiny")),
-        }
+    pub fn source(&self, seed: u64, llm: &super::LlmArgs) -> Result<ModelSource> {
+        llm.source(self.weights.as_deref(), self.preset.as_deref(), seed)
     }
 }
 
@@ -54,6 +47,8 @@ pub struct SegmentArgs {
     question: Option<String>,
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    llm: super::LlmArgs,
     #[command(flatten)]
     device: super::DeviceArgs,
     /// Seed of --preset's random weights.
@@ -87,7 +82,7 @@ pub fn run(a: SegmentArgs) -> Result<()> {
     }
     check_count(images.len()).map_err(app)?;
     crate::exit::out_dir(&a.out)?;
-    let source = a.model.source(a.seed)?;
+    let source = a.model.source(a.seed, &a.llm)?;
     let device = a.device.open()?;
     let (question, task_label) = match &a.question {
         Some(q) if q.trim().is_empty() => return Err(bad_input("--question is empty")),

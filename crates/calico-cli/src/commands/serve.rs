@@ -46,6 +46,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 128, value_parser = super::at_least_one)]
     max_new_tokens: usize,
     #[command(flatten)]
+    llm: super::LlmArgs,
+    #[command(flatten)]
     device: super::DeviceArgs,
 }
 
@@ -53,27 +55,24 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if a.workers == Some(0) || a.max_body_mb == 0 {
         return Err(bad_input("--workers and --max-body-mb must be at least 1"));
     }
+    let source = a
+        .llm
+        .source(a.weights.as_deref(), a.preset.as_deref(), a.seed)?;
     let device = a.device.open()?;
-    let workers = a.workers.unwrap_or_else(|| {
-        super::predict::default_workers(
-            &match (&a.weights, &a.preset) {
-                (Some(dir), _) => ModelSource::Weights(dir.clone()),
-                (None, p) => ModelSource::Random {
-                    preset: p.clone().unwrap_or_default(),
-                    seed: a.seed,
-                },
-            },
-            &device,
-        )
-    });
+    let workers = a
+        .workers
+        .unwrap_or_else(|| super::predict::default_workers(&source, &device));
     super::single_threaded_kernels_for(workers);
     if !(a.timeout_s > 0.0 && a.timeout_s.is_finite()) {
         return Err(bad_input("--timeout-s must be a positive number"));
     }
-    let engine = match (&a.weights, &a.preset) {
-        (Some(dir), _) => Engine::from_weights(dir, a.max_new_tokens, &device),
-        (None, Some(p)) => Engine::random_preset(p, a.seed, a.max_new_tokens, &device),
-        (None, None) => unreachable!("clap requires --weights or --preset"),
+    let engine = match &source {
+        ModelSource::Weights { dir, quantized_llm } => {
+            Engine::from_weights(dir, a.max_new_tokens, &device, *quantized_llm)
+        }
+        ModelSource::Random { preset, seed } => {
+            Engine::random_preset(preset, *seed, a.max_new_tokens, &device)
+        }
     }
     .map_err(bad_input)?;
     let cfg = ServeConfig {

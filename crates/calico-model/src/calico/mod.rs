@@ -84,6 +84,7 @@ pub mod cache;
 mod forward;
 mod generate;
 mod init;
+pub mod quantize;
 mod vision;
 pub mod weights;
 
@@ -97,7 +98,7 @@ use crate::cem::Cem;
 use crate::config::{CalicoConfig, VisionKind};
 use crate::dinov2::Dinov2Model;
 use crate::eva_vit::EvaVit;
-use crate::llama::{Llama, LoraSpec};
+use crate::llama::{Llama, LoraSpec, QuantizedWeights};
 use crate::prompt::{PromptFormat, SpecialIds};
 use crate::qformer::{load_query_tokens, QFormer};
 use crate::sam::image_encoder::ImageEncoderViT;
@@ -209,6 +210,19 @@ impl Calico {
         trainable: VarBuilder,
         special: SpecialIds,
     ) -> Result<Self> {
+        Self::new_quantized(cfg, frozen, trainable, special, None)
+    }
+
+    /// [`Calico::new`] with the LLM's projection weights found in
+    /// `quantized_llm` kept in their block-quantised types, for inference
+    /// (see `Llama::new_quantized`).
+    pub fn new_quantized(
+        cfg: &CalicoConfig,
+        frozen: VarBuilder,
+        trainable: VarBuilder,
+        special: SpecialIds,
+        quantized_llm: Option<&QuantizedWeights>,
+    ) -> Result<Self> {
         cfg.validate()
             .map_err(|e| candle_core::Error::Msg(format!("invalid Calico config: {e}")))?;
         let fm = frozen.pp("model");
@@ -255,7 +269,13 @@ impl Calico {
             lora_dropout: cfg.lora.dropout,
             target_modules: cfg.lora.target_modules.clone(),
         };
-        let llm = Llama::with_lora(&cfg.llm, &lora, frozen.clone(), trainable.clone())?;
+        let llm = Llama::with_lora_quantized(
+            &cfg.llm,
+            &lora,
+            frozen.clone(),
+            quantized_llm,
+            trainable.clone(),
+        )?;
         let cams = if cfg.has_cam() {
             Some(Cams::new(&cfg.cam, d, cfg.qformer.hidden_size, tm.clone())?)
         } else {

@@ -40,7 +40,7 @@
 //!   same values [`Calico::random`] makes for that seed: for presets like
 //!   `small` whose vision side has no released weights).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -54,9 +54,11 @@ use super::{
     insert_sam_rel_pos, is_trainable_name, seeded_fill_where, Calico, FillMode, SeededBackend,
 };
 use crate::config::{Ablation, CalicoConfig};
-use crate::gguf::load_llama_gguf;
+use crate::gguf::{load_llama_gguf, load_llama_gguf_quantized};
+use crate::llama::QuantizedWeights;
 use crate::load::{rename_prefixes, Checkpoint, LoadReport};
 use crate::tokenizer::CalicoTokenizer;
+use calico_nn::QuantizedMatmul;
 
 pub const CONFIG_FILE: &str = "calico.json";
 pub const SOURCES_FILE: &str = "sources.json";
@@ -139,9 +141,27 @@ pub struct WeightsReport {
     pub tokenizer: String,
     /// Vocabulary before and after Calico's tokens were added.
     pub vocab: (usize, usize),
+    /// LLM projection weights kept in their GGUF block-quantised types
+    /// ([`load_dir_quantized_llm`]): how many of each type.
+    pub quantized: BTreeMap<String, usize>,
 }
 
 impl WeightsReport {
+    /// How a model loaded with [`load_dir_quantized_llm`] holds its LLM, for
+    /// a model's description: ` (LLM kept in Q4_K+Q6_K, q8 matmul)`; empty
+    /// when nothing was kept quantised.
+    pub fn quantized_note(&self, matmul: QuantizedMatmul) -> String {
+        if self.quantized.is_empty() {
+            return String::new();
+        }
+        let types: Vec<&str> = self.quantized.keys().map(String::as_str).collect();
+        format!(
+            " (LLM kept in {}, {} matmul)",
+            types.join("+"),
+            matmul.name()
+        )
+    }
+
     /// No missing or mis-shaped tensor (filled or fresh ones are allowed).
     pub fn is_complete(&self) -> bool {
         self.checkpoint.missing.is_empty() && self.checkpoint.misshaped.is_empty()
@@ -195,6 +215,14 @@ impl fmt::Display for WeightsReport {
                 writeln!(f, "  {label}: {}: {}", names.len(), list(names, 8))?;
             }
         }
+        if !self.quantized.is_empty() {
+            let kinds: Vec<String> = self
+                .quantized
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect();
+            writeln!(f, "  LLM projections kept quantized: {}", kinds.join(", "))?;
+        }
         write!(
             f,
             "  tokenizer: {} (vocabulary {} + {} Calico tokens)",
@@ -229,6 +257,8 @@ struct Opened {
     cfg: CalicoConfig,
     ckpt: Checkpoint,
     gguf: Option<PathBuf>,
+    /// The GGUF LLM's projections kept quantised (empty unless asked for).
+    quantized: QuantizedWeights,
 }
 
 fn resolve(dir: &Path, p: &Path) -> PathBuf {
@@ -333,21 +363,46 @@ fn is_gguf(path: &Path) -> bool {
 
 type GgufLlm = (PathBuf, crate::llama::LlamaConfig);
 
-fn open_source(path: &Path, device: &Device) -> Result<(Checkpoint, Option<GgufLlm>)> {
+/// Opens one source: a checkpoint, and for a GGUF LLM its path, config and
+/// (with `keep_quantized`) its quantised projections.
+fn open_source(
+    path: &Path,
+    device: &Device,
+    keep_quantized: Option<QuantizedMatmul>,
+) -> Result<(Checkpoint, Option<GgufLlm>, QuantizedWeights)> {
     if path.is_dir() {
-        return Ok((Checkpoint::from_dir(path)?, None));
+        return Ok((
+            Checkpoint::from_dir(path)?,
+            None,
+            QuantizedWeights::default(),
+        ));
     }
     if !path.exists() {
         return fail(format!("{}: no such file or directory", path.display()));
     }
     if path.extension().and_then(|e| e.to_str()) == Some("gguf") || is_gguf(path) {
-        let (cfg, ckpt) = load_llama_gguf(path, device)?;
-        return Ok((ckpt, Some((path.to_path_buf(), cfg))));
+        let (cfg, ckpt, quantized) = if let Some(matmul) = keep_quantized {
+            load_llama_gguf_quantized(path, device, matmul)?
+        } else {
+            let (cfg, ckpt) = load_llama_gguf(path, device)?;
+            (cfg, ckpt, QuantizedWeights::default())
+        };
+        return Ok((ckpt, Some((path.to_path_buf(), cfg)), quantized));
     }
-    Ok((Checkpoint::open(path)?, None))
+    Ok((Checkpoint::open(path)?, None, QuantizedWeights::default()))
 }
 
-fn open(dir: &Path, device: &Device) -> Result<Opened> {
+/// A weights directory's config, its tensors as one float checkpoint (a
+/// GGUF LLM dequantised, under HF names) and its GGUF file, if any.
+pub(crate) fn open_float(
+    dir: &Path,
+    device: &Device,
+) -> Result<(CalicoConfig, Checkpoint, Option<PathBuf>)> {
+    let o = open(dir, device, None)?;
+    Ok((o.cfg, o.ckpt, o.gguf))
+}
+
+fn open(dir: &Path, device: &Device, keep_quantized: Option<QuantizedMatmul>) -> Result<Opened> {
     if !dir.is_dir() {
         return fail(format!("{}: not a directory", dir.display()));
     }
@@ -363,6 +418,10 @@ fn open(dir: &Path, device: &Device) -> Result<Opened> {
         .map_err(|e| WeightsError(format!("{}: {e}", cfg_path.display())))?;
     let mut parts: Vec<(String, Checkpoint)> = Vec::new();
     let mut gguf: Option<PathBuf> = None;
+    let mut quantized = QuantizedWeights {
+        matmul: keep_quantized.unwrap_or_default(),
+        ..Default::default()
+    };
     if has_hf_weights(dir) {
         parts.push((String::new(), Checkpoint::from_dir(dir)?));
     }
@@ -382,17 +441,19 @@ fn open(dir: &Path, device: &Device) -> Result<Opened> {
             ggufs.len()
         ));
     }
+    // Named relative to `dir`, as sources.json names them (`resolve` joins
+    // them to `dir` again).
     let mut sources: Vec<Source> = ggufs
         .into_iter()
         .map(|path| Source {
-            path,
+            path: path.file_name().map(PathBuf::from).unwrap_or(path),
             rename: Vec::new(),
         })
         .collect();
     sources.extend(read_sources(dir)?);
     for src in sources {
         let path = resolve(dir, &src.path);
-        let (ckpt, g) = open_source(&path, device)?;
+        let (ckpt, g, q) = open_source(&path, device, keep_quantized)?;
         if let Some((g, llm)) = g {
             if let Some(first) = &gguf {
                 return fail(format!(
@@ -404,20 +465,30 @@ fn open(dir: &Path, device: &Device) -> Result<Opened> {
             check_llm(&cfg, &llm, &g)?;
             gguf = Some(g);
         }
-        let ckpt = if src.rename.is_empty() {
+        let rules: Vec<(String, String)> = src
+            .rename
+            .iter()
+            .map(|[a, b]| (a.clone(), b.clone()))
+            .collect();
+        quantized.tensors.extend(
+            q.tensors
+                .into_iter()
+                .map(|(n, t)| (rename_prefixes(&rules, &n), t)),
+        );
+        let ckpt = if rules.is_empty() {
             ckpt
         } else {
-            let rules: Vec<(String, String)> = src
-                .rename
-                .iter()
-                .map(|[a, b]| (a.clone(), b.clone()))
-                .collect();
             ckpt.renamed(|n| rename_prefixes(&rules, n))?
         };
         parts.push((String::new(), ckpt));
     }
     let ckpt = Checkpoint::merged(parts)?;
-    Ok(Opened { cfg, ckpt, gguf })
+    Ok(Opened {
+        cfg,
+        ckpt,
+        gguf,
+        quantized,
+    })
 }
 
 fn tokenizer(dir: &Path, gguf: Option<&Path>) -> Result<(CalicoTokenizer, String)> {
@@ -557,7 +628,33 @@ fn var_names(map: &VarMap) -> BTreeSet<String> {
 
 /// Builds a Calico from a weights directory (see the module docs).
 pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<LoadedCalico> {
-    load_dir_inner(dir, None, missing, device)
+    load_dir_inner(dir, None, missing, device, None)
+}
+
+/// [`load_dir`] for inference in less memory: the LLM's projection weights
+/// stay in the block-quantised types of the directory's GGUF file (Q4_K,
+/// Q8_0, …) and are multiplied in that form; the rest of the LLM and every
+/// other module load as usual. The directory must hold its LLM as a GGUF
+/// file. The model cannot be trained (a training forward through a
+/// quantised weight is refused), and its answers may differ slightly from
+/// the float path's with [`QuantizedMatmul::Q8`] (see there).
+pub fn load_dir_quantized_llm(
+    dir: &Path,
+    missing: MissingFrozen,
+    device: &Device,
+    matmul: QuantizedMatmul,
+) -> Result<LoadedCalico> {
+    load_dir_inner(dir, None, missing, device, Some(matmul))
+}
+
+/// [`load_dir`] with `None`, [`load_dir_quantized_llm`] with a matmul.
+pub fn load_dir_with_llm(
+    dir: &Path,
+    missing: MissingFrozen,
+    device: &Device,
+    quantized_llm: Option<QuantizedMatmul>,
+) -> Result<LoadedCalico> {
+    load_dir_inner(dir, None, missing, device, quantized_llm)
 }
 
 /// [`load_dir`] with Table 2's module switches set to `ablation` instead
@@ -570,7 +667,7 @@ pub fn load_dir_ablated(
     missing: MissingFrozen,
     device: &Device,
 ) -> Result<LoadedCalico> {
-    load_dir_inner(dir, Some(ablation), missing, device)
+    load_dir_inner(dir, Some(ablation), missing, device, None)
 }
 
 fn load_dir_inner(
@@ -578,12 +675,21 @@ fn load_dir_inner(
     ablation: Option<Ablation>,
     missing: MissingFrozen,
     device: &Device,
+    quantized_llm: Option<QuantizedMatmul>,
 ) -> Result<LoadedCalico> {
     let Opened {
         mut cfg,
         ckpt,
         gguf,
-    } = open(dir, device)?;
+        quantized,
+    } = open(dir, device, quantized_llm)?;
+    if quantized_llm.is_some() && gguf.is_none() {
+        return fail(format!(
+            "{}: no GGUF LLM to keep quantized: the LLM's weights here are float tensors \
+             (put the LLM in the directory as a .gguf file, or load without quantization)",
+            dir.display()
+        ));
+    }
     // Trainable tensors of the modules an ablation switches off are left
     // out of the variables (an optimizer would hold them unread).
     let prune = ablation.is_some_and(|a| a != cfg.ablation);
@@ -640,13 +746,15 @@ fn load_dir_inner(
         dtype,
         device.clone(),
     );
-    let mut model = Calico::new(&cfg, frozen, tvb, special).map_err(|e| {
-        WeightsError(format!(
-            "{}: building the model: {e} (run `calico model check {}` for the full list)",
-            dir.display(),
-            dir.display()
-        ))
-    })?;
+    let quantized_llm = (!quantized.is_empty()).then_some(&quantized);
+    let mut model =
+        Calico::new_quantized(&cfg, frozen, tvb, special, quantized_llm).map_err(|e| {
+            WeightsError(format!(
+                "{}: building the model: {e} (run `calico model check {}` for the full list)",
+                dir.display(),
+                dir.display()
+            ))
+        })?;
     if prune {
         if let (Ok(read), Ok(mut vars)) = (read.lock(), trainable.data().lock()) {
             vars.retain(|n, _| read.contains_key(n));
@@ -681,6 +789,7 @@ fn load_dir_inner(
         fresh,
         tokenizer: tok_origin,
         vocab: (before, after),
+        quantized: quantized.type_counts(),
     };
     let frozen = seen.lock().map(|m| m.clone()).unwrap_or_default();
     let own_file = dir.join(TRAINABLE_FILE);

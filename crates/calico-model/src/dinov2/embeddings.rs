@@ -6,7 +6,7 @@
 //! added to CLS and the patches only; the registers are inserted afterwards
 //! and carry no position.
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use super::interpolate::{resample_bicubic, AxisScale};
@@ -83,7 +83,7 @@ impl PatchEmbeddings {
         let x = pixel_values
             .narrow(2, 0, gh * p)?
             .narrow(3, 0, gw * p)?
-            .to_dtype(self.proj.weight().dtype())?
+            .to_dtype(self.proj.weight().map_or(DType::F32, |w| w.dtype()))?
             .contiguous()?
             .reshape((b, c, gh, p, gw, p))?
             .permute((0, 2, 4, 1, 3, 5))?

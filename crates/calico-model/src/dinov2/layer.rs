@@ -41,7 +41,8 @@ fn concat_linear(
         .iter()
         .map(|n| Linear::new(d_in, d_out, bias, vb.pp(*n)))
         .collect::<Result<Vec<_>>>()?;
-    let w: Vec<&Tensor> = parts.iter().map(|l| l.weight()).collect();
+    // Built by `Linear::new` above: the weights are float tensors.
+    let w: Vec<&Tensor> = parts.iter().filter_map(|l| l.weight()).collect();
     let b = if bias {
         let bs: Vec<&Tensor> = parts.iter().filter_map(|l| l.bias()).collect();
         Some(Tensor::cat(&bs, 0)?)

@@ -13,19 +13,44 @@ use rand::RngCore;
 use calico_nn::attention::scaled_dot_product_attention;
 use calico_nn::Linear;
 
-use super::{rope, LlamaConfig, LoraSpec};
+use super::{rope, LlamaConfig, LoraSpec, QuantizedWeights};
 
 /// Builds projection `name` under `base`, with a LoRA adapter under
-/// `adapters` when the spec targets it.
+/// `adapters` when the spec targets it. A weight found in `quantized` (under
+/// its full name) is kept in its stored type; its bias, if any, still comes
+/// from `base`.
 pub(crate) fn projection(
     in_dim: usize,
     out_dim: usize,
     bias: bool,
     name: &str,
     base: &VarBuilder,
+    quantized: Option<&QuantizedWeights>,
     lora: Option<(&LoraSpec, &VarBuilder)>,
 ) -> Result<Linear> {
-    let layer = Linear::new(in_dim, out_dim, bias, base.pp(name))?;
+    let vb = base.pp(name);
+    let full = format!("{}.weight", vb.prefix());
+    let layer = match quantized.and_then(|q| q.get(&full)) {
+        Some(w) => {
+            if w.shape().dims() != [out_dim, in_dim] {
+                candle_core::bail!(
+                    "quantized tensor `{full}` has shape {:?}, expected [{out_dim}, {in_dim}]",
+                    w.shape().dims()
+                );
+            }
+            let b = if bias {
+                Some(vb.get(out_dim, "bias")?)
+            } else {
+                None
+            };
+            Linear::from_qtensor(
+                w.clone(),
+                b,
+                quantized.map(|q| q.matmul).unwrap_or_default(),
+            )?
+        }
+        None => Linear::new(in_dim, out_dim, bias, vb)?,
+    };
     match lora {
         Some((spec, adapters)) if spec.targets(name) => {
             layer.with_lora(spec.layer_config(), adapters.pp(name))
@@ -111,9 +136,12 @@ pub struct LlamaAttention {
 }
 
 impl LlamaAttention {
+    /// `quantized` holds weights kept in their stored types (see
+    /// [`QuantizedWeights`]).
     pub fn new(
         cfg: &LlamaConfig,
         base: VarBuilder,
+        quantized: Option<&QuantizedWeights>,
         lora: Option<(&LoraSpec, &VarBuilder)>,
     ) -> Result<Self> {
         let (h, kvh, d) = (cfg.num_attention_heads, cfg.kv_heads(), cfg.head_dim());
@@ -125,10 +153,10 @@ impl LlamaAttention {
         let hs = cfg.hidden_size;
         let b = cfg.attention_bias;
         Ok(Self {
-            q_proj: projection(hs, h * d, b, "q_proj", &base, lora)?,
-            k_proj: projection(hs, kvh * d, b, "k_proj", &base, lora)?,
-            v_proj: projection(hs, kvh * d, b, "v_proj", &base, lora)?,
-            o_proj: projection(h * d, hs, b, "o_proj", &base, lora)?,
+            q_proj: projection(hs, h * d, b, "q_proj", &base, quantized, lora)?,
+            k_proj: projection(hs, kvh * d, b, "k_proj", &base, quantized, lora)?,
+            v_proj: projection(hs, kvh * d, b, "v_proj", &base, quantized, lora)?,
+            o_proj: projection(h * d, hs, b, "o_proj", &base, quantized, lora)?,
             heads: h,
             kv_heads: kvh,
             head_dim: d,

@@ -8,7 +8,7 @@ use rand::RngCore;
 use calico_nn::{Activation, Linear, RmsNorm};
 
 use super::attention::{project, projection, AttnContext, LlamaAttention};
-use super::{LlamaConfig, LoraSpec};
+use super::{LlamaConfig, LoraSpec, QuantizedWeights};
 
 /// The gated MLP `down(act(gate(x)) · up(x))` (`model.layers.N.mlp`).
 #[derive(Debug, Clone)]
@@ -23,13 +23,14 @@ impl LlamaMlp {
     pub fn new(
         cfg: &LlamaConfig,
         base: VarBuilder,
+        quantized: Option<&QuantizedWeights>,
         lora: Option<(&LoraSpec, &VarBuilder)>,
     ) -> Result<Self> {
         let (h, i, b) = (cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias);
         Ok(Self {
-            gate_proj: projection(h, i, b, "gate_proj", &base, lora)?,
-            up_proj: projection(h, i, b, "up_proj", &base, lora)?,
-            down_proj: projection(i, h, b, "down_proj", &base, lora)?,
+            gate_proj: projection(h, i, b, "gate_proj", &base, quantized, lora)?,
+            up_proj: projection(h, i, b, "up_proj", &base, quantized, lora)?,
+            down_proj: projection(i, h, b, "down_proj", &base, quantized, lora)?,
             act: cfg.hidden_act,
         })
     }
@@ -55,6 +56,7 @@ impl DecoderLayer {
     pub fn new(
         cfg: &LlamaConfig,
         base: VarBuilder,
+        quantized: Option<&QuantizedWeights>,
         lora: Option<(&LoraSpec, &VarBuilder)>,
     ) -> Result<Self> {
         let eps = cfg.rms_norm_eps;
@@ -65,6 +67,7 @@ impl DecoderLayer {
             self_attn: LlamaAttention::new(
                 cfg,
                 base.pp("self_attn"),
+                quantized,
                 attn_lora.as_ref().map(|(s, a)| (*s, a)),
             )?,
             post_attention_layernorm: RmsNorm::new(
@@ -72,7 +75,12 @@ impl DecoderLayer {
                 eps,
                 base.pp("post_attention_layernorm"),
             )?,
-            mlp: LlamaMlp::new(cfg, base.pp("mlp"), mlp_lora.as_ref().map(|(s, a)| (*s, a)))?,
+            mlp: LlamaMlp::new(
+                cfg,
+                base.pp("mlp"),
+                quantized,
+                mlp_lora.as_ref().map(|(s, a)| (*s, a)),
+            )?,
         })
     }
 

@@ -26,7 +26,7 @@ use calico_nn::{Linear, RmsNorm};
 use super::attention::{build_mask, AttnContext};
 use super::block::DecoderLayer;
 use super::rope::{Positions, Rotary};
-use super::{LlamaConfig, LoraSpec};
+use super::{LlamaConfig, LoraSpec, QuantizedWeights};
 
 /// Called after every decoder layer with that layer's output hidden states
 /// `(B, T, hidden)`; returning `Some(t)` replaces them (same shape).
@@ -189,7 +189,18 @@ pub struct Llama {
 impl Llama {
     /// Loads a model; `vb` points at the checkpoint root.
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
-        Self::build(cfg, vb, None)
+        Self::build(cfg, vb, None, None)
+    }
+
+    /// Loads a model whose projection weights found in `quantized` stay in
+    /// their stored block-quantised types (inference only: training through
+    /// them is refused); everything else comes from `vb`.
+    pub fn new_quantized(
+        cfg: &LlamaConfig,
+        vb: VarBuilder,
+        quantized: &QuantizedWeights,
+    ) -> Result<Self> {
+        Self::build(cfg, vb, Some(quantized), None)
     }
 
     /// Loads a model with LoRA adapters on `lora.target_modules`. `base`
@@ -202,13 +213,26 @@ impl Llama {
         base: VarBuilder,
         adapters: VarBuilder,
     ) -> Result<Self> {
+        Self::with_lora_quantized(cfg, lora, base, None, adapters)
+    }
+
+    /// [`Llama::with_lora`] with the projection weights found in
+    /// `quantized` kept quantised (see [`Llama::new_quantized`]).
+    pub fn with_lora_quantized(
+        cfg: &LlamaConfig,
+        lora: &LoraSpec,
+        base: VarBuilder,
+        quantized: Option<&QuantizedWeights>,
+        adapters: VarBuilder,
+    ) -> Result<Self> {
         lora.validate()?;
-        Self::build(cfg, base, Some((lora, &adapters)))
+        Self::build(cfg, base, quantized, Some((lora, &adapters)))
     }
 
     fn build(
         cfg: &LlamaConfig,
         vb: VarBuilder,
+        quantized: Option<&QuantizedWeights>,
         lora: Option<(&LoraSpec, &VarBuilder)>,
     ) -> Result<Self> {
         let rotary = Rotary::new(cfg)?;
@@ -228,7 +252,12 @@ impl Llama {
             .map(|i| {
                 let name = format!("model.layers.{i}");
                 let ad = lora.map(|(s, a)| (s, a.pp(&name)));
-                DecoderLayer::new(cfg, vb.pp(&name), ad.as_ref().map(|(s, a)| (*s, a)))
+                DecoderLayer::new(
+                    cfg,
+                    vb.pp(&name),
+                    quantized,
+                    ad.as_ref().map(|(s, a)| (*s, a)),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(h, cfg.rms_norm_eps, vb.pp("model.norm"))?;
