@@ -307,6 +307,27 @@ fn quantize_writes_a_gguf_llm_that_segment_runs_quantized() {
         }
     }
 
+    // A relative weights directory whose GGUF lies in it (not named by
+    // sources.json) loads too.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_calico"))
+        .args([
+            "model",
+            "check",
+            "q8",
+            "--missing",
+            "error",
+            "--quantized-llm",
+        ])
+        .current_dir(&d)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.contains("LLM projections kept quantized: 21 Q8_0"),
+        "{report}"
+    );
+
     // Refused with exit 2, nothing written: a preset, a directory without
     // a GGUF LLM, an unknown type, a k-type whose blocks do not fit, and an
     // output directory that holds something.
