@@ -338,7 +338,7 @@ impl Linear {
     pub fn forward_train(&self, x: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
         if let Some(t) = self.quantized_dtype() {
             candle_core::bail!(
-                "cannot train through a {t:?}-quantised weight: load the model's float weights \
+                "cannot train through a {t:?}-quantized weight: load the model's float weights \
                  to train"
             );
         }
