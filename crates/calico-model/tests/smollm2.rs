@@ -159,6 +159,17 @@ fn max_rel_err(a: &Tensor, b: &Tensor) -> f32 {
     calico_nn::testing::max_rel_diff(a, b)
 }
 
+/// The logits `(seq, vocab)` of one prompt, and those of its last position.
+fn prompt_logits(model: &Llama, ids: &[u32]) -> (Tensor, Tensor) {
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model.forward(&input, None).unwrap().squeeze(0).unwrap();
+    let last = logits.i(ids.len() - 1).unwrap();
+    (logits, last)
+}
+
 fn same_bits(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
 }
@@ -394,12 +405,7 @@ fn logits_and_greedy_decoding_match_transformers() {
     let mut worst = 0f32;
     let (mut gen_tokens, mut gen_secs) = (0usize, 0f64);
     for (i, p) in r.prompts.iter().enumerate() {
-        let ids = Tensor::new(p.ids.as_slice(), &dev)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let logits = model.forward(&ids, None).unwrap().squeeze(0).unwrap();
-        let last = logits.i(p.ids.len() - 1).unwrap();
+        let (logits, last) = prompt_logits(&model, &p.ids);
         let err = max_rel_err(&last, &t[&format!("logits.{i}")]);
         let mut line = format!(
             "{} ({}, {} tokens): last-logit rel err {err:.2e}",
@@ -582,12 +588,7 @@ fn quantized_projections_answer_like_the_dequantized_model() {
         let (mut worst, mut agree, mut total) = (0f32, 0usize, 0usize);
         let (mut gen_tokens, mut gen_secs) = (0usize, 0f64);
         for (i, p) in r.prompts.iter().enumerate() {
-            let ids = Tensor::new(p.ids.as_slice(), &dev)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let logits = model.forward(&ids, None).unwrap().squeeze(0).unwrap();
-            let last = logits.i(p.ids.len() - 1).unwrap();
+            let (_, last) = prompt_logits(&model, &p.ids);
             worst = worst.max(max_rel_err(&last, &t[&format!("logits.{i}")]));
             let start = Instant::now();
             let new = generate_greedy(&model, &p.ids, r.max_new, Some(r.eos_id)).unwrap();
