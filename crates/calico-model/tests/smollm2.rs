@@ -539,6 +539,33 @@ fn small_preset_keeps_the_gguf_projections_quantized() {
     println!("small preset, quantized LLM, Q: What is the capital of France?\nA: {answer}");
     assert!(answer.contains("Paris"), "{answer:?}");
 
+    // `calico model quantize` of this directory: Q4_1 → Q8_0, the tokenizer
+    // carried over in the new GGUF's metadata (the directory has no
+    // tokenizer.json), and the LLM still answers.
+    let requantized = dir.with_file_name(format!("calico-small-q8-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&requantized);
+    let q = calico_model::calico::quantize::quantize_dir(
+        &dir,
+        &requantized,
+        candle_core::quantized::GgmlDType::Q8_0,
+        &|_, _| {},
+    )
+    .unwrap();
+    assert_eq!((q.projections, q.llm_float, q.others), (210, 62, 0), "{q}");
+    let l =
+        load_dir_quantized_llm(&requantized, random, &Device::Cpu, QuantizedMatmul::Q8).unwrap();
+    assert_eq!(l.report.quantized.get("Q8_0"), Some(&210), "{}", l.report);
+    assert_eq!(l.report.vocab, (49152, 49158));
+    assert!(
+        l.report.tokenizer.contains("llm.gguf (GGUF)"),
+        "{}",
+        l.report.tokenizer
+    );
+    let answer = capital_of_france(l.model.llm(), &l.tokenizer);
+    println!("requantized to Q8_0 (q8 matmul): {answer}");
+    assert!(answer.contains("Paris"), "{answer:?}");
+    let _ = std::fs::remove_dir_all(&requantized);
+
     // A directory whose LLM is not a GGUF file has nothing to keep quantized.
     std::fs::remove_file(dir.join(calico_model::calico::weights::SOURCES_FILE)).unwrap();
     let e = load_dir_quantized_llm(&dir, random, &Device::Cpu, QuantizedMatmul::Q8)
