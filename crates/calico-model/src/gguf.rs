@@ -236,48 +236,46 @@ fn supported_list() -> String {
         .join(", ")
 }
 
+/// Whole-model tensors: (llama.cpp name, HF name).
+const MODEL_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// A layer's modules: (llama.cpp name in `blk.N.`, HF name in
+/// `model.layers.N.`); the seven projections first, then the two norms.
+const LAYER_NAMES: [(&str, &str); 9] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
 /// The HF transformers name of a llama.cpp LLaMA tensor, or `None` for a
 /// name outside the LLaMA scheme.
 pub fn hf_name(gguf_name: &str) -> Option<String> {
-    let fixed = match gguf_name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+    if let Some((_, hf)) = MODEL_NAMES.iter().find(|(g, _)| *g == gguf_name) {
+        return Some(hf.to_string());
     }
     let rest = gguf_name.strip_prefix("blk.")?;
     let (layer, rest) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (part, kind) = rest.rsplit_once('.')?;
-    let hf = match part {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
+    let (_, hf) = LAYER_NAMES.iter().find(|(g, _)| *g == part)?;
     Some(format!("model.layers.{layer}.{hf}.{kind}"))
 }
 
 /// The llama.cpp name of an HF LLaMA tensor ([`hf_name`]'s inverse), or
 /// `None` for a name outside the scheme (LoRA adapters, other modules).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    let fixed = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
+    if let Some((g, _)) = MODEL_NAMES.iter().find(|(_, h)| *h == hf) {
+        return Some(g.to_string());
     }
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, rest) = rest.split_once('.')?;
@@ -286,39 +284,52 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     if kind != "weight" && kind != "bias" {
         return None;
     }
-    let gg = match part {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
+    let (gg, _) = LAYER_NAMES.iter().find(|(_, h)| *h == part)?;
     Some(format!("blk.{layer}.{gg}.{kind}"))
+}
+
+/// The row order that turns a query/key projection of shape `dims` (rows =
+/// `heads` × head width) from llama.cpp's order into HF's (`to_hf`) or back:
+/// row `r` of the result is row `order[r]` of the input. Within each head,
+/// llama.cpp stores rows as interleaved pairs (0, d/2, 1, d/2+1, …); HF stores
+/// the two halves one after the other.
+fn qk_row_order(dims: &[usize], heads: usize, to_hf: bool) -> candle_core::Result<Vec<usize>> {
+    let rows = dims.first().copied().unwrap_or(0);
+    if heads == 0 || !rows.is_multiple_of(2 * heads) {
+        let verb = if to_hf { "unpermute" } else { "permute" };
+        candle_core::bail!(
+            "cannot {verb} {rows} rows into {heads} heads of an even width (shape {dims:?})"
+        );
+    }
+    let half = rows / heads / 2;
+    Ok((0..rows)
+        .map(|r| {
+            let (head, within) = (r / (2 * half), r % (2 * half));
+            let base = head * 2 * half;
+            if to_hf {
+                // HF row (half `pair`, index `k`) ← llama.cpp row 2k + pair.
+                let (pair, k) = (within / half, within % half);
+                base + 2 * k + pair
+            } else {
+                // llama.cpp row 2k + pair ← HF row pair·half + k.
+                let (k, pair) = (within / 2, within % 2);
+                base + pair * half + k
+            }
+        })
+        .collect())
+}
+
+/// `w`'s rows (dimension 0) in `order`.
+fn reorder_rows(w: &Tensor, order: Vec<usize>) -> candle_core::Result<Tensor> {
+    let n = order.len();
+    let ids: Vec<u32> = order.into_iter().map(|i| i as u32).collect();
+    w.index_select(&Tensor::from_vec(ids, n, w.device())?, 0)
 }
 
 /// llama.cpp's row order for an HF query/key projection ([`unpermute_qk`]'s
 /// inverse), as its converter writes it.
 pub fn permute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let rows = w.dim(0)?;
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        candle_core::bail!(
-            "cannot permute {rows} rows into {heads} heads of an even width (shape {:?})",
-            w.dims()
-        );
-    }
-    let half = rows / heads / 2;
-    let rest: Vec<usize> = w.dims()[1..].to_vec();
-    let mut split = vec![heads, 2, half];
-    split.extend(&rest);
-    w.reshape(split)?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(w.shape())
+    reorder_rows(w, qk_row_order(w.dims(), heads, false)?)
 }
 
 /// Undoes llama.cpp's row permutation of a query/key projection (weight
@@ -326,37 +337,7 @@ pub fn permute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
 /// llama.cpp stores rows as interleaved pairs (0, d/2, 1, d/2+1, …); HF stores
 /// the two halves one after the other.
 pub fn unpermute_qk(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
-    let rows = w.dim(0)?;
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        candle_core::bail!(
-            "cannot unpermute {rows} rows into {heads} heads of an even width (shape {:?})",
-            w.dims()
-        );
-    }
-    let half = rows / heads / 2;
-    let rest: Vec<usize> = w.dims()[1..].to_vec();
-    let mut split = vec![heads, half, 2];
-    split.extend(&rest);
-    w.reshape(split)?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(w.shape())
-}
-
-/// For each HF row of a `rows`-row query/key projection with `heads` heads,
-/// the llama.cpp row it comes from: the order [`unpermute_qk`] applies.
-fn unpermute_rows(rows: usize, heads: usize) -> candle_core::Result<Vec<usize>> {
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        candle_core::bail!("cannot unpermute {rows} rows into {heads} heads of an even width");
-    }
-    let half = rows / heads / 2;
-    Ok((0..rows)
-        .map(|r| {
-            let (head, within) = (r / (2 * half), r % (2 * half));
-            let (pair, k) = (within / half, within % half);
-            head * 2 * half + 2 * k + pair
-        })
-        .collect())
+    reorder_rows(w, qk_row_order(w.dims(), heads, true)?)
 }
 
 /// [`unpermute_qk`] on a block-quantised weight: its rows are moved whole
@@ -388,7 +369,7 @@ pub fn unpermute_qk_quantized(
         );
     }
     let mut out = Vec::with_capacity(data.len());
-    for src in unpermute_rows(rows, heads)? {
+    for src in qk_row_order(&dims, heads, true)? {
         out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
     }
     ggml_file::qtensor_from_ggml(dtype, &out, dims, device)
@@ -515,24 +496,14 @@ pub fn load_llama_gguf_quantized(
     load(path.as_ref(), device, Some(matmul))
 }
 
-/// The per-layer projections kept quantised by [`load_llama_gguf_quantized`]
-/// (llama.cpp names, `blk.N.{name}.weight`).
-pub const PROJECTIONS: [&str; 7] = [
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
-
-/// Whether a llama.cpp tensor name is one of a layer's [`PROJECTIONS`]'
-/// weights.
+/// Whether a llama.cpp tensor name is a weight of one of a layer's seven
+/// projections (`attn_q`, `attn_k`, `attn_v`, `attn_output`, `ffn_gate`,
+/// `ffn_up`, `ffn_down`), which
+/// [`load_llama_gguf_quantized`] keeps quantised.
 pub fn is_projection(gguf_name: &str) -> bool {
-    PROJECTIONS
+    LAYER_NAMES[..7]
         .iter()
-        .any(|p| gguf_name.ends_with(&format!(".{p}.weight")))
+        .any(|(p, _)| gguf_name.ends_with(&format!(".{p}.weight")))
 }
 
 fn load(
@@ -546,7 +517,7 @@ fn load(
     // The per-layer tensors the model needs must all be there.
     let mut required = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
     for i in 0..cfg.num_hidden_layers {
-        for part in PROJECTIONS.iter().chain(&["attn_norm", "ffn_norm"]) {
+        for (part, _) in LAYER_NAMES {
             required.push(format!("blk.{i}.{part}.weight"));
         }
     }
