@@ -242,6 +242,8 @@ fn quantize_writes_a_gguf_llm_that_segment_runs_quantized() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("21 LLM projections → Q8_0"), "{text}");
+    // The default --vocab-type: the embedding and the untied head in Q8_0.
+    assert!(text.contains("2 vocabulary tables → Q8_0"), "{text}");
     assert!(q.join("llm.gguf").is_file() && q.join("model.safetensors").is_file());
 
     let synth = common::synth(&d, 2);
@@ -324,7 +326,7 @@ fn quantize_writes_a_gguf_llm_that_segment_runs_quantized() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(
-        report.contains("LLM projections kept quantized: 21 Q8_0"),
+        report.contains("LLM weights kept quantized: 23 Q8_0"),
         "{report}"
     );
 
@@ -379,11 +381,21 @@ fn quantize_writes_a_gguf_llm_that_segment_runs_quantized() {
     );
     assert!(!std::path::Path::new(&no).exists());
     let q2 = format!("{d_s}/q2");
-    for (dtype, msg) in [
-        ("q3", "`q3` is not a quantization type"),
-        ("q4_k", "do not split into Q4K blocks of 256"),
+    for (flag, dtype, msg) in [
+        ("--type", "q3", "--type: `q3` is not a quantization type"),
+        ("--type", "q4_k", "do not split into Q4K blocks of 256"),
+        (
+            "--vocab-type",
+            "f16",
+            "--vocab-type: `f16` is not a quantization type",
+        ),
+        (
+            "--vocab-type",
+            "q5_k",
+            "do not split into Q5K blocks of 256",
+        ),
     ] {
-        let quantize = ["model", "quantize", "--weights", demo_s, "--type", dtype];
+        let quantize = ["model", "quantize", "--weights", demo_s, flag, dtype];
         refused(&[&quantize[..], &["--out", &q2]].concat(), msg);
     }
     assert!(!std::path::Path::new(&q2).exists());

@@ -30,8 +30,9 @@
 //! timed runs; prints one JSON line with the prompt ids, the best/mean
 //! prefill time, the best/mean decode time of the N − 1 steps, decode
 //! tokens/s (from the best) and the generated ids. The LLM is dequantised to
-//! float32 at load, or with `--quantized M` its projections stay in the
-//! file's blocks and are multiplied per `calico_nn::QuantizedMatmul` `M`;
+//! float32 at load, or with `--quantized M` its projections and vocabulary
+//! tables stay in the file's blocks and are multiplied per
+//! `calico_nn::QuantizedMatmul` `M` (the output head always dequantised);
 //! the line then also holds the bytes of the LLM's weights as held
 //! (`weights_mb`) and the process's peak resident memory (`peak_rss_mb`,
 //! `VmHWM` from `/proc/self/status`).
@@ -403,8 +404,12 @@ fn bench_gguf(args: &Args, path: &PathBuf) -> Result<()> {
     let weights_mb = (float_bytes + quantized.size_in_bytes()) as f64 / 1e6;
     let llm_weights = match args.quantized {
         Some(m) => {
-            let types: Vec<String> = quantized.type_counts().into_keys().collect();
-            format!("{} projections, {}", types.join("+"), m.name())
+            let types: Vec<String> = quantized
+                .type_counts()
+                .into_iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect();
+            format!("{}, {}", types.join(" + "), m.name())
         }
         None => "float32".to_string(),
     };

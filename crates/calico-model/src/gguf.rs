@@ -483,11 +483,12 @@ pub fn load_llama_gguf(
 }
 
 /// Like [`load_llama_gguf`], but each layer's seven projection weights
-/// (`q/k/v/o_proj`, `gate/up/down_proj`) stored in a block-quantised type
-/// are returned as [`QuantizedWeights`] in that type (q/k rows in HF order)
-/// instead of being dequantised into the checkpoint; the model reads them
-/// through `Llama::new_quantized`. Projections stored as F32, F16 or BF16 are
-/// dequantised as before.
+/// (`q/k/v/o_proj`, `gate/up/down_proj`) and the vocabulary tables
+/// (`model.embed_tokens.weight`, `lm_head.weight`) stored in a
+/// block-quantised type are returned as [`QuantizedWeights`] in that type
+/// (q/k rows in HF order) instead of being dequantised into the checkpoint;
+/// the model reads them through `Llama::new_quantized`. Tensors stored as
+/// F32, F16 or BF16 are dequantised as before.
 pub fn load_llama_gguf_quantized(
     path: impl AsRef<Path>,
     device: &Device,
@@ -504,6 +505,14 @@ pub fn is_projection(gguf_name: &str) -> bool {
     LAYER_NAMES[..7]
         .iter()
         .any(|(p, _)| gguf_name.ends_with(&format!(".{p}.weight")))
+}
+
+/// Whether a llama.cpp tensor name is one of the vocabulary tables
+/// (`token_embd.weight`, `output.weight`), which
+/// [`load_llama_gguf_quantized`] also keeps quantised: the embedding is read
+/// row by row and the output head chunk by chunk (`calico_nn::QuantizedTable`).
+pub fn is_vocab_table(gguf_name: &str) -> bool {
+    gguf_name == MODEL_NAMES[0].0 || gguf_name == MODEL_NAMES[2].0
 }
 
 fn load(
@@ -550,9 +559,9 @@ fn load(
         let file_path = file.path().to_path_buf();
         let in_context = |e: candle_core::Error| err(&file_path, format!("tensor `{name}`: {e}"));
         let (dtype, _) = file.tensor_info(name)?;
-        let projection = is_projection(name);
+        let keep = is_projection(name) || is_vocab_table(name);
         let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if keep_quantized.is_some() && projection && !float {
+        if keep_quantized.is_some() && keep && !float {
             let mut q = file.read(name, device)?;
             if let Some(h) = heads {
                 q = unpermute_qk_quantized(&q, h, device).map_err(in_context)?;
@@ -658,16 +667,23 @@ mod tests {
                 load_llama_gguf_quantized(&path, &dev, QuantizedMatmul::Q8).unwrap();
             assert_eq!(qcfg, cfg);
             if proj == GgmlDType::F16 {
-                // Float projections are dequantised as before.
-                assert!(quantized.is_empty());
-                assert_eq!(rest.names(), dense.names());
+                // Float projections are dequantised as before; the Q8_0
+                // embedding alone stays quantised.
+                let kept: Vec<&String> = quantized.tensors.keys().collect();
+                assert_eq!(kept, ["model.embed_tokens.weight"]);
+                assert_eq!(rest.names().len() + 1, dense.names().len());
                 cleanup(&path);
                 continue;
             }
-            assert_eq!(quantized.len(), 7, "{proj:?}");
-            assert_eq!(rest.names().len() + 7, dense.names().len());
+            // The seven projections and the (tied) Q8_0 token embedding.
+            assert_eq!(quantized.len(), 8, "{proj:?}");
+            assert_eq!(rest.names().len() + 8, dense.names().len());
             for (name, q) in &quantized.tensors {
-                assert_eq!(q.dtype(), proj, "{name}");
+                let stored = match name.as_str() {
+                    "model.embed_tokens.weight" => GgmlDType::Q8_0,
+                    _ => proj,
+                };
+                assert_eq!(q.dtype(), stored, "{name}");
                 // Same blocks, same rows: dequantising gives the float
                 // loader's tensor exactly (q/k rows included).
                 let want = dense.get(name, &dev).unwrap();

@@ -401,7 +401,7 @@ fn with_only_lora_trainable_gradients_reach_every_adapter_and_no_base_weight() {
             .unwrap();
         assert!(n > 0.0, "zero gradient for {name}");
     }
-    let mut base_tensors: Vec<&Tensor> = vec![m.embed_weight()];
+    let mut base_tensors: Vec<&Tensor> = vec![m.embed_weight().unwrap()];
     for l in m.layers() {
         base_tensors.extend([
             l.self_attn.q_proj.weight().unwrap(),

@@ -32,19 +32,33 @@ fn the_demo_model_quantizes_and_loads_back_both_ways() {
     let dev = Device::Cpu;
     let original = load_dir(&demo_model(), MissingFrozen::Error, &dev).unwrap();
     let want = logits(original.model.llm());
-    for (dtype, max_rel) in [(GgmlDType::Q8_0, 0.02), (GgmlDType::Q4_0, 0.4)] {
-        let out = temp(&format!("{dtype:?}"));
+    let cases = [
+        (GgmlDType::Q8_0, None, 0.02),
+        (GgmlDType::Q8_0, Some(GgmlDType::Q8_0), 0.04),
+        (GgmlDType::Q4_0, Some(GgmlDType::Q4_0), 0.4),
+    ];
+    for (dtype, vocab, max_rel) in cases {
+        let out = temp(&format!("{dtype:?}-{vocab:?}"));
         let calls = std::cell::Cell::new(0);
-        let r = quantize_dir(&demo_model(), &out, dtype, &|_, _| {
+        let r = quantize_dir(&demo_model(), &out, dtype, vocab, &|_, _| {
             calls.set(calls.get() + 1)
         })
         .unwrap();
         println!("{r}");
         assert!(calls.get() > 0);
-        // tiny: 3 layers × 7 projections; 3 × 2 norms + embeddings, final
-        // norm and output head in F32.
-        assert_eq!((r.projections, r.llm_float), (21, 9));
+        // tiny: 3 layers × 7 projections; an untied embedding and output
+        // head; 3 × 2 norms and the final norm in F32, with the two tables
+        // when they are not quantised.
+        let tables = if vocab.is_some() { 2 } else { 0 };
+        assert_eq!(
+            (r.projections, r.vocab_tables, r.llm_float),
+            (21, tables, 9 - tables)
+        );
         assert!(r.quantized_bytes * 3 < r.float_bytes, "{r}");
+        if vocab.is_some() {
+            assert!(r.vocab_quantized_bytes * 3 < r.vocab_float_bytes, "{r}");
+            assert!(r.to_string().contains("2 vocabulary tables →"), "{r}");
+        }
         assert!(out.join(LLM_GGUF_FILE).is_file());
         let siblings: Vec<String> = std::fs::read_dir(out.parent().unwrap())
             .unwrap()
@@ -67,7 +81,8 @@ fn the_demo_model_quantizes_and_loads_back_both_ways() {
         for matmul in QuantizedMatmul::ALL {
             let q = load_dir_quantized_llm(&out, MissingFrozen::Error, &dev, matmul).unwrap();
             assert!(q.report.is_complete(), "{}", q.report);
-            assert_eq!(q.report.quantized.values().sum::<usize>(), 21);
+            assert_eq!(q.report.quantized.values().sum::<usize>(), 21 + tables);
+            assert_eq!(q.model.llm().embed_weight().is_none(), vocab.is_some());
             let got = logits(q.model.llm());
             // 11 tokens: past Q8_MAX_ROWS, so q8 takes the dequantised
             // product too.
@@ -105,7 +120,7 @@ fn bad_requests_write_nothing() {
     let dev = Device::Cpu;
     // k-types need rows of 256 values; tiny's are 64 and 128 wide.
     let out = temp("q4k");
-    let e = quantize_dir(&demo_model(), &out, GgmlDType::Q4K, &|_, _| {})
+    let e = quantize_dir(&demo_model(), &out, GgmlDType::Q4K, None, &|_, _| {})
         .unwrap_err()
         .to_string();
     assert!(
@@ -116,7 +131,7 @@ fn bad_requests_write_nothing() {
     // A non-empty output directory is refused.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), b"mine").unwrap();
-    let e = quantize_dir(&demo_model(), &out, GgmlDType::Q8_0, &|_, _| {})
+    let e = quantize_dir(&demo_model(), &out, GgmlDType::Q8_0, None, &|_, _| {})
         .unwrap_err()
         .to_string();
     assert!(
@@ -126,7 +141,7 @@ fn bad_requests_write_nothing() {
     assert_eq!(std::fs::read(out.join("keep.txt")).unwrap(), b"mine");
     let _ = std::fs::remove_dir_all(&out);
     // Not a block type.
-    let e = quantize_dir(&demo_model(), &out, GgmlDType::F16, &|_, _| {})
+    let e = quantize_dir(&demo_model(), &out, GgmlDType::F16, None, &|_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("not a block-quantized type"), "{e}");

@@ -507,8 +507,9 @@ fn small_preset_loads_smollm2_from_gguf() {
 }
 
 /// The same directory loaded with the LLM's projections kept in the GGUF's
-/// Q4_1 blocks: the checkpoint then holds only the embeddings and norms, the
-/// report counts the quantised weights, and the LLM still answers.
+/// Q4_1 blocks and its (tied) embedding in Q8_0: the checkpoint then holds
+/// only the norms, the report counts the quantised weights, and the LLM
+/// still answers.
 #[test]
 fn small_preset_keeps_the_gguf_projections_quantized() {
     use calico_model::calico::weights::{load_dir_quantized_llm, MissingFrozen};
@@ -521,15 +522,20 @@ fn small_preset_keeps_the_gguf_projections_quantized() {
     let r = &l.report;
     println!("{r}");
     assert!(r.is_complete() && r.checkpoint.unexpected.is_empty(), "{r}");
-    // 30 layers × 2 norms + embeddings + final norm; 30 × 7 projections.
-    assert_eq!(r.checkpoint.loaded.len(), 30 * 2 + 2);
+    // 30 layers × 2 norms + final norm; 30 × 7 projections in Q4_1 and the
+    // embedding, which is also the output head, in Q8_0.
+    assert_eq!(r.checkpoint.loaded.len(), 30 * 2 + 1);
     assert_eq!(
-        r.quantized.values().sum::<usize>(),
-        30 * 7,
+        r.quantized.get("Q4_1"),
+        Some(&(30 * 7)),
         "{:?}",
         r.quantized
     );
-    assert!(r.to_string().contains("LLM projections kept quantized: "));
+    assert_eq!(r.quantized.get("Q8_0"), Some(&1), "{:?}", r.quantized);
+    assert!(r
+        .to_string()
+        .contains("LLM weights kept quantized: 210 Q4_1, 1 Q8_0"));
+    assert!(l.model.llm().embed_weight().is_none());
     assert!(r.filled.iter().all(|n| !n.starts_with("model.layers.")));
     let layer = &l.model.llm().layers()[0];
     assert!(layer.self_attn.q_proj.quantized_dtype().is_some());
@@ -548,13 +554,18 @@ fn small_preset_keeps_the_gguf_projections_quantized() {
         &dir,
         &requantized,
         candle_core::quantized::GgmlDType::Q8_0,
+        Some(candle_core::quantized::GgmlDType::Q8_0),
         &|_, _| {},
     )
     .unwrap();
-    assert_eq!((q.projections, q.llm_float, q.others), (210, 62, 0), "{q}");
+    assert_eq!(
+        (q.projections, q.vocab_tables, q.llm_float, q.others),
+        (210, 1, 61, 0),
+        "{q}"
+    );
     let l =
         load_dir_quantized_llm(&requantized, random, &Device::Cpu, QuantizedMatmul::Q8).unwrap();
-    assert_eq!(l.report.quantized.get("Q8_0"), Some(&210), "{}", l.report);
+    assert_eq!(l.report.quantized.get("Q8_0"), Some(&211), "{}", l.report);
     assert_eq!(l.report.vocab, (49152, 49158));
     assert!(
         l.report.tokenizer.contains("llm.gguf (GGUF)"),
@@ -601,13 +612,18 @@ fn quantized_projections_answer_like_the_dequantized_model() {
         .map(|q| q.shape().elem_count() * 4)
         .sum();
     println!(
-        "{} projections: {:.1} MB quantized, {:.1} MB as float32",
+        "{} weights: {:.1} MB quantized, {:.1} MB as float32",
         quantized.len(),
         bytes as f64 / 1e6,
         floats as f64 / 1e6
     );
-    assert_eq!(quantized.len(), cfg.num_hidden_layers * 7);
-    assert!(bytes * 5 < floats, "Q4_1 takes 5 bits a weight, not 32");
+    // The projections and the tied embedding table.
+    assert_eq!(quantized.len(), cfg.num_hidden_layers * 7 + 1);
+    assert!(quantized.get("model.embed_tokens.weight").is_some());
+    assert!(
+        bytes * 5 < floats,
+        "Q4_1 projections take 5 bits a weight and the Q8_0 embedding 8.5, not 32"
+    );
     for matmul in QuantizedMatmul::ALL {
         quantized.matmul = matmul;
         let vb = ckpt.var_builder(DType::F32, &dev);

@@ -17,6 +17,8 @@ pub mod loss;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
+pub mod qgemv;
+pub mod qtable;
 pub mod testing;
 
 pub use attention::scaled_dot_product_attention;
@@ -24,3 +26,4 @@ pub use linear::{Linear, LoraConfig, QuantizedMatmul};
 pub use mlp::Mlp;
 pub use norm::{LayerNorm, RmsNorm};
 pub use ops::Activation;
+pub use qtable::QuantizedTable;

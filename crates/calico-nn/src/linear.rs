@@ -58,16 +58,21 @@ struct Lora {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QuantizedMatmul {
-    /// The weight is dequantised to float32 for each product and dropped
-    /// afterwards: the numbers of the float path, with only the quantised
-    /// blocks held between products.
+    /// The weight's float32 values times float32 inputs: the numbers of the
+    /// float path (up to the order of additions), with only the quantised
+    /// blocks held between products. On the CPU, inputs of at most
+    /// [`GEMV_MAX_ROWS`](crate::qgemv::GEMV_MAX_ROWS) rows take
+    /// [`crate::qgemv`] (each weight row dequantised into a small buffer);
+    /// longer inputs, and other devices, expand the weight to float32 for
+    /// the product and drop it afterwards.
     #[default]
     Dequantize,
     /// llama.cpp's integer kernels (candle's `QMatMul`) for inputs of at
     /// most [`Q8_MAX_ROWS`] rows (one-token decoding steps): the input is
     /// quantised to 8 bits per block too, and the weight is never expanded.
-    /// Faster (SmolLM2 decodes 21 tokens/s against `Dequantize`'s 13 on two
-    /// cores), but every product moves by about 0.5 % of its largest value,
+    /// On the CPU no faster than `Dequantize` since [`crate::qgemv`] (SmolLM2
+    /// decodes 19.7 tokens/s against 20.2 on two cores), and every product
+    /// moves by about 0.5 % of its largest value,
     /// which adds up over the layers. Longer inputs (a
     /// prompt's prefill) take the `Dequantize` product, which candle runs
     /// much faster there.
@@ -305,6 +310,8 @@ impl Linear {
                 let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
                 if *matmul == QuantizedMatmul::Q8 && rows <= Q8_MAX_ROWS {
                     QMatMul::QTensor(q.clone()).forward(&x)?
+                } else if let Some(y) = crate::qgemv::dequantized_product(q, &x)? {
+                    y
                 } else {
                     let w = q.dequantize(&q.device())?;
                     candle_nn::Linear::new(w, None).forward(&x)?

@@ -91,7 +91,7 @@ pub const PALETTE: [&str; 12] = [
 
 impl Engine {
     /// Loads a weights directory (every tensor must be present) onto
-    /// `device`; with `quantized_llm`, its GGUF LLM's projections stay
+    /// `device`; with `quantized_llm`, its GGUF LLM's projections and vocabulary tables stay
     /// quantised (`load_dir_quantized_llm`).
     pub fn from_weights(
         dir: &Path,

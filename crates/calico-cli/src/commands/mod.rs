@@ -33,11 +33,11 @@ impl DeviceArgs {
 /// `--quantized-llm`: how a weights directory's GGUF LLM is held.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct LlmArgs {
-    /// With --weights whose LLM is a GGUF file: keep its projection weights in the file's
-    /// quantized blocks (Q4_K, Q8_0, …), for a fraction of the memory. `dequantize` (the
-    /// default value) expands each weight to float32 as it is used: the same answers as without
-    /// the flag. `q8` uses llama.cpp's integer kernels for one-token steps: faster, but answers
-    /// can drift a little (docs/quantized.md).
+    /// With --weights whose LLM is a GGUF file: keep its projections, token embedding and
+    /// output head in the file's quantized blocks (Q4_K, Q8_0, …), for a fraction of the
+    /// memory. `dequantize` (the default value) multiplies the blocks' float32 values: the same
+    /// answers as without the flag. `q8` uses llama.cpp's integer kernels for the projections in
+    /// one-token steps, and answers can drift a little (docs/quantized.md).
     #[arg(
         long,
         value_name = "MATMUL",

@@ -28,7 +28,8 @@ pub enum ModelCommand {
     /// exits 1 when one exceeds its tolerance.
     Parity(ParityArgs),
     /// Write a weights directory's LLM as a llama.cpp GGUF file with block-quantized
-    /// projections (Q4_K, Q8_0, …) into a new directory, to run with --quantized-llm
+    /// projections and vocabulary tables (Q4_K, Q8_0, …) into a new directory, to run with
+    /// --quantized-llm
     /// (docs/quantized.md).
     Quantize(QuantizeArgs),
 }
@@ -42,6 +43,11 @@ pub struct QuantizeArgs {
     /// q5_k or q6_k (the k-types need rows of a multiple of 256 values).
     #[arg(long = "type", value_name = "TYPE", default_value = "q8_0")]
     dtype: String,
+    /// Type of the token embedding and output head: any of --type's, or f32 to keep them
+    /// float. They are the largest single tensors (a 7B's two take 1 GB as float32);
+    /// q8_0 keeps every logit close to the float model's.
+    #[arg(long = "vocab-type", value_name = "TYPE", default_value = "q8_0")]
+    vocab_dtype: String,
     /// The directory to write (must not exist, or be empty; written under a temporary name
     /// and renamed at the end).
     #[arg(long)]
@@ -195,8 +201,10 @@ fn check(a: CheckArgs) -> Result<()> {
 }
 
 fn quantize(a: QuantizeArgs) -> Result<()> {
-    use calico_model::calico::quantize::{parse_quant_type, quantize_dir};
+    use calico_model::calico::quantize::{parse_quant_type, parse_vocab_type, quantize_dir};
     let dtype = parse_quant_type(&a.dtype).map_err(|e| bad_input(format!("--type: {e}")))?;
+    let vocab =
+        parse_vocab_type(&a.vocab_dtype).map_err(|e| bad_input(format!("--vocab-type: {e}")))?;
     if !a.weights.is_dir() {
         return Err(bad_input(format!(
             "{}: no such weights directory",
@@ -205,7 +213,7 @@ fn quantize(a: QuantizeArgs) -> Result<()> {
     }
     crate::exit::out_dir(&a.out)?;
     let bars = crate::progress::StageBars::new();
-    let report = quantize_dir(&a.weights, &a.out, dtype, &|done, total| {
+    let report = quantize_dir(&a.weights, &a.out, dtype, vocab, &|done, total| {
         bars.update("tensors", done as u64, total as u64)
     });
     bars.finish();

@@ -8,8 +8,10 @@
 //! ```text
 //! calico.json           the source's config, unchanged
 //! llm.gguf              the LLM under llama.cpp's names: each layer's seven
-//!                       projections in the chosen type, norms, embeddings
-//!                       and output head in F32; q/k rows in llama.cpp's order
+//!                       projections in the chosen type, the token embedding
+//!                       and output head in the vocabulary type (Q8_0 unless
+//!                       asked otherwise, F32 on request), norms in F32; q/k
+//!                       rows in llama.cpp's order
 //! model.safetensors     every other tensor (vision, SAM, CEM, CAM, LoRA, …)
 //! tokenizer.json        copied when the source has one; otherwise the
 //!                       source GGUF's tokenizer is copied into llm.gguf
@@ -31,7 +33,7 @@ use super::weights::{
     open_float, safetensors_bytes, write_atomic, WeightsError, CONFIG_FILE, FROZEN_FILE,
     TOKENIZER_FILE,
 };
-use crate::gguf::{gguf_name, is_projection, permute_qk, GgufFile};
+use crate::gguf::{gguf_name, is_projection, is_vocab_table, permute_qk, GgufFile};
 use crate::llama::LlamaConfig;
 
 type Result<T> = std::result::Result<T, WeightsError>;
@@ -52,6 +54,22 @@ pub const QUANT_TYPES: &[(&str, GgmlDType)] = &[
     ("q5_k", GgmlDType::Q5K),
     ("q6_k", GgmlDType::Q6K),
 ];
+
+/// The vocabulary tables' type when none is asked for: llama.cpp too keeps
+/// the output head at 6–8 bits whatever the projections get, since every
+/// logit passes through it.
+pub const DEFAULT_VOCAB_TYPE: GgmlDType = GgmlDType::Q8_0;
+
+/// Parses `f32` as `None` (the tables stay float32) and any name of
+/// [`QUANT_TYPES`] as that type.
+pub fn parse_vocab_type(s: &str) -> std::result::Result<Option<GgmlDType>, String> {
+    if s.eq_ignore_ascii_case("f32") {
+        return Ok(None);
+    }
+    parse_quant_type(s)
+        .map(Some)
+        .map_err(|e| format!("{e}, or f32"))
+}
 
 /// Parses a type name of [`QUANT_TYPES`] (any case).
 pub fn parse_quant_type(s: &str) -> std::result::Result<GgmlDType, String> {
@@ -79,7 +97,15 @@ pub struct QuantizeReport {
     /// Their bytes as float32, and as written.
     pub float_bytes: usize,
     pub quantized_bytes: usize,
-    /// Other LLM tensors written to the GGUF in F32 (norms, embeddings).
+    /// The vocabulary tables' type (`None`: F32).
+    pub vocab_dtype: Option<GgmlDType>,
+    /// Vocabulary tables quantised (the embedding, and the output head
+    /// unless it is tied), their bytes as float32 and as written.
+    pub vocab_tables: usize,
+    pub vocab_float_bytes: usize,
+    pub vocab_quantized_bytes: usize,
+    /// Other LLM tensors written to the GGUF in F32 (norms, and the
+    /// vocabulary tables when they stay float).
     pub llm_float: usize,
     /// Tensors written to `model.safetensors`.
     pub others: usize,
@@ -97,6 +123,16 @@ impl std::fmt::Display for QuantizeReport {
             self.quantized_bytes as f64 / 1e6,
             self.float_bytes as f64 / 1e6
         )?;
+        if let Some(t) = self.vocab_dtype.filter(|_| self.vocab_tables > 0) {
+            writeln!(
+                f,
+                "{} vocabulary table{} → {t:?}: {:.1} MB (from {:.1} MB as float32)",
+                self.vocab_tables,
+                if self.vocab_tables == 1 { "" } else { "s" },
+                self.vocab_quantized_bytes as f64 / 1e6,
+                self.vocab_float_bytes as f64 / 1e6
+            )?;
+        }
         writeln!(
             f,
             "{} other LLM tensors in F32; {} tensors of the other modules in {FROZEN_FILE}",
@@ -156,19 +192,23 @@ fn llama_metadata(cfg: &LlamaConfig) -> Vec<(String, Value)> {
 }
 
 /// Writes `src` (any weights directory, docs/weights.md) to `out` with its
-/// LLM's projections quantised to `dtype` (see the module docs). `out` must
-/// not exist, or be an empty directory. `progress(done, total)` is called
-/// per tensor.
+/// LLM's projections quantised to `dtype` and its vocabulary tables to
+/// `vocab` (`None`: kept in F32; see the module docs). `out` must not
+/// exist, or be an empty directory. `progress(done, total)` is called per
+/// tensor.
 pub fn quantize_dir(
     src: &Path,
     out: &Path,
     dtype: GgmlDType,
+    vocab: Option<GgmlDType>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<QuantizeReport> {
-    if !QUANT_TYPES.iter().any(|(_, t)| *t == dtype) {
-        return Err(WeightsError(format!(
-            "{dtype:?} is not a block-quantized type this command writes"
-        )));
+    for t in std::iter::once(dtype).chain(vocab) {
+        if !QUANT_TYPES.iter().any(|(_, q)| *q == t) {
+            return Err(WeightsError(format!(
+                "{t:?} is not a block-quantized type this command writes"
+            )));
+        }
     }
     if out.exists() && !is_empty_dir(out) {
         return Err(WeightsError(format!(
@@ -192,6 +232,10 @@ pub fn quantize_dir(
         projections: 0,
         float_bytes: 0,
         quantized_bytes: 0,
+        vocab_dtype: vocab,
+        vocab_tables: 0,
+        vocab_float_bytes: 0,
+        vocab_quantized_bytes: 0,
         llm_float: 0,
         others: 0,
         files: BTreeMap::new(),
@@ -210,19 +254,39 @@ pub fn quantize_dir(
         } else if gg.contains(".attn_k.") {
             t = permute_qk(&t, llm.kv_heads()).map_err(in_context)?;
         }
-        if is_projection(&gg) {
+        let (target, vocab_table) = if is_projection(&gg) {
+            (Some(dtype), false)
+        } else if is_vocab_table(&gg) {
+            (vocab, true)
+        } else {
+            (None, false)
+        };
+        if let Some(target) = target {
             let cols = t.dim(1).map_err(in_context)?;
-            if !cols.is_multiple_of(dtype.block_size()) {
+            if !cols.is_multiple_of(target.block_size()) {
                 return Err(WeightsError(format!(
-                    "tensor `{name}`: rows of {cols} values do not split into {dtype:?} blocks \
+                    "tensor `{name}`: rows of {cols} values do not split into {target:?} blocks \
                      of {}; pick a type with blocks of 32 (q8_0, q4_0, …)",
-                    dtype.block_size()
+                    target.block_size()
                 )));
             }
-            let q = QTensor::quantize(&t, dtype).map_err(in_context)?;
-            report.projections += 1;
-            report.float_bytes += t.elem_count() * 4;
-            report.quantized_bytes += q.storage_size_in_bytes();
+            let q = QTensor::quantize(&t, target).map_err(in_context)?;
+            let (count, float, written) = if vocab_table {
+                (
+                    &mut report.vocab_tables,
+                    &mut report.vocab_float_bytes,
+                    &mut report.vocab_quantized_bytes,
+                )
+            } else {
+                (
+                    &mut report.projections,
+                    &mut report.float_bytes,
+                    &mut report.quantized_bytes,
+                )
+            };
+            *count += 1;
+            *float += t.elem_count() * 4;
+            *written += q.storage_size_in_bytes();
             gguf_tensors.push((gg, q));
         } else {
             report.llm_float += 1;

@@ -221,7 +221,7 @@ impl fmt::Display for WeightsReport {
                 .iter()
                 .map(|(t, n)| format!("{n} {t}"))
                 .collect();
-            writeln!(f, "  LLM projections kept quantized: {}", kinds.join(", "))?;
+            writeln!(f, "  LLM weights kept quantized: {}", kinds.join(", "))?;
         }
         write!(
             f,

@@ -19,9 +19,10 @@ pub use lora::{LoraSpec, LORA_TARGETS};
 pub use model::{ForwardOptions, KvCache, LayerHook, Llama, LlamaOutput};
 pub use parity::{parity_forward, parity_forward_lora};
 
-/// Block-quantised projection weights kept in their stored types (llama.cpp's
+/// Block-quantised LLM weights kept in their stored types (llama.cpp's
 /// Q4_K, Q8_0, …) for inference, by full HF name
-/// (`model.layers.0.self_attn.q_proj.weight`), and how they are multiplied;
+/// (`model.layers.0.self_attn.q_proj.weight`, `model.embed_tokens.weight`),
+/// and how they are multiplied;
 /// the model reads these instead of the float tensors of its builder. See
 /// [`crate::gguf::load_llama_gguf_quantized`].
 #[derive(Debug, Clone, Default)]

@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Result, Tensor, Var, D};
 use candle_nn::{VarBuilder, VarMap};
 use rand::RngCore;
 
-use calico_nn::{Linear, RmsNorm};
+use calico_nn::{Linear, QuantizedTable, RmsNorm};
 
 use super::attention::{build_mask, AttnContext};
 use super::block::DecoderLayer;
@@ -102,22 +102,82 @@ impl KvCache {
     }
 }
 
+/// A vocabulary table `(vocab, hidden)`: a float tensor, or block-quantised
+/// blocks read row by row and chunk by chunk (`--quantized-llm`).
+#[derive(Debug, Clone)]
+enum Table {
+    Dense(Tensor),
+    Quantized(QuantizedTable),
+}
+
+impl Table {
+    fn rows(&self) -> Result<usize> {
+        match self {
+            Table::Dense(t) => t.dim(0),
+            Table::Quantized(q) => Ok(q.rows()),
+        }
+    }
+
+    fn device(&self) -> Device {
+        match self {
+            Table::Dense(t) => t.device().clone(),
+            Table::Quantized(q) => q.device(),
+        }
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Table::Dense(t) => t.dtype(),
+            Table::Quantized(_) => DType::F32,
+        }
+    }
+
+    /// Rows `ids` → `(ids.len(), hidden)`.
+    fn rows_at(&self, ids: Vec<u32>) -> Result<Tensor> {
+        match self {
+            Table::Dense(t) => {
+                let n = ids.len();
+                t.index_select(&Tensor::from_vec(ids, n, t.device())?, 0)
+            }
+            Table::Quantized(q) => q.lookup(&ids),
+        }
+    }
+
+    /// `(…, hidden)` → `(…, rows)`.
+    fn project(&self, h: &Tensor) -> Result<Tensor> {
+        match self {
+            Table::Dense(t) => Linear::from_tensors(t.clone(), None).forward(h),
+            Table::Quantized(q) => q.forward(h),
+        }
+    }
+
+    /// The mean row `(1, hidden)`, in float32.
+    fn mean_row(&self) -> Result<Tensor> {
+        match self {
+            Table::Dense(t) => t.to_dtype(DType::F32)?.mean_keepdim(0),
+            Table::Quantized(q) => q.mean_row(),
+        }
+    }
+}
+
 /// Token embeddings and the output projection, with rows appended by
 /// [`Llama::resize_token_embeddings`] kept apart while they are trainable
 /// (so an optimiser step on them is seen without re-concatenating the whole
-/// table).
+/// table) or while the table is quantised.
 #[derive(Debug, Clone)]
 struct Vocab {
-    embed: Tensor,
+    embed: Table,
     /// `None` with tied embeddings: the output projection is `embed`.
-    lm_head: Option<Tensor>,
+    lm_head: Option<Table>,
     added_embed: Option<Tensor>,
     added_head: Option<Tensor>,
+    /// Whether `added_*` are an optimiser's variables.
+    added_trainable: bool,
 }
 
 impl Vocab {
     fn size(&self) -> Result<usize> {
-        Ok(self.embed.dim(0)? + self.added_embed.as_ref().map_or(Ok(0), |t| t.dim(0))?)
+        Ok(self.embed.rows()? + self.added_embed.as_ref().map_or(Ok(0), |t| t.dim(0))?)
     }
 
     fn lookup(&self, ids: &Tensor) -> Result<Tensor> {
@@ -132,35 +192,32 @@ impl Vocab {
         if let Some(bad) = flat.iter().find(|&&i| i as usize >= vocab) {
             candle_core::bail!("token id {bad} is outside the vocabulary of {vocab}");
         }
-        let hidden = self.embed.dim(1)?;
         let dev = self.embed.device();
         let rows = match &self.added_embed {
-            None => self
-                .embed
-                .index_select(&Tensor::from_vec(flat, b * t, dev)?, 0)?,
+            None => self.embed.rows_at(flat)?,
             Some(added) => {
-                let base_n = self.embed.dim(0)? as u32;
+                let hidden = added.dim(1)?;
+                let base_n = self.embed.rows()? as u32;
                 let is_new: Vec<u8> = flat.iter().map(|&i| (i >= base_n) as u8).collect();
                 let base_idx: Vec<u32> = flat
                     .iter()
                     .map(|&i| if i < base_n { i } else { 0 })
                     .collect();
                 let new_idx: Vec<u32> = flat.iter().map(|&i| i.saturating_sub(base_n)).collect();
-                let base = self
-                    .embed
-                    .index_select(&Tensor::from_vec(base_idx, b * t, dev)?, 0)?;
-                let new = added.index_select(&Tensor::from_vec(new_idx, b * t, dev)?, 0)?;
-                Tensor::from_vec(is_new, (b * t, 1), dev)?
+                let base = self.embed.rows_at(base_idx)?;
+                let new = added.index_select(&Tensor::from_vec(new_idx, b * t, &dev)?, 0)?;
+                Tensor::from_vec(is_new, (b * t, 1), &dev)?
                     .broadcast_as((b * t, hidden))?
                     .where_cond(&new, &base)?
             }
         };
+        let hidden = rows.dim(1)?;
         rows.reshape((b, t, hidden))
     }
 
     fn project(&self, h: &Tensor) -> Result<Tensor> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let logits = Linear::from_tensors(head.clone(), None).forward(h)?;
+        let logits = head.project(h)?;
         let added = if self.lm_head.is_some() {
             self.added_head.as_ref()
         } else {
@@ -184,6 +241,8 @@ pub struct Llama {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     rotary: Rotary,
+    /// Where the weights live (the embedding table's device).
+    device: Device,
 }
 
 impl Llama {
@@ -240,13 +299,30 @@ impl Llama {
             candle_core::bail!("LLaMA config needs at least one layer and one head");
         }
         let h = cfg.hidden_size;
-        let embed = vb
-            .pp("model.embed_tokens")
-            .get((cfg.vocab_size, h), "weight")?;
+        let table = |prefix: &str| -> Result<Table> {
+            let name = format!("{prefix}.weight");
+            match quantized.and_then(|q| q.get(&name)) {
+                Some(w) => {
+                    if w.shape().dims() != [cfg.vocab_size, h] {
+                        candle_core::bail!(
+                            "quantized tensor `{name}` has shape {:?}, expected [{}, {h}]",
+                            w.shape().dims(),
+                            cfg.vocab_size
+                        );
+                    }
+                    Ok(Table::Quantized(QuantizedTable::new(w.clone())?))
+                }
+                None => Ok(Table::Dense(
+                    vb.pp(prefix).get((cfg.vocab_size, h), "weight")?,
+                )),
+            }
+        };
+        let embed = table("model.embed_tokens")?;
+        let device = embed.device();
         let lm_head = if cfg.tie_word_embeddings {
             None
         } else {
-            Some(vb.pp("lm_head").get((cfg.vocab_size, h), "weight")?)
+            Some(table("lm_head")?)
         };
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -268,10 +344,12 @@ impl Llama {
                 lm_head,
                 added_embed: None,
                 added_head: None,
+                added_trainable: false,
             },
             layers,
             norm,
             rotary,
+            device,
         })
     }
 
@@ -284,9 +362,12 @@ impl Llama {
     }
 
     /// The input embedding table `(vocab, hidden)` (without rows added by a
-    /// trainable resize).
-    pub fn embed_weight(&self) -> &Tensor {
-        &self.vocab.embed
+    /// trainable resize); `None` when it is kept quantised.
+    pub fn embed_weight(&self) -> Option<&Tensor> {
+        match &self.vocab.embed {
+            Table::Dense(t) => Some(t),
+            Table::Quantized(_) => None,
+        }
     }
 
     /// `(B, T)` token ids → `(B, T, hidden)`.
@@ -432,17 +513,18 @@ impl Llama {
         if new_vocab_size == current {
             return Ok(());
         }
-        if self.vocab.added_embed.is_some() {
+        if self.vocab.added_trainable {
             candle_core::bail!(
                 "resize_token_embeddings: the vocabulary was already grown with trainable rows"
             );
         }
         let added = new_vocab_size - current;
-        let mean_rows = |table: &Tensor| -> Result<Tensor> {
-            let mean = table.to_dtype(DType::F32)?.mean_keepdim(0)?;
-            mean.broadcast_as((added, table.dim(1)?))?
+        let dtype = self.vocab.embed.dtype();
+        let mean_rows = |table: &Table| -> Result<Tensor> {
+            let mean = table.mean_row()?;
+            mean.broadcast_as((added, mean.dim(1)?))?
                 .contiguous()?
-                .to_dtype(table.dtype())
+                .to_dtype(dtype)
         };
         let embed_rows = mean_rows(&self.vocab.embed)?;
         let head_rows = match &self.vocab.lm_head {
@@ -450,6 +532,12 @@ impl Llama {
             None => None,
         };
         match trainable {
+            Some(_) if self.vocab.added_embed.is_some() => {
+                candle_core::bail!(
+                    "resize_token_embeddings: cannot add trainable rows after frozen ones \
+                     were appended to a quantized vocabulary"
+                );
+            }
             Some(map) => {
                 let mut data = map
                     .data()
@@ -463,11 +551,30 @@ impl Llama {
                 if let Some(rows) = head_rows {
                     self.vocab.added_head = Some(var_in(&mut data, "lm_head.added_weight", &rows)?);
                 }
+                self.vocab.added_trainable = true;
             }
             None => {
-                self.vocab.embed = Tensor::cat(&[&self.vocab.embed, &embed_rows], 0)?;
-                if let (Some(h), Some(rows)) = (&self.vocab.lm_head, head_rows) {
-                    self.vocab.lm_head = Some(Tensor::cat(&[h, &rows], 0)?);
+                // A float table grows in place; quantised blocks cannot, so
+                // their new rows stay apart as frozen tensors.
+                let append = |table: &mut Table, extra: &mut Option<Tensor>, rows: Tensor| {
+                    match table {
+                        Table::Dense(t) => *t = Tensor::cat(&[&*t, &rows], 0)?,
+                        Table::Quantized(_) => {
+                            *extra = Some(match extra.take() {
+                                Some(e) => Tensor::cat(&[&e, &rows], 0)?,
+                                None => rows,
+                            })
+                        }
+                    }
+                    Ok::<(), candle_core::Error>(())
+                };
+                append(
+                    &mut self.vocab.embed,
+                    &mut self.vocab.added_embed,
+                    embed_rows,
+                )?;
+                if let (Some(h), Some(rows)) = (self.vocab.lm_head.as_mut(), head_rows) {
+                    append(h, &mut self.vocab.added_head, rows)?;
                 }
             }
         }
@@ -570,7 +677,7 @@ fn positions_from_mask(keep: &[Vec<bool>], t: usize) -> Positions {
 impl Llama {
     /// The device the model's weights live on.
     pub fn device(&self) -> &Device {
-        self.vocab.embed.device()
+        &self.device
     }
 
     pub fn dtype(&self) -> DType {

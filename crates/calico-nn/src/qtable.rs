@@ -1,0 +1,309 @@
+//! A block-quantised `(rows, cols)` table read two ways: rows by index (a
+//! token-embedding lookup) and as a linear map onto the rows (an output
+//! head, tied or not). A LLaMA's vocabulary tables are its largest single
+//! tensors (32,000 × 4,096 for a 7B, 49,152 × 576 for SmolLM2-135M); kept in
+//! their stored type they take 1–4.5 bits a value instead of 32.
+//!
+//! Both reads give the numbers the dequantised float table gives: a lookup
+//! dequantises only the rows it asks for, and the product dequantises the
+//! table in chunks of [`TABLE_CHUNK_ROWS`] rows, so no float copy of the
+//! whole table is ever held.
+//!
+//! The product never takes llama.cpp's integer kernels
+//! ([`QuantizedMatmul::Q8`]), which quantise the input to 8 bits per block
+//! of 32: a LLaMA's final hidden state has a few outlying channels (SmolLM2:
+//! 33 against a median of 0.8), the other channels of their blocks lose most
+//! of their bits, and the logits move by about 1 % of the largest, which is
+//! enough to change SmolLM2's first answer token ("L'Étoile, …" instead of
+//! "The capital of France is Paris.").
+
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use crate::linear::{Linear, QuantizedMatmul};
+
+/// Rows per chunk of the product: the float copy a product holds at once is
+/// at most this many rows (8,192 × 4,096 × 4 bytes = 128 MiB for a 7B).
+pub const TABLE_CHUNK_ROWS: usize = 8192;
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct QuantizedTable {
+    /// Consecutive row ranges of the table, each of `chunk_rows` rows but
+    /// the last.
+    chunks: Vec<Arc<QTensor>>,
+    chunk_rows: usize,
+    rows: usize,
+    cols: usize,
+    dtype: GgmlDType,
+}
+
+impl QuantizedTable {
+    /// Wraps a `(rows, cols)` block-quantised weight. Float storage types
+    /// are refused: such a table belongs in a plain tensor.
+    pub fn new(table: Arc<QTensor>) -> Result<Self> {
+        Self::with_chunk_rows(table, TABLE_CHUNK_ROWS)
+    }
+
+    /// [`QuantizedTable::new`] with a chosen chunk size (tests use small ones).
+    pub fn with_chunk_rows(table: Arc<QTensor>, chunk_rows: usize) -> Result<Self> {
+        let dims = table.shape().dims().to_vec();
+        let (rows, cols) = match dims[..] {
+            [r, c] => (r, c),
+            _ => candle_core::bail!("a quantized table must be 2-D, got shape {dims:?}"),
+        };
+        let dtype = table.dtype();
+        if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            candle_core::bail!("a quantized table needs a block-quantized type, got {dtype:?}");
+        }
+        if chunk_rows == 0 || rows == 0 {
+            candle_core::bail!("a quantized table needs rows, got shape {dims:?}");
+        }
+        if !cols.is_multiple_of(dtype.block_size()) {
+            candle_core::bail!(
+                "rows of {cols} values do not split into {dtype:?} blocks of {}",
+                dtype.block_size()
+            );
+        }
+        let chunks = if rows <= chunk_rows {
+            vec![table]
+        } else {
+            let row_bytes = row_bytes(dtype, cols);
+            let data = table.data()?;
+            if data.len() != rows * row_bytes {
+                candle_core::bail!(
+                    "{dtype:?} table {dims:?} holds {} bytes, expected {}",
+                    data.len(),
+                    rows * row_bytes
+                );
+            }
+            let device = table.device();
+            (0..rows)
+                .step_by(chunk_rows)
+                .map(|start| {
+                    let n = chunk_rows.min(rows - start);
+                    let bytes = &data[start * row_bytes..(start + n) * row_bytes];
+                    ggml_file::qtensor_from_ggml(dtype, bytes, vec![n, cols], &device).map(Arc::new)
+                })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(Self {
+            chunks,
+            chunk_rows,
+            rows,
+            cols,
+            dtype,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> Device {
+        self.chunks[0].device()
+    }
+
+    /// Bytes the quantised blocks take.
+    pub fn size_in_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.storage_size_in_bytes()).sum()
+    }
+
+    /// Rows `ids` as a float32 `(ids.len(), cols)` tensor on the table's
+    /// device. An id past the table is an error naming it.
+    pub fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.rows) {
+            candle_core::bail!(
+                "row {bad} is outside the quantized table of {} rows",
+                self.rows
+            );
+        }
+        let device = self.device();
+        if ids.is_empty() {
+            return Tensor::zeros((0, self.cols), DType::F32, &device);
+        }
+        if device.is_cpu() {
+            // Copy the rows' blocks side by side and dequantise only those.
+            let row_bytes = row_bytes(self.dtype, self.cols);
+            let data: Vec<_> = self
+                .chunks
+                .iter()
+                .map(|c| c.data())
+                .collect::<Result<_>>()?;
+            let mut picked = Vec::with_capacity(ids.len() * row_bytes);
+            for &id in ids {
+                let (c, r) = (id as usize / self.chunk_rows, id as usize % self.chunk_rows);
+                picked.extend_from_slice(&data[c][r * row_bytes..(r + 1) * row_bytes]);
+            }
+            let q = ggml_file::qtensor_from_ggml(
+                self.dtype,
+                &picked,
+                vec![ids.len(), self.cols],
+                &device,
+            )?;
+            return q.dequantize(&device);
+        }
+        // Elsewhere the blocks live on the accelerator: dequantise each
+        // chunk the ids touch there, pick its rows, then restore the order.
+        let mut parts = Vec::new();
+        let mut order = Vec::with_capacity(ids.len());
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            let mine: Vec<(usize, u32)> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &id)| id as usize / self.chunk_rows == c)
+                .map(|(k, &id)| (k, (id as usize % self.chunk_rows) as u32))
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let local: Vec<u32> = mine.iter().map(|&(_, r)| r).collect();
+            let n = local.len();
+            let rows = chunk
+                .dequantize(&device)?
+                .index_select(&Tensor::from_vec(local, n, &device)?, 0)?;
+            order.extend(mine.iter().map(|&(k, _)| k));
+            parts.push(rows);
+        }
+        let stacked = Tensor::cat(&parts, 0)?;
+        // `order[j]` is the input position of stacked row j; invert it.
+        let mut inverse = vec![0u32; ids.len()];
+        for (j, &k) in order.iter().enumerate() {
+            inverse[k] = j as u32;
+        }
+        stacked.index_select(&Tensor::from_vec(inverse, ids.len(), &device)?, 0)
+    }
+
+    /// `(…, cols)` → `(…, rows)`: `h · tableᵀ`, chunk by chunk.
+    pub fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        let outs = self
+            .chunks
+            .iter()
+            .map(|c| Linear::from_qtensor(c.clone(), None, QuantizedMatmul::Dequantize)?.forward(h))
+            .collect::<Result<Vec<_>>>()?;
+        if outs.len() == 1 {
+            return Ok(outs.into_iter().next().expect("one chunk"));
+        }
+        Tensor::cat(&outs, D::Minus1)
+    }
+
+    /// The mean row `(1, cols)` in float32, summed chunk by chunk (so at
+    /// most one chunk is held as float32).
+    pub fn mean_row(&self) -> Result<Tensor> {
+        let device = self.device();
+        let mut sum: Option<Tensor> = None;
+        for c in &self.chunks {
+            let part = c.dequantize(&device)?.sum_keepdim(0)?;
+            sum = Some(match sum {
+                Some(s) => (s + part)?,
+                None => part,
+            });
+        }
+        let sum = sum.expect("a table has at least one chunk");
+        sum / self.rows as f64
+    }
+
+    /// The whole table in float32 (tests and one-off inspection; inference
+    /// never needs it).
+    pub fn dequantize(&self) -> Result<Tensor> {
+        let device = self.device();
+        let parts = self
+            .chunks
+            .iter()
+            .map(|c| c.dequantize(&device))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 0)
+    }
+}
+
+fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
+    cols / dtype.block_size() * dtype.type_size()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::max_rel_diff;
+
+    fn table(rows: usize, cols: usize, dtype: GgmlDType) -> (Tensor, Arc<QTensor>) {
+        let dev = Device::Cpu;
+        let vals: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 2.0)
+            .collect();
+        let t = Tensor::from_vec(vals, (rows, cols), &dev).unwrap();
+        let q = QTensor::quantize(&t, dtype).unwrap();
+        let float = q.dequantize(&dev).unwrap();
+        (float, Arc::new(q))
+    }
+
+    #[test]
+    fn lookup_gives_the_dequantized_rows_in_any_chunking() {
+        let (float, q) = table(70, 64, GgmlDType::Q4_1);
+        let ids = [0u32, 69, 13, 13, 32, 31, 64];
+        let idx = Tensor::new(&ids[..], &Device::Cpu).unwrap();
+        let want: Vec<Vec<f32>> = float.index_select(&idx, 0).unwrap().to_vec2().unwrap();
+        for chunk in [8, 32, 70, 1000] {
+            let t = QuantizedTable::with_chunk_rows(q.clone(), chunk).unwrap();
+            assert_eq!(t.rows(), 70);
+            let got: Vec<Vec<f32>> = t.lookup(&ids).unwrap().to_vec2().unwrap();
+            assert_eq!(got, want, "chunks of {chunk} rows");
+            assert_eq!(
+                t.dequantize().unwrap().to_vec2::<f32>().unwrap(),
+                float.to_vec2::<f32>().unwrap()
+            );
+            let mean = float.mean_keepdim(0).unwrap();
+            assert!(
+                max_rel_diff(&t.mean_row().unwrap(), &mean) < 1e-5,
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn forward_matches_the_dequantized_product_in_any_chunking() {
+        let (float, q) = table(70, 64, GgmlDType::Q8_0);
+        let dev = Device::Cpu;
+        for rows in [1usize, 5, 12] {
+            let h = Tensor::randn(0f32, 1.0, (1, rows, 64), &dev).unwrap();
+            let want = Linear::from_tensors(float.clone(), None)
+                .forward(&h)
+                .unwrap();
+            for chunk in [16, 70] {
+                let t = QuantizedTable::with_chunk_rows(q.clone(), chunk).unwrap();
+                let got = t.forward(&h).unwrap();
+                assert_eq!(got.dims(), &[1, rows, 70]);
+                let err = max_rel_diff(&got, &want);
+                assert!(err < 1e-6, "{rows} rows, chunks of {chunk}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_tables_and_ids_are_refused() {
+        let (float, q) = table(8, 32, GgmlDType::Q8_0);
+        let t = QuantizedTable::new(q).unwrap();
+        let e = t.lookup(&[3, 8]).unwrap_err().to_string();
+        assert!(
+            e.contains("row 8 is outside the quantized table of 8 rows"),
+            "{e}"
+        );
+        let f = Arc::new(QTensor::quantize(&float, GgmlDType::F32).unwrap());
+        let e = QuantizedTable::new(f).unwrap_err().to_string();
+        assert!(e.contains("needs a block-quantized type, got F32"), "{e}");
+        let v = Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap();
+        let one_d = Arc::new(QTensor::quantize(&v, GgmlDType::Q8_0).unwrap());
+        let e = QuantizedTable::new(one_d).unwrap_err().to_string();
+        assert!(e.contains("must be 2-D"), "{e}");
+        assert_eq!(t.lookup(&[]).unwrap().dims(), &[0, 32]);
+    }
+}
