@@ -484,3 +484,81 @@ fn resized_vocabularies_start_at_the_mean_and_train_the_new_rows() {
             .is_err());
     }
 }
+
+/// Vocabulary tables kept in Q8_0 blocks (`--quantized-llm`): the model
+/// reads the same numbers as one built over their dequantised values, and
+/// grows its vocabulary with float rows beside the blocks, frozen (twice,
+/// too) or trainable.
+#[test]
+fn quantized_vocabulary_tables_read_like_their_dequantized_values() {
+    use calico_model::llama::QuantizedWeights;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    for tied in [true, false] {
+        let cfg = tiny_config(tied);
+        let mut weights = random_weights(&cfg, 41);
+        let mut quantized = QuantizedWeights::default();
+        let tables: &[&str] = if tied {
+            &["model.embed_tokens.weight"]
+        } else {
+            &["model.embed_tokens.weight", "lm_head.weight"]
+        };
+        for name in tables {
+            let q = QTensor::quantize(&weights[*name], GgmlDType::Q8_0).unwrap();
+            // The float model reads the blocks' values; the quantised one
+            // never sees a float copy.
+            weights.insert(name.to_string(), q.dequantize(&Device::Cpu).unwrap());
+            quantized
+                .tensors
+                .insert(name.to_string(), std::sync::Arc::new(q));
+        }
+        let float_vb = VarBuilder::from_tensors(weights.clone(), DType::F32, &Device::Cpu);
+        let rest: HashMap<String, Tensor> = weights
+            .iter()
+            .filter(|(n, _)| !tables.contains(&n.as_str()))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        let rest_vb = VarBuilder::from_tensors(rest, DType::F32, &Device::Cpu);
+        let mut float = Llama::new(&cfg, float_vb).unwrap();
+        let mut q = Llama::new_quantized(&cfg, rest_vb.clone(), &quantized).unwrap();
+        assert!(q.embed_weight().is_none() && float.embed_weight().is_some());
+        let t = ids(&[vec![3, 60, 7, 0, 12]]);
+        let err = rel(
+            &q.forward(&t, None).unwrap(),
+            &float.forward(&t, None).unwrap(),
+        );
+        assert!(err < 1e-5, "tied {tied}: {err}");
+
+        // Frozen rows, added twice: the quantised table cannot grow, so they
+        // sit beside it.
+        for grow in [2, 3] {
+            let n = float.config().vocab_size + grow;
+            float.resize_token_embeddings(n, None).unwrap();
+            q.resize_token_embeddings(n, None).unwrap();
+        }
+        let n = cfg.vocab_size + 5;
+        let t = ids(&[vec![3, 61, 7, n as u32 - 1, 12]]);
+        let (a, b) = (
+            float.forward(&t, None).unwrap(),
+            q.forward(&t, None).unwrap(),
+        );
+        assert_eq!(b.dims(), &[1, 5, n]);
+        assert!(rel(&b, &a) < 1e-5, "tied {tied}: {}", rel(&b, &a));
+        // Trainable rows cannot follow frozen ones.
+        let e = q
+            .resize_token_embeddings(n + 1, Some(&VarMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("after frozen ones"), "{e}");
+
+        // Trainable rows on a fresh quantised model: gradients reach them.
+        let mut q = Llama::new_quantized(&cfg, rest_vb, &quantized).unwrap();
+        let varmap = VarMap::new();
+        q.resize_token_embeddings(cfg.vocab_size + 3, Some(&varmap))
+            .unwrap();
+        let out = q.forward(&ids(&[vec![1, 62, 5]]), None).unwrap();
+        let grads = out.sqr().unwrap().mean_all().unwrap().backward().unwrap();
+        for (name, v) in varmap.data().lock().unwrap().iter() {
+            assert!(grads.get(v.as_tensor()).is_some(), "no gradient for {name}");
+        }
+    }
+}

@@ -19,7 +19,7 @@ use candle_core::quantized::k_quants::{
     BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 use rayon::prelude::*;
 
 /// Inputs of at most this many rows take the row-at-a-time product; longer
@@ -31,11 +31,12 @@ const ROWS_PER_TASK: usize = 64;
 
 /// `x · wᵀ` for a CPU weight `w` `(n, k)` and a float32 `x` `(…, k)` of at
 /// most [`GEMV_MAX_ROWS`] rows; `None` when the product is not one this
-/// function takes (another device or dtype, more rows), for the caller to
-/// expand the weight instead.
+/// function takes (another device or dtype, more rows, or an input autograd
+/// tracks: the result here is a new tensor with no backward), for the
+/// caller to expand the weight instead.
 pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let device = w.device();
-    if !device.is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 {
+    if !device.is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
         return Ok(None);
     }
     let (n, k) = w.shape().dims2()?;
@@ -72,9 +73,7 @@ pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     }
     let mut dims = x_dims;
     *dims.last_mut().expect("x has a last dim") = n;
-    let y = Tensor::from_vec(out, dims, &device)?;
-    debug_assert_eq!(y.dim(D::Minus1)?, n);
-    Ok(Some(y))
+    Ok(Some(Tensor::from_vec(out, dims, &device)?))
 }
 
 /// Fills `out_t` `(n, m)` with the dot products of each weight row (the
@@ -191,6 +190,9 @@ mod tests {
             }
             let x = Tensor::randn(0f32, 1.0, (9, k), &dev).unwrap();
             assert!(dequantized_product(&q, &x).unwrap().is_none());
+            // An input autograd tracks keeps the caller's differentiable path.
+            let v = candle_core::Var::randn(0f32, 1.0, (1, k), &dev).unwrap();
+            assert!(dequantized_product(&q, v.as_tensor()).unwrap().is_none());
         }
     }
 
