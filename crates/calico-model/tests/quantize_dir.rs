@@ -82,6 +82,13 @@ fn the_demo_model_quantizes_and_loads_back_both_ways() {
             let q = load_dir_quantized_llm(&out, MissingFrozen::Error, &dev, matmul).unwrap();
             assert!(q.report.is_complete(), "{}", q.report);
             assert_eq!(q.report.quantized.values().sum::<usize>(), 21 + tables);
+            // The report's bytes: the LLM's projections (and tables) leave
+            // the float tensors for blocks that take less.
+            let (fr, qr) = (&float.report, &q.report);
+            assert_eq!(fr.quantized_bytes, 0);
+            assert!(qr.quantized_bytes > 0 && qr.float_bytes < fr.float_bytes);
+            assert!(qr.float_bytes + qr.quantized_bytes < fr.float_bytes, "{qr}");
+            assert!(qr.to_string().contains("quantized blocks"), "{qr}");
             assert_eq!(q.model.llm().embed_weight().is_none(), vocab.is_some());
             let got = logits(q.model.llm());
             // 11 tokens: past Q8_MAX_ROWS, so q8 takes the dequantised

@@ -536,6 +536,8 @@ fn small_preset_keeps_the_gguf_projections_quantized() {
         .to_string()
         .contains("LLM weights kept quantized: 210 Q4_1, 1 Q8_0"));
     assert!(l.model.llm().embed_weight().is_none());
+    // 66 MB of Q4_1 projections and the 30 MB Q8_0 table.
+    assert!(r.to_string().contains("quantized blocks 96.4 MB"), "{r}");
     assert!(r.filled.iter().all(|n| !n.starts_with("model.layers.")));
     let layer = &l.model.llm().layers()[0];
     assert!(layer.self_attn.q_proj.quantized_dtype().is_some());

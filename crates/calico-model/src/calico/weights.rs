@@ -141,9 +141,13 @@ pub struct WeightsReport {
     pub tokenizer: String,
     /// Vocabulary before and after Calico's tokens were added.
     pub vocab: (usize, usize),
-    /// LLM projection weights kept in their GGUF block-quantised types
+    /// LLM weights kept in their GGUF block-quantised types
     /// ([`load_dir_quantized_llm`]): how many of each type.
     pub quantized: BTreeMap<String, usize>,
+    /// Bytes the built model's weights take: its float tensors (frozen and
+    /// trainable), and the quantised blocks.
+    pub float_bytes: usize,
+    pub quantized_bytes: usize,
 }
 
 impl WeightsReport {
@@ -222,6 +226,22 @@ impl fmt::Display for WeightsReport {
                 .map(|(t, n)| format!("{n} {t}"))
                 .collect();
             writeln!(f, "  LLM weights kept quantized: {}", kinds.join(", "))?;
+        }
+        let mb = |b: usize| b as f64 / 1e6;
+        if self.quantized_bytes > 0 {
+            writeln!(
+                f,
+                "  weights held: {:.1} MB (float tensors {:.1} MB, quantized blocks {:.1} MB)",
+                mb(self.float_bytes + self.quantized_bytes),
+                mb(self.float_bytes),
+                mb(self.quantized_bytes)
+            )?;
+        } else {
+            writeln!(
+                f,
+                "  weights held: {:.1} MB of float tensors",
+                mb(self.float_bytes)
+            )?;
         }
         write!(
             f,
@@ -782,6 +802,13 @@ fn load_dir_inner(
         .lock()
         .map(|f| f.iter().cloned().collect())
         .unwrap_or_default();
+    let frozen = seen.lock().map(|m| m.clone()).unwrap_or_default();
+    let bytes = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+    let float_bytes = frozen.values().map(bytes).sum::<usize>()
+        + varmap_tensors(&trainable)
+            .values()
+            .map(bytes)
+            .sum::<usize>();
     let report = WeightsReport {
         dir: dir.to_path_buf(),
         checkpoint: ckpt.report(),
@@ -790,8 +817,9 @@ fn load_dir_inner(
         tokenizer: tok_origin,
         vocab: (before, after),
         quantized: quantized.type_counts(),
+        float_bytes,
+        quantized_bytes: quantized.size_in_bytes(),
     };
-    let frozen = seen.lock().map(|m| m.clone()).unwrap_or_default();
     let own_file = dir.join(TRAINABLE_FILE);
     let mut frozen_own: BTreeSet<String> = report.filled.iter().cloned().collect();
     if own_file.is_file() {
