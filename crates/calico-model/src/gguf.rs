@@ -28,6 +28,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
+use calico_nn::qrows::{is_float, RowLayout};
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -347,32 +348,14 @@ pub fn unpermute_qk_quantized(
     heads: usize,
     device: &Device,
 ) -> candle_core::Result<QTensor> {
-    let dims = w.shape().dims().to_vec();
-    let (rows, cols) = match dims[..] {
-        [r, c] => (r, c),
-        _ => candle_core::bail!("expected a 2-D quantized weight, got shape {dims:?}"),
-    };
-    let dtype = w.dtype();
-    if !cols.is_multiple_of(dtype.block_size()) {
-        candle_core::bail!(
-            "rows of {cols} values do not split into {dtype:?} blocks of {}",
-            dtype.block_size()
-        );
-    }
-    let row_bytes = cols / dtype.block_size() * dtype.type_size();
-    let data = w.data()?;
-    if data.len() != rows * row_bytes {
-        candle_core::bail!(
-            "{dtype:?} weight {dims:?} holds {} bytes, expected {}",
-            data.len(),
-            rows * row_bytes
-        );
-    }
+    let layout = RowLayout::of(w)?;
+    let data = layout.data(w)?;
+    let dims = [layout.rows, layout.cols];
     let mut out = Vec::with_capacity(data.len());
     for src in qk_row_order(&dims, heads, true)? {
-        out.extend_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+        out.extend_from_slice(layout.rows_of(&data, src, 1));
     }
-    ggml_file::qtensor_from_ggml(dtype, &out, dims, device)
+    ggml_file::qtensor_from_ggml(layout.dtype, &out, dims.to_vec(), device)
 }
 
 /// The LLaMA hyper-parameters in a GGUF file's metadata. `vocab_size` is the
@@ -560,8 +543,7 @@ fn load(
         let in_context = |e: candle_core::Error| err(&file_path, format!("tensor `{name}`: {e}"));
         let (dtype, _) = file.tensor_info(name)?;
         let keep = is_projection(name) || is_vocab_table(name);
-        let float = matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-        if keep_quantized.is_some() && keep && !float {
+        if keep_quantized.is_some() && keep && !is_float(dtype) {
             let mut q = file.read(name, device)?;
             if let Some(h) = heads {
                 q = unpermute_qk_quantized(&q, h, device).map_err(in_context)?;

@@ -51,12 +51,15 @@ fn the_demo_model_quantizes_and_loads_back_both_ways() {
         // when they are not quantised.
         let tables = if vocab.is_some() { 2 } else { 0 };
         assert_eq!(
-            (r.projections, r.vocab_tables, r.llm_float),
+            (r.projections.count, r.vocab.count, r.llm_float),
             (21, tables, 9 - tables)
         );
-        assert!(r.quantized_bytes * 3 < r.float_bytes, "{r}");
+        assert!(
+            r.projections.quantized_bytes * 3 < r.projections.float_bytes,
+            "{r}"
+        );
         if vocab.is_some() {
-            assert!(r.vocab_quantized_bytes * 3 < r.vocab_float_bytes, "{r}");
+            assert!(r.vocab.quantized_bytes * 3 < r.vocab.float_bytes, "{r}");
             assert!(r.to_string().contains("2 vocabulary tables →"), "{r}");
         }
         assert!(out.join(LLM_GGUF_FILE).is_file());

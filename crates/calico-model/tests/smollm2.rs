@@ -561,7 +561,7 @@ fn small_preset_keeps_the_gguf_projections_quantized() {
     )
     .unwrap();
     assert_eq!(
-        (q.projections, q.vocab_tables, q.llm_float, q.others),
+        (q.projections.count, q.vocab.count, q.llm_float, q.others),
         (210, 1, 61, 0),
         "{q}"
     );

@@ -18,6 +18,7 @@ pub mod mlp;
 pub mod norm;
 pub mod ops;
 pub mod qgemv;
+pub mod qrows;
 pub mod qtable;
 pub mod testing;
 

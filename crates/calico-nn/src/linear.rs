@@ -175,11 +175,10 @@ impl Linear {
                 );
             }
         }
-        let weight = match weight.dtype() {
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                Weight::Dense(weight.dequantize(&weight.device())?)
-            }
-            _ => Weight::Quantized(weight, matmul),
+        let weight = if crate::qrows::is_float(weight.dtype()) {
+            Weight::Dense(weight.dequantize(&weight.device())?)
+        } else {
+            Weight::Quantized(weight, matmul)
         };
         Ok(Self {
             weight,

@@ -20,6 +20,8 @@ use candle_core::quantized::k_quants::{
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Result, Tensor};
+
+use crate::qrows::RowLayout;
 use rayon::prelude::*;
 
 /// Inputs of at most this many rows take the row-at-a-time product; longer
@@ -39,7 +41,8 @@ pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     if !device.is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
         return Ok(None);
     }
-    let (n, k) = w.shape().dims2()?;
+    let layout = RowLayout::of(w)?;
+    let (n, k) = (layout.rows, layout.cols);
     let x_dims = x.dims().to_vec();
     if x_dims.last() != Some(&k) {
         candle_core::bail!("input of shape {x_dims:?} does not fit a ({n}, {k}) quantized weight");
@@ -49,12 +52,12 @@ pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    let data = w.data()?;
+    let data = layout.data(w)?;
     let mut out_t = vec![0f32; n * m];
     macro_rules! run {
         ($($dtype:ident => $block:ty),*) => {
             match w.dtype() {
-                $(GgmlDType::$dtype => rows_dot::<$block>(&data, n, k, &xs, m, &mut out_t)?,)*
+                $(GgmlDType::$dtype => rows_dot::<$block>(&data, &layout, &xs, m, &mut out_t)?,)*
                 _ => return Ok(None),
             }
         };
@@ -77,38 +80,28 @@ pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
 }
 
 /// Fills `out_t` `(n, m)` with the dot products of each weight row (the
-/// `n × k/BLCK_SIZE` blocks of `bytes`) with each of the `m` rows of `xs`.
+/// blocks of `bytes`, checked against `layout`) with each of the `m` rows
+/// of `xs`.
 fn rows_dot<T: GgmlType>(
     bytes: &[u8],
-    n: usize,
-    k: usize,
+    layout: &RowLayout,
     xs: &[f32],
     m: usize,
     out_t: &mut [f32],
 ) -> Result<()> {
-    if !k.is_multiple_of(T::BLCK_SIZE) {
-        candle_core::bail!(
-            "rows of {k} values do not split into {:?} blocks of {}",
-            T::DTYPE,
-            T::BLCK_SIZE
-        );
-    }
+    let (n, k) = (layout.rows, layout.cols);
     let per_row = k / T::BLCK_SIZE;
-    let size = std::mem::size_of::<T>();
-    if bytes.len() != n * per_row * size {
+    let fits = layout.dtype == T::DTYPE && bytes.len() == n * per_row * std::mem::size_of::<T>();
+    if !fits || !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
         candle_core::bail!(
-            "{:?} weight ({n}, {k}) holds {} bytes, expected {}",
-            T::DTYPE,
-            bytes.len(),
-            n * per_row * size
+            "{:?} weight ({n}, {k}): its bytes are not aligned {:?} blocks",
+            layout.dtype,
+            T::DTYPE
         );
-    }
-    if !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
-        candle_core::bail!("{:?} weight blocks are not aligned in memory", T::DTYPE);
     }
     // SAFETY: the blocks are plain-old-data structs of integers and f16
-    // (candle stores them as `Vec<T>`); the length and alignment are checked
-    // above, and the slice borrows `bytes` for its lifetime.
+    // (candle stores them as `Vec<T>`); their count, type and alignment are
+    // checked above, and the slice borrows `bytes`.
     let blocks: &[T] =
         unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), n * per_row) };
     out_t

@@ -23,6 +23,7 @@ use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor, D};
 
 use crate::linear::{Linear, QuantizedMatmul};
+use crate::qrows::{is_float, RowLayout};
 
 /// Rows per chunk of the product: the float copy a product holds at once is
 /// at most this many rows (8,192 × 4,096 × 4 bytes = 128 MiB for a 7B).
@@ -35,9 +36,8 @@ pub struct QuantizedTable {
     /// the last.
     chunks: Vec<Arc<QTensor>>,
     chunk_rows: usize,
-    rows: usize,
-    cols: usize,
-    dtype: GgmlDType,
+    /// The whole table's rows.
+    layout: RowLayout,
 }
 
 impl QuantizedTable {
@@ -49,42 +49,24 @@ impl QuantizedTable {
 
     /// [`QuantizedTable::new`] with a chosen chunk size (tests use small ones).
     pub fn with_chunk_rows(table: Arc<QTensor>, chunk_rows: usize) -> Result<Self> {
-        let dims = table.shape().dims().to_vec();
-        let (rows, cols) = match dims[..] {
-            [r, c] => (r, c),
-            _ => candle_core::bail!("a quantized table must be 2-D, got shape {dims:?}"),
-        };
-        let dtype = table.dtype();
-        if matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+        let layout = RowLayout::of(&table)?;
+        let (rows, cols, dtype) = (layout.rows, layout.cols, layout.dtype);
+        if is_float(dtype) {
             candle_core::bail!("a quantized table needs a block-quantized type, got {dtype:?}");
         }
         if chunk_rows == 0 || rows == 0 {
-            candle_core::bail!("a quantized table needs rows, got shape {dims:?}");
-        }
-        if !cols.is_multiple_of(dtype.block_size()) {
-            candle_core::bail!(
-                "rows of {cols} values do not split into {dtype:?} blocks of {}",
-                dtype.block_size()
-            );
+            candle_core::bail!("a quantized table needs rows, got shape [{rows}, {cols}]");
         }
         let chunks = if rows <= chunk_rows {
             vec![table]
         } else {
-            let row_bytes = row_bytes(dtype, cols);
-            let data = table.data()?;
-            if data.len() != rows * row_bytes {
-                candle_core::bail!(
-                    "{dtype:?} table {dims:?} holds {} bytes, expected {}",
-                    data.len(),
-                    rows * row_bytes
-                );
-            }
+            let data = layout.data(&table)?;
             let device = table.device();
             (0..rows)
                 .step_by(chunk_rows)
                 .map(|start| {
                     let n = chunk_rows.min(rows - start);
-                    let bytes = &data[start * row_bytes..(start + n) * row_bytes];
+                    let bytes = layout.rows_of(&data, start, n);
                     ggml_file::qtensor_from_ggml(dtype, bytes, vec![n, cols], &device).map(Arc::new)
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -92,22 +74,20 @@ impl QuantizedTable {
         Ok(Self {
             chunks,
             chunk_rows,
-            rows,
-            cols,
-            dtype,
+            layout,
         })
     }
 
     pub fn rows(&self) -> usize {
-        self.rows
+        self.layout.rows
     }
 
     pub fn cols(&self) -> usize {
-        self.cols
+        self.layout.cols
     }
 
     pub fn dtype(&self) -> GgmlDType {
-        self.dtype
+        self.layout.dtype
     }
 
     pub fn device(&self) -> Device {
@@ -122,35 +102,31 @@ impl QuantizedTable {
     /// Rows `ids` as a float32 `(ids.len(), cols)` tensor on the table's
     /// device. An id past the table is an error naming it.
     pub fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= self.rows) {
+        let l = &self.layout;
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= l.rows) {
             candle_core::bail!(
                 "row {bad} is outside the quantized table of {} rows",
-                self.rows
+                l.rows
             );
         }
         let device = self.device();
         if ids.is_empty() {
-            return Tensor::zeros((0, self.cols), DType::F32, &device);
+            return Tensor::zeros((0, l.cols), DType::F32, &device);
         }
         if device.is_cpu() {
             // Copy the rows' blocks side by side and dequantise only those.
-            let row_bytes = row_bytes(self.dtype, self.cols);
             let data: Vec<_> = self
                 .chunks
                 .iter()
                 .map(|c| c.data())
                 .collect::<Result<_>>()?;
-            let mut picked = Vec::with_capacity(ids.len() * row_bytes);
+            let mut picked = Vec::with_capacity(ids.len() * l.row_bytes);
             for &id in ids {
                 let (c, r) = (id as usize / self.chunk_rows, id as usize % self.chunk_rows);
-                picked.extend_from_slice(&data[c][r * row_bytes..(r + 1) * row_bytes]);
+                picked.extend_from_slice(l.rows_of(&data[c], r, 1));
             }
-            let q = ggml_file::qtensor_from_ggml(
-                self.dtype,
-                &picked,
-                vec![ids.len(), self.cols],
-                &device,
-            )?;
+            let q =
+                ggml_file::qtensor_from_ggml(l.dtype, &picked, vec![ids.len(), l.cols], &device)?;
             return q.dequantize(&device);
         }
         // Elsewhere the blocks live on the accelerator: dequantise each
@@ -210,7 +186,7 @@ impl QuantizedTable {
             });
         }
         let sum = sum.expect("a table has at least one chunk");
-        sum / self.rows as f64
+        sum / self.layout.rows as f64
     }
 
     /// The whole table in float32 (tests and one-off inspection; inference
@@ -224,10 +200,6 @@ impl QuantizedTable {
             .collect::<Result<Vec<_>>>()?;
         Tensor::cat(&parts, 0)
     }
-}
-
-fn row_bytes(dtype: GgmlDType, cols: usize) -> usize {
-    cols / dtype.block_size() * dtype.type_size()
 }
 
 #[cfg(test)]

@@ -46,7 +46,11 @@ pub struct QuantizeArgs {
     /// Type of the token embedding and output head: any of --type's, or f32 to keep them
     /// float. They are the largest single tensors (a 7B's two take 1 GB as float32);
     /// q8_0 keeps every logit close to the float model's.
-    #[arg(long = "vocab-type", value_name = "TYPE", default_value = "q8_0")]
+    #[arg(
+        long = "vocab-type",
+        value_name = "TYPE",
+        default_value = calico_model::calico::quantize::DEFAULT_VOCAB_TYPE
+    )]
     vocab_dtype: String,
     /// The directory to write (must not exist, or be empty; written under a temporary name
     /// and renamed at the end).

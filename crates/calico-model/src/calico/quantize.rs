@@ -55,10 +55,10 @@ pub const QUANT_TYPES: &[(&str, GgmlDType)] = &[
     ("q6_k", GgmlDType::Q6K),
 ];
 
-/// The vocabulary tables' type when none is asked for: llama.cpp too keeps
-/// the output head at 6–8 bits whatever the projections get, since every
-/// logit passes through it.
-pub const DEFAULT_VOCAB_TYPE: GgmlDType = GgmlDType::Q8_0;
+/// The vocabulary tables' type when none is asked for (`calico model
+/// quantize --vocab-type`): llama.cpp too keeps the output head at 6–8 bits
+/// whatever the projections get, since every logit passes through it.
+pub const DEFAULT_VOCAB_TYPE: &str = "q8_0";
 
 /// Parses `f32` as `None` (the tables stay float32) and any name of
 /// [`QUANT_TYPES`] as that type.
@@ -87,23 +87,45 @@ pub fn parse_quant_type(s: &str) -> std::result::Result<GgmlDType, String> {
         })
 }
 
+/// Tensors [`quantize_dir`] wrote in one block type: how many, and their
+/// bytes as float32 and as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QuantizedTensors {
+    pub count: usize,
+    pub float_bytes: usize,
+    pub quantized_bytes: usize,
+}
+
+impl QuantizedTensors {
+    fn add(&mut self, float: &Tensor, q: &QTensor) {
+        self.count += 1;
+        self.float_bytes += float.elem_count() * 4;
+        self.quantized_bytes += q.storage_size_in_bytes();
+    }
+
+    /// `21 LLM projections → Q8_0: 0.1 MB (from 0.4 MB as float32)`.
+    fn line(&self, what: &str, dtype: GgmlDType) -> String {
+        format!(
+            "{} {what} → {dtype:?}: {:.1} MB (from {:.1} MB as float32)",
+            self.count,
+            self.quantized_bytes as f64 / 1e6,
+            self.float_bytes as f64 / 1e6
+        )
+    }
+}
+
 /// What [`quantize_dir`] wrote.
 #[derive(Debug, Clone)]
 pub struct QuantizeReport {
     pub out: PathBuf,
     pub dtype: GgmlDType,
-    /// Projection weights quantised.
-    pub projections: usize,
-    /// Their bytes as float32, and as written.
-    pub float_bytes: usize,
-    pub quantized_bytes: usize,
+    /// The projection weights, in `dtype`.
+    pub projections: QuantizedTensors,
     /// The vocabulary tables' type (`None`: F32).
     pub vocab_dtype: Option<GgmlDType>,
-    /// Vocabulary tables quantised (the embedding, and the output head
-    /// unless it is tied), their bytes as float32 and as written.
-    pub vocab_tables: usize,
-    pub vocab_float_bytes: usize,
-    pub vocab_quantized_bytes: usize,
+    /// The vocabulary tables quantised (the embedding, and the output head
+    /// unless it is tied).
+    pub vocab: QuantizedTensors,
     /// Other LLM tensors written to the GGUF in F32 (norms, and the
     /// vocabulary tables when they stay float).
     pub llm_float: usize,
@@ -117,21 +139,15 @@ impl std::fmt::Display for QuantizeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "{} LLM projections → {:?}: {:.1} MB (from {:.1} MB as float32)",
-            self.projections,
-            self.dtype,
-            self.quantized_bytes as f64 / 1e6,
-            self.float_bytes as f64 / 1e6
+            "{}",
+            self.projections.line("LLM projections", self.dtype)
         )?;
-        if let Some(t) = self.vocab_dtype.filter(|_| self.vocab_tables > 0) {
-            writeln!(
-                f,
-                "{} vocabulary table{} → {t:?}: {:.1} MB (from {:.1} MB as float32)",
-                self.vocab_tables,
-                if self.vocab_tables == 1 { "" } else { "s" },
-                self.vocab_quantized_bytes as f64 / 1e6,
-                self.vocab_float_bytes as f64 / 1e6
-            )?;
+        if let Some(t) = self.vocab_dtype.filter(|_| self.vocab.count > 0) {
+            let what = match self.vocab.count {
+                1 => "vocabulary table",
+                _ => "vocabulary tables",
+            };
+            writeln!(f, "{}", self.vocab.line(what, t))?;
         }
         writeln!(
             f,
@@ -229,13 +245,9 @@ pub fn quantize_dir(
     let mut report = QuantizeReport {
         out: out.to_path_buf(),
         dtype,
-        projections: 0,
-        float_bytes: 0,
-        quantized_bytes: 0,
+        projections: QuantizedTensors::default(),
         vocab_dtype: vocab,
-        vocab_tables: 0,
-        vocab_float_bytes: 0,
-        vocab_quantized_bytes: 0,
+        vocab: QuantizedTensors::default(),
         llm_float: 0,
         others: 0,
         files: BTreeMap::new(),
@@ -254,14 +266,14 @@ pub fn quantize_dir(
         } else if gg.contains(".attn_k.") {
             t = permute_qk(&t, llm.kv_heads()).map_err(in_context)?;
         }
-        let (target, vocab_table) = if is_projection(&gg) {
-            (Some(dtype), false)
+        let target = if is_projection(&gg) {
+            Some((dtype, &mut report.projections))
         } else if is_vocab_table(&gg) {
-            (vocab, true)
+            vocab.map(|t| (t, &mut report.vocab))
         } else {
-            (None, false)
+            None
         };
-        if let Some(target) = target {
+        if let Some((target, written)) = target {
             let cols = t.dim(1).map_err(in_context)?;
             if !cols.is_multiple_of(target.block_size()) {
                 return Err(WeightsError(format!(
@@ -271,22 +283,7 @@ pub fn quantize_dir(
                 )));
             }
             let q = QTensor::quantize(&t, target).map_err(in_context)?;
-            let (count, float, written) = if vocab_table {
-                (
-                    &mut report.vocab_tables,
-                    &mut report.vocab_float_bytes,
-                    &mut report.vocab_quantized_bytes,
-                )
-            } else {
-                (
-                    &mut report.projections,
-                    &mut report.float_bytes,
-                    &mut report.quantized_bytes,
-                )
-            };
-            *count += 1;
-            *float += t.elem_count() * 4;
-            *written += q.storage_size_in_bytes();
+            written.add(&t, &q);
             gguf_tensors.push((gg, q));
         } else {
             report.llm_float += 1;
@@ -297,7 +294,7 @@ pub fn quantize_dir(
         }
     }
     progress(names.len(), names.len());
-    if report.projections == 0 {
+    if report.projections.count == 0 {
         return Err(WeightsError(format!(
             "{}: no LLM projection weights (model.layers.N.self_attn.q_proj.weight, …) to quantize",
             src.display()
@@ -409,6 +406,11 @@ mod tests {
         assert_eq!(parse_quant_type("q8_0"), Ok(GgmlDType::Q8_0));
         let e = parse_quant_type("q3").unwrap_err();
         assert!(e.contains("expected one of q4_0, q4_1"), "{e}");
+        assert_eq!(
+            parse_vocab_type(DEFAULT_VOCAB_TYPE),
+            Ok(Some(GgmlDType::Q8_0))
+        );
+        assert_eq!(parse_vocab_type("F32"), Ok(None));
     }
 
     #[test]
