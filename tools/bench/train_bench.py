@@ -16,7 +16,8 @@ Generates a small SynthParts set and its MixedParts samples, then runs:
                      random frozen vision, batch 1 x 4 accumulation on 2 workers,
                      frozen features computed and cached
   small (warm cache) the same steps again over a shared feature cache, on 2 workers
-                     and on 1 (candle's own threads)
+                     and on 1 (candle's own threads), and on 2 workers with the LLM kept
+                     in its GGUF blocks (--quantized-llm, QLoRA)
 
 Each row: optimizer steps/s and samples/s (from the run's metrics.jsonl,
 excluding the first step), peak resident memory (GNU time's maximum RSS) and
@@ -111,14 +112,17 @@ def main():
                        "grad_accumulation": 4, "warmup_steps": 1, "validate_every": 0,
                        "checkpoint_every": a.small_steps}, open(cfg, "w"))
             cache = os.path.join(work, "features")
-            for k, (label, workers) in enumerate([("cold", 2), ("warm", 2), ("warm", 1)]):
+            small_rows = [("cold", 2, []), ("warm", 2, []), ("warm", 1, []),
+                          ("warm", 2, ["--quantized-llm"])]
+            for k, (label, workers, flags) in enumerate(small_rows):
                 out = os.path.join(work, f"small-{k}")
                 rss, wall = timed([a.calico, "train", "--preset", "small", "--weights", w,
                                    "--data", data, "--config", cfg, "--out", out,
-                                   "--feature-cache", cache, "--workers", str(workers)])
+                                   "--feature-cache", cache, "--workers", str(workers)] + flags)
                 sps, smp = rates(out, 4)
+                llm = ", LLM kept quantized (QLoRA)" if flags else ""
                 rows.append((f"small, paper set ({label} feature cache, {workers} worker"
-                             f"{'s' if workers > 1 else ''})", sps, smp, rss, wall))
+                             f"{'s' if workers > 1 else ''}{llm})", sps, smp, rss, wall))
         else:
             print(f"note: {a.gguf} missing, small rows skipped", file=sys.stderr)
 

@@ -942,3 +942,112 @@ fn every_ablation_trains_and_records_its_modules() {
         assert_eq!(losses(&out).len(), 1, "{name}");
     }
 }
+
+/// QLoRA: the paper's set trained over an LLM kept in its quantized GGUF
+/// blocks has the losses of the same run over their float values, resumes
+/// with the flag it started with, and exports a model that loads either
+/// way (its source file's copies of the trained tensors left out). The
+/// flag is refused where it cannot apply, before anything is written.
+#[test]
+fn the_paper_set_trains_over_a_quantized_llm_as_over_its_float_values() {
+    let d = tmp("train-qlora");
+    let (_, data, cfg) = samples_and_config(&d, CONFIG);
+    let (data, cfg) = (data.as_str(), cfg.as_str());
+    let a = d.join("a");
+    let o = calico(&train_args(data, cfg, a.to_str().unwrap()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    // A's model with its LLM in a Q8_0 GGUF and every other tensor, the
+    // ones the paper's set trains too, in one model.safetensors.
+    let q = d.join("q");
+    let (a_model, q_s) = (a.join("model"), q.to_str().unwrap());
+    let o = calico(&[
+        "model",
+        "quantize",
+        "--weights",
+        a_model.to_str().unwrap(),
+        "--type",
+        "q8_0",
+        "--out",
+        q_s,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let paper = d.join("paper.json");
+    let mut c: serde_json::Value = serde_json::from_str(CONFIG).unwrap();
+    c["trainable"] = "paper".into();
+    std::fs::write(&paper, c.to_string()).unwrap();
+    let paper = paper.to_str().unwrap();
+
+    let float = d.join("float");
+    let mut args = train_args(data, paper, float.to_str().unwrap());
+    args.extend(["--weights", q_s]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Stopped after 3 steps and resumed without repeating the flag.
+    let ql = d.join("qlora");
+    let mut args = train_args(data, paper, ql.to_str().unwrap());
+    args.extend(["--weights", q_s, "--quantized-llm", "--stop-after", "3"]);
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        read_json(&ql.join("start.json"))["quantized_llm"],
+        "dequantize"
+    );
+    let mut args = train_args(data, paper, ql.to_str().unwrap());
+    args.extend(["--resume", "--quantized-llm", "q8"]);
+    let o = calico(&args);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resume it with that value or without the flag"));
+    let mut args = train_args(data, paper, ql.to_str().unwrap());
+    args.push("--resume");
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (fl, ql_losses) = (losses(&float), losses(&ql));
+    assert_eq!(fl.len(), 6);
+    assert_eq!(ql_losses.len(), 6);
+    for (f, g) in fl.iter().zip(&ql_losses) {
+        assert_eq!(f.0, g.0);
+        assert!(
+            (f.1 - g.1).abs() <= 1e-6 * f.1.abs().max(1.0),
+            "{f:?} {g:?}"
+        );
+    }
+    // The export loads quantized and as float32.
+    let model = ql.join("model");
+    let sources = read_json(&model.join("sources.json"));
+    let held = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"].as_str().unwrap().ends_with("model.safetensors"))
+        .expect("q's model.safetensors is a source");
+    assert!(!held["except"].as_array().unwrap().is_empty());
+    for extra in [&["--quantized-llm"][..], &[]] {
+        let mut args = vec!["model", "check", model.to_str().unwrap()];
+        args.extend(extra);
+        let o = calico(&args);
+        assert!(o.status.success(), "{extra:?}: {}", stderr(&o));
+    }
+
+    // Refused: without --weights, with every tensor trainable, on a
+    // directory without a GGUF, and on resuming a float run.
+    let refused = |args: Vec<&str>, out: &Path, says: &str| {
+        let o = calico(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{}", stderr(&o));
+        assert!(!out.exists() || out == float.as_path());
+    };
+    let r = d.join("r");
+    let r_s = r.to_str().unwrap();
+    let mut args = train_args(data, paper, r_s);
+    args.push("--quantized-llm");
+    refused(args, &r, "--quantized-llm needs --weights DIR");
+    let mut args = train_args(data, cfg, r_s);
+    args.extend(["--weights", q_s, "--quantized-llm"]);
+    refused(args, &r, "trains every tensor");
+    let mut args = train_args(data, paper, r_s);
+    args.extend(["--weights", a_model.to_str().unwrap(), "--quantized-llm"]);
+    refused(args, &r, "no GGUF LLM to keep quantized");
+    let mut args = train_args(data, paper, float.to_str().unwrap());
+    args.extend(["--resume", "--quantized-llm"]);
+    refused(args, &float, "resume it without --quantized-llm");
+}

@@ -713,14 +713,41 @@ impl Checkpoint {
             }
             to_stored.insert(new, stored);
         }
+        Ok(self.seen_as(to_stored))
+    }
+
+    /// This checkpoint seen through `to_stored` (a name → its stored name).
+    fn seen_as(self, to_stored: HashMap<String, String>) -> Self {
         let origin = self.inner.origin.clone();
-        Ok(Self::from_store(
+        Self::from_store(
             Store::Renamed {
                 ckpt: self,
                 to_stored,
             },
             origin,
-        ))
+        )
+    }
+
+    /// The same tensors but `names`, which must all be there: each one
+    /// absent is an error naming it. Nothing is copied.
+    ///
+    /// For a weights directory's source whose tensors the directory's own
+    /// files replace (`sources.json`'s `except`).
+    pub fn without(self, names: &[String]) -> Result<Self, LoadError> {
+        if let Some(absent) = names.iter().find(|n| !self.inner.store.contains(n)) {
+            return Err(read_err(
+                Path::new(&self.inner.origin),
+                format!("no tensor `{absent}` to leave out"),
+            ));
+        }
+        let dropped: std::collections::HashSet<&String> = names.iter().collect();
+        let to_stored = self
+            .names()
+            .into_iter()
+            .filter(|n| !dropped.contains(n))
+            .map(|n| (n.clone(), n))
+            .collect();
+        Ok(self.seen_as(to_stored))
     }
 
     /// One tensor by its stored name, recorded as used.

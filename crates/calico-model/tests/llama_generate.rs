@@ -562,3 +562,110 @@ fn quantized_vocabulary_tables_read_like_their_dequantized_values() {
         }
     }
 }
+
+/// QLoRA: with every projection and vocabulary table kept block-quantised,
+/// LoRA trains as it does over the dequantised float weights: the same
+/// logits and, for every adapter and the input embeddings, the same
+/// gradients (the quantised weights themselves are frozen).
+#[test]
+fn lora_trains_through_quantized_weights_as_through_their_dequantized_values() {
+    use calico_model::llama::QuantizedWeights;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::Var;
+    for (tied, dtype) in [(true, GgmlDType::Q4_0), (false, GgmlDType::Q8_0)] {
+        let cfg = LlamaConfig {
+            intermediate_size: 64,
+            ..tiny_config(tied)
+        };
+        let mut weights = random_weights(&cfg, 51);
+        let mut quantized = QuantizedWeights::default();
+        let mut rest = HashMap::new();
+        for (name, t) in weights.iter_mut() {
+            if t.rank() == 2 {
+                let q = QTensor::quantize(t, dtype).unwrap();
+                *t = q.dequantize(&Device::Cpu).unwrap();
+                quantized
+                    .tensors
+                    .insert(name.clone(), std::sync::Arc::new(q));
+            } else {
+                rest.insert(name.clone(), t.clone());
+            }
+        }
+        assert_eq!(
+            quantized.len(),
+            7 * cfg.num_hidden_layers + if tied { 1 } else { 2 }
+        );
+        let spec = LoraSpec::default();
+        let (fmap, qmap) = (VarMap::new(), VarMap::new());
+        let float = Llama::with_lora(
+            &cfg,
+            &spec,
+            VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu),
+            VarBuilder::from_varmap(&fmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        let q = Llama::with_lora_quantized(
+            &cfg,
+            &spec,
+            VarBuilder::from_tensors(rest, DType::F32, &Device::Cpu),
+            Some(&quantized),
+            VarBuilder::from_varmap(&qmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        randomise_vars(&fmap, 52);
+        randomise_vars(&qmap, 52);
+        let tokens = random_ids(&cfg, 2, 6, 53);
+        let mask = Tensor::new(&[[0f32, 1., 1., 1., 1., 1.], [1.; 6]], &Device::Cpu).unwrap();
+        let run = |m: &Llama, map: &VarMap| {
+            let x = Var::from_tensor(&m.embed(&ids(&tokens)).unwrap()).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(54);
+            let out = m
+                .forward_embeds(
+                    x.as_tensor(),
+                    ForwardOptions {
+                        attention_mask: Some(&mask),
+                        logits: true,
+                        rng: Some(&mut rng),
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            let logits = out.logits.unwrap();
+            let grads = logits
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut g: Vec<(String, Tensor)> = map
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(n, v)| (n.clone(), grads.get(v.as_tensor()).unwrap().clone()))
+                .collect();
+            g.sort_by(|a, b| a.0.cmp(&b.0));
+            g.push((
+                "inputs_embeds".into(),
+                grads.get(x.as_tensor()).unwrap().clone(),
+            ));
+            (logits, g)
+        };
+        let (fl, fg) = run(&float, &fmap);
+        let (ql, qg) = run(&q, &qmap);
+        assert!(rel(&ql, &fl) < 1e-5, "{dtype:?} logits: {}", rel(&ql, &fl));
+        assert_eq!(qg.len(), fg.len());
+        for ((name, a), (_, b)) in qg.iter().zip(&fg) {
+            let n = b
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(n > 0.0, "{dtype:?}: zero gradient for {name}");
+            assert!(rel(a, b) < 1e-5, "{dtype:?} {name}: {}", rel(a, b));
+        }
+    }
+}

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use calico_model::calico::weights::{
-    load_dir, safetensors_bytes, save_dir, MissingFrozen, CONFIG_FILE, FROZEN_FILE, SOURCES_FILE,
-    TRAINABLE_FILE,
+    load_dir, safetensors_bytes, save_dir, sources_for_export, MissingFrozen, CONFIG_FILE,
+    FROZEN_FILE, SOURCES_FILE, TRAINABLE_FILE,
 };
 use calico_model::calico::{Calico, ImageInput, TrainBatch};
 use calico_model::config::CalicoConfig;
@@ -162,6 +162,61 @@ fn files_split_by_prefix_load_through_sources_json() {
     assert!(l.report.is_complete() && l.report.checkpoint.unexpected.is_empty());
     assert_eq!(l.report.checkpoint.parts.len(), 3, "{}", l.report);
     assert!(same(&outputs(&l.model, &l.tokenizer), reference()));
+}
+
+/// A fine-tuned export over a file that already holds the tensors it
+/// trained: its sources leave those out (`except`), and its own values are
+/// the ones loaded.
+#[test]
+fn an_export_replaces_the_tensors_it_trained_in_its_start_directory() {
+    let d = tmp("export-own");
+    let frozen = saved(&d);
+    let trained = candle_core::safetensors::load(d.join(TRAINABLE_FILE), &Device::Cpu).unwrap();
+    // The start directory: every tensor in one model.safetensors, the
+    // trainable ones with other values (as released weights would be).
+    let start = tmp("export-start");
+    let mut all = frozen.clone();
+    for (n, t) in &trained {
+        all.insert(n.clone(), (t + 1.0).unwrap());
+    }
+    std::fs::write(start.join(FROZEN_FILE), safetensors_bytes(&all).unwrap()).unwrap();
+    std::fs::copy(d.join(CONFIG_FILE), start.join(CONFIG_FILE)).unwrap();
+    // The export: the config, tokenizer and trained tensors, and sources.
+    let own: std::collections::BTreeSet<String> = trained.keys().cloned().collect();
+    std::fs::remove_file(d.join(FROZEN_FILE)).unwrap();
+    let sources = sources_for_export(&start, &own).unwrap();
+    assert_eq!(sources.sources.len(), 1);
+    let src = &sources.sources[0];
+    assert!(src.path.is_absolute() && src.path.ends_with(FROZEN_FILE));
+    assert_eq!(src.except, own.iter().cloned().collect::<Vec<_>>());
+    std::fs::write(
+        d.join(SOURCES_FILE),
+        serde_json::to_string(&sources).unwrap(),
+    )
+    .unwrap();
+    let l = load_dir(&d, MissingFrozen::Error, &Device::Cpu).unwrap();
+    assert!(l.report.is_complete() && l.report.checkpoint.unexpected.is_empty());
+    assert!(same(&outputs(&l.model, &l.tokenizer), reference()));
+
+    // Without `except` the two files provide the same tensors.
+    let bare = serde_json::json!({"sources": [{"path": src.path}]});
+    std::fs::write(d.join(SOURCES_FILE), bare.to_string()).unwrap();
+    let e = load_dir(&d, MissingFrozen::Error, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("is provided by both"), "{e}");
+    // An `except` naming a tensor the source lacks is an error naming it.
+    let typo = serde_json::json!({"sources": [{"path": src.path, "except": ["model.no_such"]}]});
+    std::fs::write(d.join(SOURCES_FILE), typo.to_string()).unwrap();
+    let e = load_dir(&d, MissingFrozen::Error, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("`except`") && e.contains("no tensor `model.no_such` to leave out"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ pub mod attention;
 pub mod batch_norm;
 pub mod broadcast;
 pub mod conv;
+pub mod input_grad;
 pub mod linear;
 pub mod loss;
 pub mod mlp;

@@ -105,6 +105,24 @@ impl std::str::FromStr for QuantizedMatmul {
 /// [`QuantizedMatmul::Q8`].
 pub const Q8_MAX_ROWS: usize = 8;
 
+/// `x · Wᵀ` for a block-quantised `W`, as [`QuantizedMatmul`] says, with no
+/// gradient recorded.
+pub(crate) fn quantized_product(
+    q: &Arc<QTensor>,
+    matmul: QuantizedMatmul,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
+    if matmul == QuantizedMatmul::Q8 && rows <= Q8_MAX_ROWS {
+        QMatMul::QTensor(q.clone()).forward(x)
+    } else if let Some(y) = crate::qgemv::dequantized_product(q, x)? {
+        Ok(y)
+    } else {
+        let w = q.dequantize(&q.device())?;
+        candle_nn::Linear::new(w, None).forward(x)
+    }
+}
+
 /// The base weight `W` (`out × in`).
 #[derive(Debug, Clone)]
 enum Weight {
@@ -304,17 +322,20 @@ impl Linear {
     fn base(&self, x: &Tensor) -> Result<Tensor> {
         let x = x.contiguous()?;
         let y = match &self.weight {
+            // A frozen weight under a tracked input (a frozen LLM under
+            // LoRA): candle's matmul backward would compute the weight's
+            // gradient too, which nothing reads.
+            Weight::Dense(w) if x.track_op() && !w.track_op() => {
+                let y0 = candle_nn::Linear::new(w.clone(), None).forward(&x.detach())?;
+                crate::input_grad::with_input_grad_dense(&x, y0, w)?
+            }
             Weight::Dense(w) => candle_nn::Linear::new(w.clone(), None).forward(&x)?,
             Weight::Quantized(q, matmul) => {
-                let rows = x.elem_count() / x.dim(candle_core::D::Minus1)?.max(1);
-                if *matmul == QuantizedMatmul::Q8 && rows <= Q8_MAX_ROWS {
-                    QMatMul::QTensor(q.clone()).forward(&x)?
-                } else if let Some(y) = crate::qgemv::dequantized_product(q, &x)? {
-                    y
-                } else {
-                    let w = q.dequantize(&q.device())?;
-                    candle_nn::Linear::new(w, None).forward(&x)?
-                }
+                // The product runs without a graph; a tracked input gets
+                // its gradient from `input_grad`, which dequantises the weight
+                // again in the backward pass instead of keeping it.
+                let y0 = quantized_product(q, *matmul, &x.detach())?;
+                crate::input_grad::with_input_grad(&x, y0, std::slice::from_ref(q))?
             }
         };
         match &self.bias {
@@ -339,15 +360,10 @@ impl Linear {
 
     /// Training forward: the adapter's input goes through inverted dropout
     /// with a mask drawn from `rng`, so a seeded run is reproducible.
-    /// A quantised base weight is refused: candle's quantised matmul passes
-    /// no gradient back to its input.
+    /// A block-quantised base weight stays frozen and quantised; the input
+    /// still gets its gradient ([`crate::input_grad`]), so adapters of earlier
+    /// layers train through it (QLoRA).
     pub fn forward_train(&self, x: &Tensor, rng: &mut impl Rng) -> Result<Tensor> {
-        if let Some(t) = self.quantized_dtype() {
-            candle_core::bail!(
-                "cannot train through a {t:?}-quantized weight: load the model's float weights \
-                 to train"
-            );
-        }
         let y = self.base(x)?;
         match (&self.lora, self.merged) {
             (Some(l), false) => {
@@ -550,7 +566,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lora_adapter_runs_beside_a_quantized_weight_and_training_is_refused() {
+    fn a_lora_adapter_runs_beside_a_quantized_weight() {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let (q, dq) = quantized(GgmlDType::Q8_0, 4, 32);
@@ -591,9 +607,70 @@ mod tests {
             .parse::<QuantizedMatmul>()
             .unwrap_err()
             .contains("expected dequantize or q8"));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let e = layer.forward_train(&x, &mut rng).unwrap_err();
-        assert!(e.to_string().contains("cannot train through a Q8_0"), "{e}");
+    }
+
+    /// QLoRA: a quantised layer trains its adapter and passes its input the
+    /// gradient a float layer over the dequantised weight would.
+    #[test]
+    fn training_through_a_quantized_weight_gives_the_dequantized_gradients() {
+        let dev = Device::Cpu;
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4K, GgmlDType::Q8_0] {
+            let in_dim = if dtype == GgmlDType::Q4K { 256 } else { 64 };
+            let (q, dq) = quantized(dtype, 6, in_dim);
+            let (qmap, dmap) = (VarMap::new(), VarMap::new());
+            let qvb = VarBuilder::from_varmap(&qmap, DType::F32, &dev);
+            let dvb = VarBuilder::from_varmap(&dmap, DType::F32, &dev);
+            let bias = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
+            let qlayer = Linear::from_qtensor(q, Some(bias.clone()), QuantizedMatmul::Q8)
+                .unwrap()
+                .with_lora(LoraConfig::default(), qvb.pp("p"))
+                .unwrap();
+            let dlayer = Linear::from_tensors(dq, Some(bias))
+                .with_lora(LoraConfig::default(), dvb.pp("p"))
+                .unwrap();
+            // The same adapter values in both, B non-zero.
+            for name in ["p.lora_A.weight", "p.lora_B.weight"] {
+                let qv = qmap.data().lock().unwrap().get(name).unwrap().clone();
+                let shape = qv.as_tensor().shape().clone();
+                let v = Tensor::randn(0f32, 0.5, shape, &dev).unwrap();
+                qv.set(&v).unwrap();
+                dmap.data()
+                    .lock()
+                    .unwrap()
+                    .get(name)
+                    .unwrap()
+                    .set(&v)
+                    .unwrap();
+            }
+            let x0 = Tensor::randn(0f32, 1.0, (2, 5, in_dim), &dev).unwrap();
+            let weights = Tensor::randn(0f32, 1.0, (2, 5, 6), &dev).unwrap();
+            let grads = |layer: &Linear, map: &VarMap| {
+                let x = candle_core::Var::from_tensor(&x0).unwrap();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+                let y = layer.forward_train(x.as_tensor(), &mut rng).unwrap();
+                let loss = (y.clone() * &weights).unwrap().sum_all().unwrap();
+                let g = loss.backward().unwrap();
+                let data = map.data().lock().unwrap();
+                let a = g.get(data.get("p.lora_A.weight").unwrap()).unwrap().clone();
+                let b = g.get(data.get("p.lora_B.weight").unwrap()).unwrap().clone();
+                (y, g.get(x.as_tensor()).unwrap().clone(), a, b)
+            };
+            let (qy, qx, qa, qb) = grads(&qlayer, &qmap);
+            let (dy, dx, da, db) = grads(&dlayer, &dmap);
+            assert!(max_rel_diff(&qy, &dy) < 1e-5, "{dtype:?} output");
+            assert!(max_rel_diff(&qx, &dx) < 1e-5, "{dtype:?} input gradient");
+            assert!(max_rel_diff(&qa, &da) < 1e-5, "{dtype:?} lora_A gradient");
+            assert!(max_rel_diff(&qb, &db) < 1e-5, "{dtype:?} lora_B gradient");
+            assert!(
+                qx.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.0
+            );
+        }
     }
 
     #[test]

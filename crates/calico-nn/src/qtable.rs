@@ -22,7 +22,7 @@ use std::sync::Arc;
 use candle_core::quantized::{ggml_file, GgmlDType, QTensor};
 use candle_core::{DType, Device, Result, Tensor, D};
 
-use crate::linear::{Linear, QuantizedMatmul};
+use crate::linear::{quantized_product, QuantizedMatmul};
 use crate::qrows::{is_float, RowLayout};
 
 /// Rows per chunk of the product: the float copy a product holds at once is
@@ -160,17 +160,22 @@ impl QuantizedTable {
         stacked.index_select(&Tensor::from_vec(inverse, ids.len(), &device)?, 0)
     }
 
-    /// `(…, cols)` → `(…, rows)`: `h · tableᵀ`, chunk by chunk.
+    /// `(…, cols)` → `(…, rows)`: `h · tableᵀ`, chunk by chunk. A tracked
+    /// `h` gets its gradient through [`crate::input_grad`] (the table itself is
+    /// frozen), so no chunk's float copy outlives its product.
     pub fn forward(&self, h: &Tensor) -> Result<Tensor> {
+        let free = h.contiguous()?.detach();
         let outs = self
             .chunks
             .iter()
-            .map(|c| Linear::from_qtensor(c.clone(), None, QuantizedMatmul::Dequantize)?.forward(h))
+            .map(|c| quantized_product(c, QuantizedMatmul::Dequantize, &free))
             .collect::<Result<Vec<_>>>()?;
-        if outs.len() == 1 {
-            return Ok(outs.into_iter().next().expect("one chunk"));
-        }
-        Tensor::cat(&outs, D::Minus1)
+        let y0 = if outs.len() == 1 {
+            outs.into_iter().next().expect("one chunk")
+        } else {
+            Tensor::cat(&outs, D::Minus1)?
+        };
+        crate::input_grad::with_input_grad(h, y0, &self.chunks)
     }
 
     /// The mean row `(1, cols)` in float32, summed chunk by chunk (so at
@@ -205,6 +210,7 @@ impl QuantizedTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::linear::Linear;
     use crate::testing::max_rel_diff;
 
     fn table(rows: usize, cols: usize, dtype: GgmlDType) -> (Tensor, Arc<QTensor>) {
@@ -257,6 +263,30 @@ mod tests {
                 let err = max_rel_diff(&got, &want);
                 assert!(err < 1e-6, "{rows} rows, chunks of {chunk}: {err}");
             }
+        }
+    }
+
+    /// A tied head trained through (QLoRA): the hidden state gets the
+    /// gradient of the dequantised product.
+    #[test]
+    fn a_tracked_input_gets_the_dequantized_gradient_in_any_chunking() {
+        let (float, q) = table(70, 64, GgmlDType::Q4_1);
+        let dev = Device::Cpu;
+        let h0 = Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (2, 3, 70), &dev).unwrap();
+        let grad_of = |f: &dyn Fn(&Tensor) -> Tensor| {
+            let h = candle_core::Var::from_tensor(&h0).unwrap();
+            let y = f(h.as_tensor());
+            let g = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            g.get(h.as_tensor()).unwrap().clone()
+        };
+        let dense = Linear::from_tensors(float, None);
+        let want = grad_of(&|h| dense.forward(h).unwrap());
+        for chunk in [16, 64, 70] {
+            let t = QuantizedTable::with_chunk_rows(q.clone(), chunk).unwrap();
+            let got = grad_of(&|h| t.forward(h).unwrap());
+            let err = max_rel_diff(&got, &want);
+            assert!(err < 1e-5, "chunks of {chunk}: {err}");
         }
     }
 

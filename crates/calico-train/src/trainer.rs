@@ -46,6 +46,7 @@ use calico_model::calico::cache::FeatureCache;
 use calico_model::calico::weights::{load_dir_ablated, save_dir, write_atomic, MissingFrozen};
 use calico_model::calico::Calico;
 use calico_model::config::CalicoConfig;
+use calico_model::llama::QuantizedMatmul;
 use calico_model::prompt::PromptFormat;
 use calico_model::tokenizer::CalicoTokenizer;
 use candle_core::{Device, Tensor, Var};
@@ -120,6 +121,10 @@ pub struct RunSpec {
     /// gradients are added in micro-batch order, so any value gives the
     /// same run.
     pub workers: usize,
+    /// Keep the `weights` directory's GGUF LLM in its quantised blocks,
+    /// frozen, and train the paper's set beside it (QLoRA). Recorded in
+    /// `RUN/start.json`: a resumed run keeps it.
+    pub quantized_llm: Option<QuantizedMatmul>,
 }
 
 /// One optimizer step's numbers.
@@ -197,6 +202,9 @@ pub struct Summary {
     pub last: Option<TrainRecord>,
     pub validation: Option<TaskTable>,
     pub model_dir: Option<PathBuf>,
+    /// How the run held its LLM (`RunSpec::quantized_llm`, or on resume
+    /// what the run started with).
+    pub quantized_llm: Option<QuantizedMatmul>,
 }
 
 fn io(path: &Path, error: std::io::Error) -> TrainError {
@@ -295,6 +303,7 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
             cfg.ablation,
             MissingFrozen::Random { seed: tc.seed },
             device,
+            spec.quantized_llm,
         )
         .map_err(|e| TrainError::Config(e.to_string()))?;
         if l.model.config() != cfg {
@@ -545,6 +554,68 @@ fn stage_start(
 struct Start {
     /// The weights directory, absolute.
     weights: PathBuf,
+    /// `--quantized-llm`'s matmul (`dequantize` or `q8`), when the LLM was
+    /// kept quantised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quantized_llm: Option<String>,
+}
+
+/// Whether the run keeps its LLM quantised: `spec.quantized_llm` for a new
+/// run; for a resumed one, what it started with, which the flag may repeat
+/// but not change. Refused without a weights directory or with
+/// `trainable: "all"` (the quantised weights cannot be variables).
+fn start_llm(
+    spec: &RunSpec,
+    weights: Option<&Path>,
+    trainable: TrainableSet,
+) -> Result<Option<QuantizedMatmul>> {
+    let path = spec.run_dir.join(START_FILE);
+    let llm = if spec.resume && path.is_file() {
+        let recorded = match read_json::<Start>(&path)?.quantized_llm {
+            Some(m) => Some(m.parse::<QuantizedMatmul>().map_err(|e| {
+                TrainError::Config(format!("{}: quantized_llm: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        match (recorded, spec.quantized_llm) {
+            (None, Some(_)) => {
+                return Err(TrainError::Config(format!(
+                    "{}: this run trains over the LLM's float weights; resume it without \
+                     --quantized-llm",
+                    spec.run_dir.display()
+                )))
+            }
+            (Some(r), Some(g)) if r != g => {
+                return Err(TrainError::Config(format!(
+                    "{}: this run keeps its LLM quantized with `--quantized-llm {}`; resume \
+                     it with that value or without the flag",
+                    spec.run_dir.display(),
+                    r.name()
+                )))
+            }
+            (r, _) => r,
+        }
+    } else {
+        spec.quantized_llm
+    };
+    if llm.is_some() {
+        if weights.is_none() {
+            return Err(TrainError::Config(
+                "--quantized-llm needs --weights DIR whose LLM is a GGUF file (random \
+                 weights are float tensors)"
+                    .into(),
+            ));
+        }
+        if trainable == TrainableSet::All {
+            return Err(TrainError::Config(
+                "--quantized-llm keeps the LLM's weights frozen in their quantized blocks, but \
+                 `trainable: \"all\"` (the tiny presets' default) trains every tensor; set \
+                 `\"trainable\": \"paper\"` in --config, or train without --quantized-llm"
+                    .into(),
+            ));
+        }
+    }
+    Ok(llm)
 }
 
 /// The weights directory the run starts from: `spec.weights` (made
@@ -791,9 +862,12 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             validation.check_resume(&recorded, spec.val.as_deref())?;
         }
     }
+    let weights = start_weights(spec)?;
+    let quantized_llm = start_llm(spec, weights.as_deref(), tc.trainable)?;
     let spec_eff = RunSpec {
         config: tc.clone(),
-        weights: start_weights(spec)?,
+        weights,
+        quantized_llm,
         ..spec.clone()
     };
     let Setup {
@@ -907,7 +981,11 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         let p = run.join("tokenizer_config.json");
         write_json(&p, &tok.config_json())?;
         if let Some(w) = &spec_eff.weights {
-            write_json(&run.join(START_FILE), &Start { weights: w.clone() })?;
+            let start = Start {
+                weights: w.clone(),
+                quantized_llm: spec_eff.quantized_llm.map(|m| m.name().to_string()),
+            };
+            write_json(&run.join(START_FILE), &start)?;
         }
         write_json(&recorded_samples, &samples)?;
         write_json(&run.join(VALIDATION_FILE), &validation)?;
@@ -1191,6 +1269,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         last,
         validation,
         model_dir,
+        quantized_llm: spec_eff.quantized_llm,
     })
 }
 
@@ -1334,30 +1413,13 @@ fn write_model_files(
 ) -> Result<()> {
     save_dir(dir, cfg, frozen, vars, Some(tok)).map_err(|e| TrainError::Data(e.to_string()))?;
     if let Some(w) = weights {
-        use calico_model::calico::weights::{read_sources, Source, Sources, SOURCES_FILE};
-        let w = std::fs::canonicalize(w).map_err(|e| io(w, e))?;
-        let mut sources: Vec<Source> = read_sources(&w)
-            .map_err(|e| TrainError::Config(e.to_string()))?
-            .into_iter()
-            .map(|mut s| {
-                if s.path.is_relative() {
-                    s.path = w.join(&s.path);
-                }
-                s
-            })
-            .collect();
-        let entries = std::fs::read_dir(&w).map_err(|e| io(&w, e))?;
-        for e in entries.flatten() {
-            let p = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".gguf") || name == "model.safetensors" {
-                sources.push(Source {
-                    path: p,
-                    rename: Vec::new(),
-                });
-            }
+        use calico_model::calico::weights::{sources_for_export, SOURCES_FILE};
+        let mut own: std::collections::BTreeSet<String> = frozen.keys().cloned().collect();
+        if let Ok(data) = vars.data().lock() {
+            own.extend(data.keys().cloned());
         }
-        write_json(&dir.join(SOURCES_FILE), &Sources { sources })?;
+        let sources = sources_for_export(w, &own).map_err(|e| TrainError::Config(e.to_string()))?;
+        write_json(&dir.join(SOURCES_FILE), &sources)?;
     }
     Ok(())
 }

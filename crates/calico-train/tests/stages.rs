@@ -322,6 +322,7 @@ fn run_model(
         stop_after: None,
         feature_cache: None,
         workers,
+        quantized_llm: None,
     };
     train(&spec, &ExactMatch, &mut Quiet).unwrap();
     out

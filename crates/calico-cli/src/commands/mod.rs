@@ -37,7 +37,9 @@ pub struct LlmArgs {
     /// output head in the file's quantized blocks (Q4_K, Q8_0, …), for a fraction of the
     /// memory. `dequantize` (the default value) multiplies the blocks' float32 values: the same
     /// answers as without the flag. `q8` uses llama.cpp's integer kernels for the projections in
-    /// one-token steps, and answers can drift a little (docs/quantized.md).
+    /// one-token steps, and answers can drift a little (docs/quantized.md). `calico train` keeps
+    /// the blocks frozen and trains the paper's set beside them (QLoRA), with the losses of
+    /// training over their float32 values; its run records the flag for --resume.
     #[arg(
         long,
         value_name = "MATMUL",

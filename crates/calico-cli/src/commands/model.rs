@@ -163,6 +163,7 @@ fn init(a: InitArgs) -> Result<()> {
             sources: vec![Source {
                 path,
                 rename: Vec::new(),
+                except: Vec::new(),
             }],
         };
         let p = a.out.join(SOURCES_FILE);

@@ -77,6 +77,8 @@ pub struct TrainArgs {
     /// tensor kernels single-threaded. Any value gives the same run.
     #[arg(long)]
     workers: Option<usize>,
+    #[command(flatten)]
+    llm: super::LlmArgs,
 }
 
 fn apply_ablation(a: &mut Ablation, name: &str) {
@@ -429,6 +431,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         feature_cache: a.feature_cache.clone(),
         workers,
+        quantized_llm: a.llm.quantized_llm,
     };
     let bar = ProgressBar::new(spec.config.total_steps());
     bar.set_style(
@@ -466,8 +469,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         } else {
             "test.jsonl".to_string()
         };
+        let llm = match summary.quantized_llm {
+            Some(m) => format!(" --quantized-llm {}", m.name()),
+            None => String::new(),
+        };
         println!(
-            "score it: calico predict --weights {} --data {test} --out predictions.jsonl; \
+            "score it: calico predict --weights {}{llm} --data {test} --out predictions.jsonl; \
              calico eval --ground-truth {test} --predictions predictions.jsonl \
              (calico data subset makes a smaller test set)",
             dir.display()

@@ -29,6 +29,9 @@
 //! HF model directory, relative to DIR unless absolute. `rename` rules
 //! `[from, to]` replace a name's prefix (first match wins, names no rule
 //! matches are kept); tensors nobody reads show up as unused in the report.
+//! `"except": [names]` leaves tensors of a source out (named as renamed),
+//! because DIR's own files hold newer values: `calico train` writes it when
+//! it fine-tunes tensors that the directory it started from already held.
 //!
 //! Tensors the model needs but no file has:
 //! * trainable ones (LoRA, CEM, CAM, f_image, `text_hidden_fcs`, the SAM
@@ -76,6 +79,11 @@ pub struct Source {
     /// Prefix rewrites `[from, to]`, first match wins.
     #[serde(default)]
     pub rename: Vec<[String; 2]>,
+    /// Tensors (under their new names) this source does not provide because
+    /// the directory's own files do: what a fine-tuning run trained over a
+    /// file that already held them (`calico train`'s export).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub except: Vec<String>,
 }
 
 /// `sources.json`.
@@ -300,6 +308,75 @@ fn has_hf_weights(dir: &Path) -> bool {
     .any(|f| dir.join(f).is_file())
 }
 
+/// The `sources.json` of a model trained from `start` (a weights
+/// directory) whose own files hold the tensors `own`: `start`'s sources
+/// (made absolute), its GGUF LLM and its float weights file(s), each
+/// leaving out (`except`) the tensors of `own` it holds. A GGUF source is
+/// not opened: it holds only the LLM's frozen weights, which no export
+/// holds itself.
+pub fn sources_for_export(start: &Path, own: &BTreeSet<String>) -> Result<Sources> {
+    let start = std::fs::canonicalize(start)
+        .map_err(|e| WeightsError(format!("{}: {e}", start.display())))?;
+    let mut sources: Vec<Source> = read_sources(&start)?
+        .into_iter()
+        .map(|mut s| {
+            s.path = resolve(&start, &s.path);
+            s
+        })
+        .collect();
+    let entries =
+        std::fs::read_dir(&start).map_err(|e| WeightsError(format!("{}: {e}", start.display())))?;
+    let mut ggufs: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("gguf"))
+        .collect();
+    ggufs.sort();
+    sources.extend(ggufs.into_iter().map(|path| Source {
+        path,
+        rename: Vec::new(),
+        except: Vec::new(),
+    }));
+    if has_hf_weights(&start) {
+        let single = start.join(FROZEN_FILE);
+        sources.push(Source {
+            // The file itself, or the directory for shards and pickles.
+            path: if single.is_file() {
+                single
+            } else {
+                start.clone()
+            },
+            rename: Vec::new(),
+            except: Vec::new(),
+        });
+    }
+    for s in &mut sources {
+        let gguf = s.path.extension().and_then(|e| e.to_str()) == Some("gguf") || is_gguf(&s.path);
+        if gguf {
+            continue;
+        }
+        let ckpt = if s.path.is_dir() {
+            Checkpoint::from_dir(&s.path)?
+        } else {
+            Checkpoint::open(&s.path)?
+        };
+        let rules: Vec<(String, String)> = s
+            .rename
+            .iter()
+            .map(|[a, b]| (a.clone(), b.clone()))
+            .collect();
+        let mut except: BTreeSet<String> = s.except.iter().cloned().collect();
+        except.extend(
+            ckpt.names()
+                .iter()
+                .map(|n| rename_prefixes(&rules, n))
+                .filter(|n| own.contains(n)),
+        );
+        s.except = except.into_iter().collect();
+    }
+    Ok(Sources { sources })
+}
+
 /// Reads `sources.json` (absent → no sources).
 pub fn read_sources(dir: &Path) -> Result<Vec<Source>> {
     let path = dir.join(SOURCES_FILE);
@@ -468,6 +545,7 @@ fn open(dir: &Path, device: &Device, keep_quantized: Option<QuantizedMatmul>) ->
         .map(|path| Source {
             path: path.file_name().map(PathBuf::from).unwrap_or(path),
             rename: Vec::new(),
+            except: Vec::new(),
         })
         .collect();
     sources.extend(read_sources(dir)?);
@@ -499,6 +577,17 @@ fn open(dir: &Path, device: &Device, keep_quantized: Option<QuantizedMatmul>) ->
             ckpt
         } else {
             ckpt.renamed(|n| rename_prefixes(&rules, n))?
+        };
+        let ckpt = if src.except.is_empty() {
+            ckpt
+        } else {
+            ckpt.without(&src.except).map_err(|e| {
+                WeightsError(format!(
+                    "{}: `except` of {}: {e}",
+                    SOURCES_FILE,
+                    path.display()
+                ))
+            })?
         };
         parts.push((String::new(), ckpt));
     }
@@ -655,9 +744,9 @@ pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<L
 /// stay in the block-quantised types of the directory's GGUF file (Q4_K,
 /// Q8_0, …) and are multiplied in that form; the rest of the LLM and every
 /// other module load as usual. The directory must hold its LLM as a GGUF
-/// file. The model cannot be trained (a training forward through a
-/// quantised weight is refused), and its answers may differ slightly from
-/// the float path's with [`QuantizedMatmul::Q8`] (see there).
+/// file. Trained, the quantised weights stay frozen and LoRA adapters
+/// learn beside them (QLoRA: `calico_nn::input_grad`); answers may differ
+/// slightly from the float path's with [`QuantizedMatmul::Q8`] (see there).
 pub fn load_dir_quantized_llm(
     dir: &Path,
     missing: MissingFrozen,
@@ -681,13 +770,15 @@ pub fn load_dir_with_llm(
 /// of the directory config's own: the modules it switches off are never
 /// built (their tensors stay unread), and one it switches on that the
 /// directory lacks is made by `missing`, like any other absent tensor.
+/// `quantized_llm` as in [`load_dir_with_llm`].
 pub fn load_dir_ablated(
     dir: &Path,
     ablation: Ablation,
     missing: MissingFrozen,
     device: &Device,
+    quantized_llm: Option<QuantizedMatmul>,
 ) -> Result<LoadedCalico> {
-    load_dir_inner(dir, Some(ablation), missing, device, None)
+    load_dir_inner(dir, Some(ablation), missing, device, quantized_llm)
 }
 
 fn load_dir_inner(

@@ -252,8 +252,9 @@ impl Llama {
     }
 
     /// Loads a model whose projection weights found in `quantized` stay in
-    /// their stored block-quantised types (inference only: training through
-    /// them is refused); everything else comes from `vb`.
+    /// their stored block-quantised types, frozen (adapters beside them
+    /// train, and gradients pass through them: `calico_nn::input_grad`);
+    /// everything else comes from `vb`.
     pub fn new_quantized(
         cfg: &LlamaConfig,
         vb: VarBuilder,
