@@ -988,6 +988,11 @@ fn the_paper_set_trains_over_a_quantized_llm_as_over_its_float_values() {
     args.extend(["--weights", q_s, "--quantized-llm", "--stop-after", "3"]);
     let o = calico(&args);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the LLM stays frozen in its quantized blocks (QLoRA): 23 Q8_0"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         read_json(&ql.join("start.json"))["quantized_llm"],
         "dequantize"

@@ -276,6 +276,21 @@ pub struct GradAccumulator {
     count: usize,
 }
 
+/// Only the gradients of `vars` out of `grads`. candle's backward pass
+/// also leaves in its store the gradients it computed for untracked
+/// operands (dropout masks, RoPE tables, attention masks, broadcast views):
+/// nothing reads them, and a store held until the step's other
+/// micro-batches are done would keep them all alive.
+pub fn var_grads(mut grads: GradStore, vars: &[(String, Var)]) -> GradStore {
+    let mut kept = GradStore::default();
+    for (_, var) in vars {
+        if let Some(g) = grads.remove(var.as_tensor()) {
+            kept.insert(var.as_tensor(), g);
+        }
+    }
+    kept
+}
+
 impl GradAccumulator {
     /// An empty accumulator.
     pub fn new() -> Self {
@@ -409,6 +424,21 @@ mod tests {
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::new(v, &Device::Cpu).unwrap()
+    }
+
+    /// Only the variables' gradients are kept: candle's store also holds
+    /// one for the constant the variable was multiplied by.
+    #[test]
+    fn var_grads_keeps_only_the_variables_gradients() {
+        let w = var(&[1.0, 2.0]);
+        let c = t(&[3.0, -1.0]).broadcast_as((2, 2)).unwrap();
+        let y = w.as_tensor().broadcast_mul(&c).unwrap();
+        let all = y.sum_all().unwrap().backward().unwrap();
+        assert!(all.get_ids().count() > 1);
+        let kept = var_grads(all, &[("w".into(), w.clone())]);
+        assert_eq!(kept.get_ids().count(), 1);
+        let g: Vec<f32> = kept.get(w.as_tensor()).unwrap().to_vec1().unwrap();
+        assert_eq!(g, vec![6.0, -2.0]);
     }
 
     fn vals(v: &Var) -> Vec<f32> {

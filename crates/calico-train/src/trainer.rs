@@ -66,7 +66,7 @@ use crate::guard::{finite_or_stop, updated_weights_finite, with_kept};
 use crate::metrics::{MetricsLog, Record, TrainRecord, ValRecord, METRICS_FILE};
 use crate::model::{build_over, build_random, into_vars, TrainableSet};
 use crate::objective::batch_loss;
-use crate::optim::{clip_grad_norm, AdamW, GradAccumulator};
+use crate::optim::{clip_grad_norm, var_grads, AdamW, GradAccumulator};
 use crate::plot::CURVE_FILE;
 use crate::predict::{greedy, predict_sample};
 use crate::samples_record::{SamplesRecord, ValidationRecord, DATA_FILE, VALIDATION_FILE};
@@ -289,6 +289,8 @@ struct Setup {
     vars: VarMap,
     frozen: HashMap<String, Tensor>,
     tok: CalicoTokenizer,
+    /// What the run says about its LLM kept in quantised blocks.
+    llm_note: Option<String>,
 }
 
 fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -> Result<Setup> {
@@ -342,11 +344,18 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
                 model
             }
         };
+        let llm_note = l.report.quantized_kinds().map(|kinds| {
+            format!(
+                "note: the LLM stays frozen in its quantized blocks (QLoRA): {kinds}, {:.1} MB",
+                l.report.quantized_bytes as f64 / 1e6
+            )
+        });
         return Ok(Setup {
             model,
             vars: l.trainable,
             frozen: own,
             tok: l.tokenizer,
+            llm_note,
         });
     }
     let mut tok = CalicoTokenizer::word_level(&data::corpus(&train.samples, &format))?;
@@ -366,6 +375,7 @@ fn setup(spec: &RunSpec, cfg: &CalicoConfig, train: &Dataset, device: &Device) -
         vars: b.vars,
         frozen: b.frozen,
         tok,
+        llm_note: None,
     })
 }
 
@@ -875,6 +885,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         vars,
         frozen,
         tok,
+        llm_note,
     } = if spec.resume && spec_eff.weights.is_none() {
         // The tokenizer of the run, not one rebuilt from the data.
         let mut tok = CalicoTokenizer::from_file(run.join(TOKENIZER_FILE)).map_err(|e| {
@@ -890,10 +901,14 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             vars: b.vars,
             frozen: b.frozen,
             tok,
+            llm_note: None,
         }
     } else {
         setup(&spec_eff, &cfg, &train_ds, &device)?
     };
+    if let Some(note) = &llm_note {
+        obs.message(note);
+    }
     let named = named_vars(&vars);
     for note in tc.notes(spec.val.is_some()) {
         obs.message(&note);
@@ -1121,8 +1136,15 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         if let Some(s) = model.sam_stem() {
             s.set_batch_statistics(sam_stem_trains);
         }
-        let outcomes =
-            micro_batch_gradients(&model, &micro_batches, &tok, &tc, step, spec.workers.max(1))?;
+        let outcomes = micro_batch_gradients(
+            &model,
+            &named,
+            &micro_batches,
+            &tok,
+            &tc,
+            step,
+            spec.workers.max(1),
+        )?;
         for (micro, o) in outcomes.into_iter().enumerate() {
             let MicroOutcome {
                 text: t,
@@ -1284,6 +1306,7 @@ struct MicroOutcome {
 
 fn micro_outcome(
     model: &Calico,
+    named: &[(String, Var)],
     examples: &[Example],
     tok: &CalicoTokenizer,
     tc: &TrainConfig,
@@ -1298,7 +1321,7 @@ fn micro_outcome(
         .to_scalar::<f64>()?;
     // A non-finite loss is reported by the caller; its gradients are not used.
     let grads = if total.is_finite() {
-        l.total.backward()?
+        var_grads(l.total.backward()?, named)
     } else {
         candle_core::backprop::GradStore::default()
     };
@@ -1319,6 +1342,7 @@ fn micro_outcome(
 /// `workers`.
 fn micro_batch_gradients(
     model: &Calico,
+    named: &[(String, Var)],
     batches: &[Vec<Example>],
     tok: &CalicoTokenizer,
     tc: &TrainConfig,
@@ -1328,7 +1352,7 @@ fn micro_batch_gradients(
     crate::workers::map_ordered(
         batches.len(),
         workers,
-        |m| micro_outcome(model, &batches[m], tok, tc, step, m),
+        |m| micro_outcome(model, named, &batches[m], tok, tc, step, m),
         |m| format!("micro-batch {m} of step {}", step + 1),
     )
 }

@@ -159,6 +159,20 @@ pub struct WeightsReport {
 }
 
 impl WeightsReport {
+    /// The LLM weights kept in quantised blocks, by type (`210 Q4_1, 1
+    /// Q8_0`); `None` when none are.
+    pub fn quantized_kinds(&self) -> Option<String> {
+        if self.quantized.is_empty() {
+            return None;
+        }
+        let kinds: Vec<String> = self
+            .quantized
+            .iter()
+            .map(|(t, n)| format!("{n} {t}"))
+            .collect();
+        Some(kinds.join(", "))
+    }
+
     /// How a model loaded with [`load_dir_quantized_llm`] holds its LLM, for
     /// a model's description: ` (LLM kept in Q4_K+Q6_K, q8 matmul)`; empty
     /// when nothing was kept quantised.
@@ -227,13 +241,8 @@ impl fmt::Display for WeightsReport {
                 writeln!(f, "  {label}: {}: {}", names.len(), list(names, 8))?;
             }
         }
-        if !self.quantized.is_empty() {
-            let kinds: Vec<String> = self
-                .quantized
-                .iter()
-                .map(|(t, n)| format!("{n} {t}"))
-                .collect();
-            writeln!(f, "  LLM weights kept quantized: {}", kinds.join(", "))?;
+        if let Some(kinds) = self.quantized_kinds() {
+            writeln!(f, "  LLM weights kept quantized: {kinds}")?;
         }
         let mb = |b: usize| b as f64 / 1e6;
         if self.quantized_bytes > 0 {
