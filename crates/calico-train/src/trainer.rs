@@ -570,6 +570,17 @@ struct Start {
     quantized_llm: Option<String>,
 }
 
+/// A resumed run's `RUN/start.json` (`None` for a new run, or one that
+/// started from random weights).
+fn recorded_start(spec: &RunSpec) -> Result<Option<Start>> {
+    let path = spec.run_dir.join(START_FILE);
+    if spec.resume && path.is_file() {
+        Ok(Some(read_json(&path)?))
+    } else {
+        Ok(None)
+    }
+}
+
 /// Whether the run keeps its LLM quantised: `spec.quantized_llm` for a new
 /// run; for a resumed one, what it started with, which the flag may repeat
 /// but not change. Refused without a weights directory or with
@@ -579,11 +590,13 @@ fn start_llm(
     weights: Option<&Path>,
     trainable: TrainableSet,
 ) -> Result<Option<QuantizedMatmul>> {
-    let path = spec.run_dir.join(START_FILE);
-    let llm = if spec.resume && path.is_file() {
-        let recorded = match read_json::<Start>(&path)?.quantized_llm {
+    let llm = if let Some(start) = recorded_start(spec)? {
+        let recorded = match start.quantized_llm {
             Some(m) => Some(m.parse::<QuantizedMatmul>().map_err(|e| {
-                TrainError::Config(format!("{}: quantized_llm: {e}", path.display()))
+                TrainError::Config(format!(
+                    "{}: quantized_llm: {e}",
+                    spec.run_dir.join(START_FILE).display()
+                ))
             })?),
             None => None,
         };
@@ -642,12 +655,7 @@ fn start_weights(spec: &RunSpec) -> Result<Option<PathBuf>> {
     if !spec.resume {
         return Ok(given);
     }
-    let path = spec.run_dir.join(START_FILE);
-    let recorded = if path.is_file() {
-        Some(read_json::<Start>(&path)?.weights)
-    } else {
-        None
-    };
+    let recorded = recorded_start(spec)?.map(|s| s.weights);
     match (recorded, given) {
         (None, Some(w)) => Err(TrainError::Config(format!(
             "{}: this run started from seeded random weights, not from {}; resume it \

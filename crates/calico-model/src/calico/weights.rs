@@ -86,6 +86,16 @@ pub struct Source {
     pub except: Vec<String>,
 }
 
+impl Source {
+    /// `rename` as the `(from, to)` pairs [`rename_prefixes`] takes.
+    fn rules(&self) -> Vec<(String, String)> {
+        self.rename
+            .iter()
+            .map(|[a, b]| (a.clone(), b.clone()))
+            .collect()
+    }
+}
+
 /// `sources.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -333,15 +343,7 @@ pub fn sources_for_export(start: &Path, own: &BTreeSet<String>) -> Result<Source
             s
         })
         .collect();
-    let entries =
-        std::fs::read_dir(&start).map_err(|e| WeightsError(format!("{}: {e}", start.display())))?;
-    let mut ggufs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("gguf"))
-        .collect();
-    ggufs.sort();
-    sources.extend(ggufs.into_iter().map(|path| Source {
+    sources.extend(gguf_files(&start)?.into_iter().map(|path| Source {
         path,
         rename: Vec::new(),
         except: Vec::new(),
@@ -360,20 +362,11 @@ pub fn sources_for_export(start: &Path, own: &BTreeSet<String>) -> Result<Source
         });
     }
     for s in &mut sources {
-        let gguf = s.path.extension().and_then(|e| e.to_str()) == Some("gguf") || is_gguf(&s.path);
-        if gguf {
+        if is_gguf_source(&s.path) {
             continue;
         }
-        let ckpt = if s.path.is_dir() {
-            Checkpoint::from_dir(&s.path)?
-        } else {
-            Checkpoint::open(&s.path)?
-        };
-        let rules: Vec<(String, String)> = s
-            .rename
-            .iter()
-            .map(|[a, b]| (a.clone(), b.clone()))
-            .collect();
+        let (ckpt, _, _) = open_source(&s.path, &Device::Cpu, None)?;
+        let rules = s.rules();
         let mut except: BTreeSet<String> = s.except.iter().cloned().collect();
         except.extend(
             ckpt.names()
@@ -384,6 +377,17 @@ pub fn sources_for_export(start: &Path, own: &BTreeSet<String>) -> Result<Source
         s.except = except.into_iter().collect();
     }
     Ok(Sources { sources })
+}
+
+/// The `.gguf` files directly in `dir`, sorted.
+fn gguf_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| WeightsError(format!("{}: {e}", dir.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("gguf"))
+        .collect();
+    ggufs.sort();
+    Ok(ggufs)
 }
 
 /// Reads `sources.json` (absent → no sources).
@@ -457,6 +461,11 @@ pub fn check_gguf_llm(cfg: &CalicoConfig, path: &Path) -> Result<()> {
     check_llm(cfg, &llm, path)
 }
 
+/// Whether a source is a GGUF LLM: by its name, or by its first bytes.
+fn is_gguf_source(path: &Path) -> bool {
+    path.extension().and_then(|e| e.to_str()) == Some("gguf") || is_gguf(path)
+}
+
 /// Whether `path` starts with GGUF's magic bytes (whatever its name).
 fn is_gguf(path: &Path) -> bool {
     use std::io::Read;
@@ -486,7 +495,7 @@ fn open_source(
     if !path.exists() {
         return fail(format!("{}: no such file or directory", path.display()));
     }
-    if path.extension().and_then(|e| e.to_str()) == Some("gguf") || is_gguf(path) {
+    if is_gguf_source(path) {
         let (cfg, ckpt, quantized) = if let Some(matmul) = keep_quantized {
             load_llama_gguf_quantized(path, device, matmul)?
         } else {
@@ -535,11 +544,7 @@ fn open(dir: &Path, device: &Device, keep_quantized: Option<QuantizedMatmul>) ->
     if trainable.is_file() {
         parts.push((String::new(), Checkpoint::open(&trainable)?));
     }
-    let ggufs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| WeightsError(format!("{}: {e}", dir.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("gguf"))
-        .collect();
+    let ggufs = gguf_files(dir)?;
     if ggufs.len() > 1 {
         return fail(format!(
             "{}: {} GGUF files; a weights directory holds at most one (the LLM)",
@@ -572,11 +577,7 @@ fn open(dir: &Path, device: &Device, keep_quantized: Option<QuantizedMatmul>) ->
             check_llm(&cfg, &llm, &g)?;
             gguf = Some(g);
         }
-        let rules: Vec<(String, String)> = src
-            .rename
-            .iter()
-            .map(|[a, b]| (a.clone(), b.clone()))
-            .collect();
+        let rules = src.rules();
         quantized.tensors.extend(
             q.tensors
                 .into_iter()
