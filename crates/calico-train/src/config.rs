@@ -45,6 +45,11 @@ pub struct TrainConfig {
     pub val_samples: usize,
     /// Longest generated answer during validation.
     pub max_new_tokens: usize,
+    /// Keep the weights of the best validation so far in `RUN/best/`,
+    /// judged by this score averaged over the tasks (`None`: only the last
+    /// weights, `RUN/model/`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_best: Option<BestMetric>,
     /// Training in stages: each entry keeps the variables whose names start
     /// with one of its prefixes unchanged before its step (empty: one stage).
     pub freeze: Vec<FreezeStage>,
@@ -54,6 +59,31 @@ pub struct TrainConfig {
     /// Stage 1b: SAM learns the training images' label-prompted masks
     /// after stage 1, before step 1 (`None`: no stage 1b).
     pub mask_pretrain: Option<MaskPretrain>,
+}
+
+/// The validation score that chooses `RUN/best/` (`keep_best`): one of
+/// Table 5's columns, averaged over the tasks; higher is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    Ap50,
+    Miou,
+    Recall,
+    Ss,
+    SIou,
+}
+
+impl BestMetric {
+    /// The name in configs, `best.json` and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            BestMetric::Ap50 => "ap50",
+            BestMetric::Miou => "miou",
+            BestMetric::Recall => "recall",
+            BestMetric::Ss => "ss",
+            BestMetric::SIou => "s_iou",
+        }
+    }
 }
 
 /// Variables held still: the optimizer does not update a variable whose
@@ -184,6 +214,7 @@ impl Default for TrainConfig {
             validate_every: 500,
             val_samples: 100,
             max_new_tokens: 320,
+            keep_best: None,
             freeze: Vec::new(),
             vision_pretrain: None,
             mask_pretrain: None,
@@ -339,6 +370,12 @@ impl TrainConfig {
         }
         bad.extend(check_adamw(&self.optimizer));
         bad.extend(check_loss(&self.loss));
+        if let (Some(m), 0) = (self.keep_best, self.val_samples) {
+            bad.push(format!(
+                "keep_best \"{}\" chooses by validation, which val_samples 0 turns off",
+                m.name()
+            ));
+        }
         if self.val_samples > 0 && self.max_new_tokens == 0 {
             bad.push("max_new_tokens must be at least 1 when val_samples is set".into());
         }

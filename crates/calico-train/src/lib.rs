@@ -2,6 +2,7 @@
 //! text + focal + Dice objective, AdamW with warm-up/decay and gradient
 //! clipping, atomic resumable checkpoints, metrics and the training loop.
 
+pub mod best;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

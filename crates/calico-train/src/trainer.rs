@@ -55,6 +55,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::best::{Best, BEST_DIR, BEST_FILE};
 use crate::checkpoint::{
     checkpoint_step, create_dir_durably, incomplete_checkpoints_in, latest_checkpoint,
     latest_checkpoint_in, load_checkpoint, save_checkpoint, CheckpointError, LoadedCheckpoint,
@@ -202,6 +203,8 @@ pub struct Summary {
     pub last: Option<TrainRecord>,
     pub validation: Option<TaskTable>,
     pub model_dir: Option<PathBuf>,
+    /// With `keep_best`: the validation whose weights `RUN/best/` holds.
+    pub best: Option<Best>,
     /// How the run held its LLM (`RunSpec::quantized_llm`, or on resume
     /// what the run started with).
     pub quantized_llm: Option<QuantizedMatmul>,
@@ -744,7 +747,7 @@ fn check_fresh_out(run: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(run) else {
         return Ok(());
     };
-    const RUN_ENTRIES: [&str; 16] = [
+    const RUN_ENTRIES: [&str; 17] = [
         TRAIN_CONFIG_FILE,
         MODEL_CONFIG_FILE,
         TOKENIZER_FILE,
@@ -761,6 +764,7 @@ fn check_fresh_out(run: &Path) -> Result<()> {
         VAL_PREDICTIONS_FILE,
         PRETRAIN_FILE,
         MASK_PRETRAIN_FILE,
+        BEST_DIR,
     ];
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -783,14 +787,14 @@ fn remove_export_leftovers(run: &Path) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(EXPORT_TMP_PREFIX) || name.starts_with(EXPORT_OLD_PREFIX) {
+        let leftover = [MODEL_DIR, BEST_DIR].iter().any(|d| {
+            name.starts_with(&format!(".{d}.tmp-")) || name.starts_with(&format!(".{d}.old-"))
+        });
+        if leftover {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
-
-const EXPORT_TMP_PREFIX: &str = ".model.tmp-";
-const EXPORT_OLD_PREFIX: &str = ".model.old-";
 
 fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Result<Summary> {
     let device = Device::Cpu;
@@ -868,6 +872,13 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         Some(v) => Some(data::open(v, &cfg)?),
         None => None,
     };
+    if let (Some(m), None) = (tc.keep_best, &val_ds) {
+        return Err(TrainError::Config(format!(
+            "keep_best \"{}\" keeps the weights of the best validation, and the run has no \
+             validation samples",
+            m.name()
+        )));
+    }
     let validation = ValidationRecord {
         samples: match (&spec.val, &val_ds) {
             (Some(p), Some(v)) => Some(SamplesRecord::of(p, v.len())?),
@@ -1097,6 +1108,30 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         .unwrap_or(0.0);
     let mut last = None;
     let mut validation = None;
+    let exporter = Export {
+        cfg: &cfg,
+        frozen: &frozen,
+        vars: &vars,
+        tok: &tok,
+        // With every tensor trained, the run's own files hold them all:
+        // none of `--weights`' files is named as a source.
+        weights: match tc.trainable {
+            TrainableSet::Paper => spec_eff.weights.as_deref(),
+            TrainableSet::All => None,
+        },
+    };
+    // A run started afresh drops the best weights of the attempt it
+    // replaces; a resumed one goes on from its own.
+    let mut best = match resume_from {
+        Some(_) => crate::best::read(run)?,
+        None => {
+            let dir = run.join(BEST_DIR);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            }
+            None
+        }
+    };
     let stop_at = spec
         .stop_after
         .map(|n| start.saturating_add(n).min(total))
@@ -1224,13 +1259,29 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             match validate(&model, &tok, v, &tc, sim, run, &mut stop)? {
                 Some(table) => {
                     obs.validation(step, &table);
-                    log.append(&Record::Val(ValRecord::from_table(
+                    let record = ValRecord::from_table(
                         step,
                         elapsed_before + t0.elapsed().as_secs_f64(),
                         &table,
-                    )))
-                    .map_err(|e| TrainError::Data(e.to_string()))?;
+                    );
+                    log.append(&Record::Val(record.clone()))
+                        .map_err(|e| TrainError::Data(e.to_string()))?;
                     validation = Some(table);
+                    let new_best = tc
+                        .keep_best
+                        .and_then(|m| crate::best::improved(best.as_ref(), m, &record));
+                    if let Some(b) = new_best {
+                        let json = serde_json::to_vec_pretty(&b)
+                            .map_err(|e| TrainError::Data(e.to_string()))?;
+                        exporter.write(run, BEST_DIR, &[(BEST_FILE, json)])?;
+                        obs.message(&format!(
+                            "best validation so far ({} {:.1}): {}",
+                            b.metric.name(),
+                            b.score,
+                            run.join(BEST_DIR).display()
+                        ));
+                        best = Some(b);
+                    }
                 }
                 None => obs.message(&format!(
                     "the validation at step {step} was cut short by the interrupt; its scores \
@@ -1283,15 +1334,8 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     }
     let mut model_dir = None;
     if step == total {
-        let dir = run.join(MODEL_DIR);
-        // With every tensor trained, the run's own files hold them all:
-        // none of `--weights`' files is named as a source.
-        let sources = match tc.trainable {
-            TrainableSet::Paper => spec_eff.weights.as_deref(),
-            TrainableSet::All => None,
-        };
-        export(run, &cfg, &frozen, &vars, &tok, sources)?;
-        model_dir = Some(dir);
+        exporter.write(run, MODEL_DIR, &[])?;
+        model_dir = Some(run.join(MODEL_DIR));
     }
     Ok(Summary {
         steps: step,
@@ -1299,6 +1343,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         last,
         validation,
         model_dir,
+        best,
         quantized_llm: spec_eff.quantized_llm,
     })
 }
@@ -1398,62 +1443,66 @@ fn cfg_val(tc: &TrainConfig, v: &Dataset) -> usize {
     tc.val_samples.min(v.len())
 }
 
-/// Writes the run's final weights directory, `RUN/model/`: the model
-/// config, the frozen tensors made at random (if any), every trained tensor
-/// and the tokenizer; a run that started from `--weights` lists that
-/// directory's files in `sources.json` instead of copying them. The files
-/// are written to a temporary directory that replaces `model/` by renames,
-/// so a kill leaves either the previous `model/` or none, never a partial
-/// one (the next start removes the leftovers).
-fn export(
-    run: &Path,
-    cfg: &CalicoConfig,
-    frozen: &HashMap<String, Tensor>,
-    vars: &VarMap,
-    tok: &CalicoTokenizer,
-    weights: Option<&Path>,
-) -> Result<()> {
-    let pid = std::process::id();
-    let tmp = run.join(format!("{EXPORT_TMP_PREFIX}{pid}"));
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
-    }
-    write_model_files(&tmp, cfg, frozen, vars, tok, weights)?;
-    let dir = run.join(MODEL_DIR);
-    let old = run.join(format!("{EXPORT_OLD_PREFIX}{pid}"));
-    if dir.exists() {
-        std::fs::rename(&dir, &old).map_err(|e| io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
-    if let Ok(d) = std::fs::File::open(run) {
-        d.sync_all().map_err(|e| io(run, e))?;
-    }
-    if old.exists() {
-        std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
-    }
-    Ok(())
+/// What a weights directory of the run is written from: the model config,
+/// the frozen tensors made at random (if any), every trained tensor and the
+/// tokenizer; a run that started from `--weights` lists that directory's
+/// files in `sources.json` instead of copying them.
+struct Export<'a> {
+    cfg: &'a CalicoConfig,
+    frozen: &'a HashMap<String, Tensor>,
+    vars: &'a VarMap,
+    tok: &'a CalicoTokenizer,
+    weights: Option<&'a Path>,
 }
 
-/// The files of [`export`], written into `dir`.
-fn write_model_files(
-    dir: &Path,
-    cfg: &CalicoConfig,
-    frozen: &HashMap<String, Tensor>,
-    vars: &VarMap,
-    tok: &CalicoTokenizer,
-    weights: Option<&Path>,
-) -> Result<()> {
-    save_dir(dir, cfg, frozen, vars, Some(tok)).map_err(|e| TrainError::Data(e.to_string()))?;
-    if let Some(w) = weights {
-        use calico_model::calico::weights::{sources_for_export, SOURCES_FILE};
-        let mut own: std::collections::BTreeSet<String> = frozen.keys().cloned().collect();
-        if let Ok(data) = vars.data().lock() {
-            own.extend(data.keys().cloned());
+impl Export<'_> {
+    /// Writes `RUN/<name>/` (`model`, the final weights, or `best`), with
+    /// `extra` files beside the weights. The files are written to a
+    /// temporary directory that replaces the old one by renames, so a kill
+    /// leaves either the previous directory or none, never a partial one
+    /// (the next start removes the leftovers).
+    fn write(&self, run: &Path, name: &str, extra: &[(&str, Vec<u8>)]) -> Result<()> {
+        let pid = std::process::id();
+        let tmp = run.join(format!(".{name}.tmp-{pid}"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
         }
-        let sources = sources_for_export(w, &own).map_err(|e| TrainError::Config(e.to_string()))?;
-        write_json(&dir.join(SOURCES_FILE), &sources)?;
+        self.write_files(&tmp)?;
+        for (file, bytes) in extra {
+            let path = tmp.join(file);
+            write_atomic(&path, bytes).map_err(|e| io(&path, e))?;
+        }
+        let dir = run.join(name);
+        let old = run.join(format!(".{name}.old-{pid}"));
+        if dir.exists() {
+            std::fs::rename(&dir, &old).map_err(|e| io(&dir, e))?;
+        }
+        std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+        if let Ok(d) = std::fs::File::open(run) {
+            d.sync_all().map_err(|e| io(run, e))?;
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(|e| io(&old, e))?;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The weights directory's own files, written into `dir`.
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        save_dir(dir, self.cfg, self.frozen, self.vars, Some(self.tok))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
+        if let Some(w) = self.weights {
+            use calico_model::calico::weights::{sources_for_export, SOURCES_FILE};
+            let mut own: std::collections::BTreeSet<String> = self.frozen.keys().cloned().collect();
+            if let Ok(data) = self.vars.data().lock() {
+                own.extend(data.keys().cloned());
+            }
+            let sources =
+                sources_for_export(w, &own).map_err(|e| TrainError::Config(e.to_string()))?;
+            write_json(&dir.join(SOURCES_FILE), &sources)?;
+        }
+        Ok(())
+    }
 }
 
 /// Rebuilds a run's model from its directory and a checkpoint (for tests

@@ -85,10 +85,10 @@ pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Whether `cfg`'s model runs faster on single-threaded workers, one per
-/// core, than on candle's own threads: small tensors (`tiny`'s, an LLM
+/// Whether `cfg`'s model answers faster on single-threaded workers, one
+/// per core, than on candle's own threads: small tensors (`tiny`'s, an LLM
 /// narrower than 512) do; large ones (`small`'s 576-wide LLM) do not
-/// (docs/performance.md).
+/// (docs/performance.md). Training has its own rule (`train.rs`).
 pub(crate) fn prefers_workers(cfg: &calico_model::config::CalicoConfig) -> bool {
     cfg.llm.hidden_size < 512
 }

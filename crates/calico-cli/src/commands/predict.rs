@@ -183,8 +183,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
 }
 
 /// One worker per core for a model that prefers them
-/// ([`super::prefers_workers`]) on the CPU, else 1, as `calico train
-/// --workers` chooses. A GPU gets 1 (one stream does the work), and so does
+/// ([`super::prefers_workers`]) on the CPU, else 1 (`calico train` gives
+/// `small` workers too, for its backward pass). A GPU gets 1 (one stream does the work), and so does
 /// a weights directory whose config cannot be read (loading it will say
 /// why).
 pub(crate) fn default_workers(source: &ModelSource, device: &candle_core::Device) -> usize {

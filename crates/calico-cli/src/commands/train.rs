@@ -73,12 +73,22 @@ pub struct TrainArgs {
     similarity: Option<String>,
     /// Threads computing a step's micro-batches at once (default: the number of
     /// CPU cores, at most grad_accumulation, for models with an LLM narrower than
-    /// 512 such as `tiny`; 1 otherwise). With more than one, each thread runs its
-    /// tensor kernels single-threaded. Any value gives the same run.
+    /// 2048 such as `tiny` and `small`; 1 for `paper`). With more than one, each
+    /// thread runs its tensor kernels single-threaded. Any value gives the same run.
     #[arg(long)]
     workers: Option<usize>,
     #[command(flatten)]
     llm: super::LlmArgs,
+}
+
+/// Whether training `cfg`'s model is faster on single-threaded workers,
+/// one per core, than on candle's own threads. `tiny` is, and since the
+/// backward pass keeps no frozen weight's gradient `small` is too: 0.205
+/// against 0.132 steps/s on 2 cores, in 6,394 instead of 4,490 MiB
+/// (docs/performance.md). A paper-sized LLM (4,096 wide) keeps one worker:
+/// each worker holds a micro-batch's activations, many GB at that size.
+fn trains_faster_on_workers(cfg: &calico_model::config::CalicoConfig) -> bool {
+    cfg.llm.hidden_size < 2048
 }
 
 fn apply_ablation(a: &mut Ablation, name: &str) {
@@ -370,6 +380,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .as_ref()
             .and_then(|v| v.samples.as_ref().map(|s| s.path.clone()))
     });
+    if let (Some(m), None) = (config.keep_best, &val) {
+        return Err(bad_input(format!(
+            "keep_best \"{}\" keeps the weights of the best validation, and the run has no \
+             --val samples to validate on",
+            m.name()
+        )));
+    }
     // Said before a similarity model is loaded for nothing (the trainer
     // checks the validation samples themselves).
     if let (Some(v), Some(given)) = (&validation, &a.similarity) {
@@ -415,7 +432,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let workers = match a.workers {
         Some(0) => return Err(bad_input("--workers must be at least 1")),
         Some(w) => w,
-        None if super::prefers_workers(&model) => super::cores().min(config.grad_accumulation),
+        None if trains_faster_on_workers(&model) => super::cores().min(config.grad_accumulation),
         None => 1,
     };
     super::single_threaded_kernels_for(workers);
@@ -452,6 +469,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
         println!(
             "trained to step {} in {:.0} s; last loss {:.4} (text {:.4}, focal {:.4}, dice {:.4})",
             summary.steps, summary.elapsed_s, r.loss, r.text, r.focal, r.dice
+        );
+    }
+    if let Some(b) = &summary.best {
+        println!(
+            "best validation: {} {:.1} at step {}: {} (use with --weights)",
+            b.metric.name(),
+            b.score,
+            b.step,
+            a.out.join(calico_train::best::BEST_DIR).display()
         );
     }
     if let Some(dir) = &summary.model_dir {

@@ -166,14 +166,15 @@ impl Calico {
     }
 
     /// Runs the LLM over `(B, T, D)` embeddings with the CAM hook; returns
-    /// `(last_hidden_state, logits)`.
+    /// its final-norm hidden states. No logits: the post-generation mask
+    /// pass reads none (for SmolLM2 they cost `T × 49,152` products).
     pub(crate) fn run_llm(
         &self,
         embeds: &Tensor,
         mask: Option<&Tensor>,
         hook: &mut CamHook,
         rng: Option<&mut dyn RngCore>,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<Tensor> {
         let embeds = match hook.apply_before(0, embeds)? {
             Some(e) => e,
             None => embeds.clone(),
@@ -183,15 +184,11 @@ impl Calico {
             ForwardOptions {
                 attention_mask: mask,
                 hook: Some(hook as &mut dyn LayerHook),
-                logits: true,
                 rng: rng.map(|r| r as &mut dyn RngCore),
                 ..Default::default()
             },
         )?;
-        let logits = out
-            .logits
-            .ok_or_else(|| candle_core::Error::Msg("logits were not computed".into()))?;
-        Ok((out.last_hidden_state, logits))
+        Ok(out.last_hidden_state)
     }
 
     /// Masks for one sequence: `hidden` `(T, D)` final hidden states,
@@ -324,12 +321,13 @@ impl Calico {
                 .map(|(l, imgs)| Self::cam_row(l, imgs))
                 .collect(),
         };
-        let (hidden, logits) = self.run_llm(
+        let hidden = self.run_llm(
             &embeds,
             if padded { Some(&attention_mask) } else { None },
             &mut hook,
             rng,
         )?;
+        let logits = self.llm.logits(&hidden)?;
         let mut mask_logits = Vec::with_capacity(b);
         let mut seg_routes = Vec::with_capacity(b);
         for (i, (l, imgs)) in batch.layouts.iter().zip(&per_sample).enumerate() {

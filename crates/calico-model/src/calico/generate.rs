@@ -146,7 +146,7 @@ impl Calico {
                 model: self,
                 rows: vec![Self::cam_row(layout, &enc)],
             };
-            let (hidden, _) = self.run_llm(&embeds, None, &mut hook, None)?;
+            let hidden = self.run_llm(&embeds, None, &mut hook, None)?;
             let low = self.decode_seg_masks(&hidden.get(0)?, &routes, &enc)?;
             for (r, m) in routes.iter().zip(low) {
                 let img = &images[r.image];
