@@ -1059,10 +1059,11 @@ fn the_paper_set_trains_over_a_quantized_llm_as_over_its_float_values() {
 
 /// `keep_best`: `RUN/best/` holds the weights of the first validation with
 /// the highest score, records which one it was, loads, and comes out the
-/// same when the run is stopped and resumed in between. Fine-tuning the
-/// demo model makes the scores move from step to step.
+/// same when the run is stopped and resumed in between; with
+/// `early_stop_patience` the run ends after the best. Fine-tuning the demo
+/// model makes the scores move from step to step.
 #[test]
-fn keep_best_keeps_the_weights_of_the_best_validation() {
+fn keep_best_keeps_the_weights_of_the_best_validation_and_early_stop_ends_after_it() {
     let d = tmp("train-keep-best");
     let config = r#"{"epochs": 1, "steps_per_epoch": 5, "batch_size": 2, "warmup_steps": 1,
         "checkpoint_every": 1, "keep_last": 10, "validate_every": 1, "val_samples": 6,
@@ -1140,6 +1141,51 @@ fn keep_best_keeps_the_weights_of_the_best_validation() {
         assert_eq!(best_b[k], best[k], "{k}");
     }
     assert_eq!(tensors(&b.join("best")), tensors(&a.join("best")));
+
+    // early_stop_patience 1 ends the run at the first validation after the
+    // best (step 4), with its checkpoint and model; resumed, nothing is left.
+    let patient = d.join("patient.json");
+    std::fs::write(
+        &patient,
+        config.replace("\"keep_best\"", "\"early_stop_patience\": 1, \"keep_best\""),
+    )
+    .unwrap();
+    let e = d.join("e");
+    let mut early = args(&e);
+    early[6] = patient.to_str().unwrap().to_string();
+    let out = run(&early);
+    let steps = |run: &Path, kind: &str| -> Vec<u64> {
+        records(run, kind)
+            .iter()
+            .map(|v| v["step"].as_u64().unwrap())
+            .collect()
+    };
+    let through: Vec<u64> = (1..=step + 1).collect();
+    assert_eq!(steps(&e, "train"), through, "{out}");
+    assert_eq!(steps(&e, "val"), through, "{out}");
+    assert!(
+        out.contains(&format!("stopped early at step {}", step + 1)),
+        "{out}"
+    );
+    assert_eq!(latest_step(&e.join("checkpoints")), Some(step + 1));
+    assert_eq!(
+        read_json(&e.join("best").join("best.json"))["step"].as_u64(),
+        Some(step)
+    );
+    let ck = e.join("checkpoints").join(format!("step-{:08}", step + 1));
+    assert_eq!(tensors(&e.join("model")), tensors(&ck));
+    early.push("--resume".into());
+    let before = std::fs::read_to_string(e.join("metrics.jsonl")).unwrap();
+    let early: Vec<&str> = early.iter().map(String::as_str).collect();
+    let o = calico(&early);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("nothing is left to train"),
+        "{}",
+        stderr(&o)
+    );
+    let after = std::fs::read_to_string(e.join("metrics.jsonl")).unwrap();
+    assert_eq!(before, after);
 
     // Refused before anything is written: nothing to validate on.
     let c = d.join("c");

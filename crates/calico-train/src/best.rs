@@ -5,19 +5,16 @@
 //! the tasks, with the best one so far; a strictly higher score replaces
 //! `RUN/best/` (written like `RUN/model/`: into a temporary directory that
 //! replaces it by renames). `RUN/best/best.json` says which validation chose
-//! it. A resumed run reads it back, so a kill never loses the best weights
-//! nor makes the run forget how good they were; a run started afresh in
-//! the directory of one that never reached a checkpoint removes it.
-
-use std::path::Path;
+//! it. A resumed run replays the validations of its `metrics.jsonl`, so it
+//! chooses as the uninterrupted run would; a run started afresh in the
+//! directory of one that never reached a checkpoint removes `RUN/best/`.
+//! `early_stop_patience` ends a run after that many validations in a row
+//! without a new best.
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::BestMetric;
-use crate::metrics::{TaskScores, ValRecord};
-use crate::TrainError;
-
-type Result<T> = std::result::Result<T, TrainError>;
+use crate::metrics::{Record, TaskScores, ValRecord};
 
 /// The directory of the best weights inside a run.
 pub const BEST_DIR: &str = "best";
@@ -57,11 +54,7 @@ pub fn score_of(metric: BestMetric, scores: &TaskScores) -> Option<f64> {
 /// higher score (so ties keep the earlier weights).
 pub fn improved(current: Option<&Best>, metric: BestMetric, record: &ValRecord) -> Option<Best> {
     let score = score_of(metric, &record.average)?;
-    let better = match current {
-        Some(b) if b.metric == metric => score > b.score,
-        _ => true,
-    };
-    better.then(|| Best {
+    current.is_none_or(|b| score > b.score).then(|| Best {
         metric,
         score,
         step: record.step,
@@ -69,21 +62,40 @@ pub fn improved(current: Option<&Best>, metric: BestMetric, record: &ValRecord) 
     })
 }
 
-/// `RUN/best/best.json`, if the run has kept best weights.
-pub fn read(run: &Path) -> Result<Option<Best>> {
-    let path = run.join(BEST_DIR).join(BEST_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(TrainError::Io { path, error: e }),
-    };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
-        TrainError::Data(format!(
-            "{}: {e}; it records which validation chose the run's best weights (move the \
-             best/ directory away to resume without them)",
-            path.display()
-        ))
-    })
+/// The run's choice so far: the best validation and, for
+/// `early_stop_patience`, how many validations with a score came after it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Choice {
+    pub best: Option<Best>,
+    pub since_best: u64,
+}
+
+impl Choice {
+    /// Counts the validation `record`; returns the new best if it is one.
+    pub fn validated(&mut self, metric: BestMetric, record: &ValRecord) -> Option<Best> {
+        let new = improved(self.best.as_ref(), metric, record);
+        if let Some(b) = &new {
+            self.best = Some(b.clone());
+            self.since_best = 0;
+        } else if score_of(metric, &record.average).is_some() {
+            self.since_best += 1;
+        }
+        new
+    }
+
+    /// The choice of a run resumed with `log`, its records up to the step it
+    /// resumes from: its validations replayed in order, so that the resumed
+    /// run chooses as the uninterrupted one (a best that the killed run
+    /// wrote after that step is chosen again when its step is redone).
+    pub fn replayed(metric: BestMetric, log: &[Record]) -> Self {
+        let mut c = Choice::default();
+        for r in log {
+            if let Record::Val(v) = r {
+                c.validated(metric, v);
+            }
+        }
+        c
+    }
 }
 
 #[cfg(test)]
@@ -129,13 +141,39 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_record_is_refused_naming_it() {
-        let dir = std::env::temp_dir().join(format!("calico-best-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join(BEST_DIR)).unwrap();
-        assert!(read(&dir.join("nowhere")).unwrap().is_none());
-        std::fs::write(dir.join(BEST_DIR).join(BEST_FILE), "{\"metric\": \"miou\"").unwrap();
-        let e = read(&dir).unwrap_err().to_string();
-        assert!(e.contains("best.json") && e.contains("best/"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn the_choice_counts_scored_validations_and_replays_the_same() {
+        let m = BestMetric::Miou;
+        let seq = [
+            (1, 5.0),
+            (2, 7.0),
+            (3, 6.0),
+            (4, f64::NAN),
+            (5, 7.0),
+            (6, 8.0),
+        ];
+        let mut live = Choice::default();
+        let mut states = Vec::new();
+        let mut log = Vec::new();
+        for (step, miou) in seq {
+            let r = record(step, miou, None);
+            live.validated(m, &r);
+            states.push((live.best.as_ref().map(|b| b.step), live.since_best));
+            log.push(Record::Val(r));
+        }
+        // The NaN counts nothing, the tie at step 5 counts, step 6 is new.
+        let want = [
+            (Some(1), 0),
+            (Some(2), 0),
+            (Some(2), 1),
+            (Some(2), 1),
+            (Some(2), 2),
+            (Some(6), 0),
+        ];
+        assert_eq!(states, want);
+        // Resumed after any step: the same state.
+        for k in 0..seq.len() {
+            let c = Choice::replayed(m, &log[..=k]);
+            assert_eq!((c.best.as_ref().map(|b| b.step), c.since_best), want[k]);
+        }
     }
 }

@@ -50,6 +50,10 @@ pub struct TrainConfig {
     /// weights, `RUN/model/`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_best: Option<BestMetric>,
+    /// End the run early after this many validations in a row without a
+    /// new best `keep_best` score (`None`: run every step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stop_patience: Option<u64>,
     /// Training in stages: each entry keeps the variables whose names start
     /// with one of its prefixes unchanged before its step (empty: one stage).
     pub freeze: Vec<FreezeStage>,
@@ -215,6 +219,7 @@ impl Default for TrainConfig {
             val_samples: 100,
             max_new_tokens: 320,
             keep_best: None,
+            early_stop_patience: None,
             freeze: Vec::new(),
             vision_pretrain: None,
             mask_pretrain: None,
@@ -375,6 +380,15 @@ impl TrainConfig {
                 "keep_best \"{}\" chooses by validation, which val_samples 0 turns off",
                 m.name()
             ));
+        }
+        match (self.early_stop_patience, self.keep_best) {
+            (Some(0), _) => bad.push("early_stop_patience must be at least 1".into()),
+            (Some(_), None) => bad.push(
+                "early_stop_patience counts validations without a new best score: set keep_best \
+                 to say which score (\"miou\", \"recall\", \"ss\", \"s_iou\" or \"ap50\")"
+                    .into(),
+            ),
+            _ => {}
         }
         if self.val_samples > 0 && self.max_new_tokens == 0 {
             bad.push("max_new_tokens must be at least 1 when val_samples is set".into());
@@ -592,6 +606,13 @@ mod tests {
             (
                 r#"{"max_new_tokens": 0, "val_samples": 5}"#,
                 "max_new_tokens",
+            ),
+            (r#"{"keep_best": "ss", "val_samples": 0}"#, "val_samples 0"),
+            (r#"{"keep_best": "f1"}"#, "keep_best: unknown variant"),
+            (r#"{"early_stop_patience": 2}"#, "set keep_best"),
+            (
+                r#"{"early_stop_patience": 0, "keep_best": "miou"}"#,
+                "early_stop_patience must be at least 1",
             ),
             (r#"{"epochs": "1"}"#, "epochs: invalid type"),
             (

@@ -55,7 +55,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::best::{Best, BEST_DIR, BEST_FILE};
+use crate::best::{Best, Choice, BEST_DIR, BEST_FILE};
 use crate::checkpoint::{
     checkpoint_step, create_dir_durably, incomplete_checkpoints_in, latest_checkpoint,
     latest_checkpoint_in, load_checkpoint, save_checkpoint, CheckpointError, LoadedCheckpoint,
@@ -205,6 +205,8 @@ pub struct Summary {
     pub model_dir: Option<PathBuf>,
     /// With `keep_best`: the validation whose weights `RUN/best/` holds.
     pub best: Option<Best>,
+    /// `early_stop_patience` ended the run before its last step (at `steps`).
+    pub stopped_early: bool,
     /// How the run held its LLM (`RunSpec::quantized_llm`, or on resume
     /// what the run started with).
     pub quantized_llm: Option<QuantizedMatmul>,
@@ -1121,17 +1123,26 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         },
     };
     // A run started afresh drops the best weights of the attempt it
-    // replaces; a resumed one goes on from its own.
-    let mut best = match resume_from {
-        Some(_) => crate::best::read(run)?,
-        None => {
-            let dir = run.join(BEST_DIR);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
-            }
-            None
-        }
+    // replaces; a resumed one replays its validations.
+    let mut choice = match (tc.keep_best, &resume_from) {
+        (Some(m), Some(_)) => Choice::replayed(m, log.records()),
+        _ => Choice::default(),
     };
+    if resume_from.is_none() {
+        let dir = run.join(BEST_DIR);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        }
+    }
+    let patience_spent = |c: &Choice| tc.early_stop_patience.is_some_and(|p| c.since_best >= p);
+    // Resumed after it stopped early, the run has nothing left to train.
+    let mut stopped_early = start < total && patience_spent(&choice);
+    if stopped_early {
+        obs.message(&format!(
+            "the run stopped early at step {start} (early_stop_patience); nothing is left to \
+             train"
+        ));
+    }
     let stop_at = spec
         .stop_after
         .map(|n| start.saturating_add(n).min(total))
@@ -1140,7 +1151,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     let mut train_files: Option<Vec<String>> = None;
     // Whatever ends the loop, the stem is left on its running statistics.
     let _sam_inference_after = InferenceOnDrop(model.sam_stem());
-    while step < stop_at {
+    while step < stop_at && !stopped_early {
         let mut acc = GradAccumulator::new();
         let (mut text, mut focal, mut dice, mut loss) = (0.0, 0.0, 0.0, 0.0);
         let mut micro_batches: Vec<Vec<Example>> = Vec::with_capacity(tc.grad_accumulation);
@@ -1267,9 +1278,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                     log.append(&Record::Val(record.clone()))
                         .map_err(|e| TrainError::Data(e.to_string()))?;
                     validation = Some(table);
-                    let new_best = tc
-                        .keep_best
-                        .and_then(|m| crate::best::improved(best.as_ref(), m, &record));
+                    let new_best = tc.keep_best.and_then(|m| choice.validated(m, &record));
                     if let Some(b) = new_best {
                         let json = serde_json::to_vec_pretty(&b)
                             .map_err(|e| TrainError::Data(e.to_string()))?;
@@ -1280,7 +1289,15 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                             b.score,
                             run.join(BEST_DIR).display()
                         ));
-                        best = Some(b);
+                    }
+                    if step < total && patience_spent(&choice) {
+                        stopped_early = true;
+                        obs.message(&format!(
+                            "stopping early: {} validations without a better {} \
+                             (early_stop_patience)",
+                            choice.since_best,
+                            tc.keep_best.map_or("score", |m| m.name())
+                        ));
                     }
                 }
                 None => obs.message(&format!(
@@ -1301,7 +1318,11 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         }
         // Asked to stop (Ctrl-C), the run checkpoints this step and ends.
         let interrupted = step < stop_at && obs.stop_requested();
-        if step.is_multiple_of(tc.checkpoint_every) || step == stop_at || interrupted {
+        if step.is_multiple_of(tc.checkpoint_every)
+            || step == stop_at
+            || interrupted
+            || stopped_early
+        {
             log.sync().map_err(|e| TrainError::Data(e.to_string()))?;
             let state = TrainState {
                 step,
@@ -1333,7 +1354,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         }
     }
     let mut model_dir = None;
-    if step == total {
+    if step == total || stopped_early {
         exporter.write(run, MODEL_DIR, &[])?;
         model_dir = Some(run.join(MODEL_DIR));
     }
@@ -1343,7 +1364,8 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         last,
         validation,
         model_dir,
-        best,
+        best: choice.best,
+        stopped_early,
         quantized_llm: spec_eff.quantized_llm,
     })
 }

@@ -471,6 +471,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
             summary.steps, summary.elapsed_s, r.loss, r.text, r.focal, r.dice
         );
     }
+    if summary.stopped_early {
+        println!(
+            "stopped early at step {}: early_stop_patience validations in a row without a new best",
+            summary.steps
+        );
+    }
     if let Some(b) = &summary.best {
         println!(
             "best validation: {} {:.1} at step {}: {} (use with --weights)",
