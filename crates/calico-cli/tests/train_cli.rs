@@ -1206,3 +1206,43 @@ fn keep_best_keeps_the_weights_of_the_best_validation_and_early_stop_ends_after_
     assert!(stderr(&o).contains("val_samples 0"), "{}", stderr(&o));
     assert!(!c.exists());
 }
+
+/// Validation answers its samples on the workers, one sample each: the
+/// predictions and scores are those of one worker.
+#[test]
+fn validation_on_two_workers_answers_as_on_one() {
+    let d = tmp("train-val-workers");
+    let (mp, data, cfg) = samples_and_config(
+        &d,
+        r#"{"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "grad_accumulation": 2,
+            "warmup_steps": 1, "validate_every": 1, "val_samples": 5, "max_new_tokens": 24}"#,
+    );
+    let val = mp.join("val.jsonl");
+    let mut outs = Vec::new();
+    for workers in ["1", "2"] {
+        let out = d.join(format!("w{workers}"));
+        let mut args = train_args(&data, &cfg, out.to_str().unwrap());
+        args.extend([
+            "--val",
+            val.to_str().unwrap(),
+            "--similarity",
+            "exact",
+            "--workers",
+            workers,
+        ]);
+        let o = calico(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let scores: Vec<serde_json::Value> = records(&out, "val")
+            .into_iter()
+            .map(|mut v| {
+                v.as_object_mut().unwrap().remove("elapsed_s");
+                v
+            })
+            .collect();
+        assert_eq!(scores.len(), 2);
+        let preds = std::fs::read_to_string(out.join("val_predictions.jsonl")).unwrap();
+        assert_eq!(preds.lines().count(), 5);
+        outs.push((scores, preds));
+    }
+    assert_eq!(outs[0], outs[1]);
+}

@@ -432,17 +432,26 @@ fn validate(
     val: &Dataset,
     cfg: &TrainConfig,
     sim: &dyn Similarity,
-    run: &Path,
+    (run, workers): (&Path, usize),
     stop: &mut dyn FnMut() -> bool,
 ) -> Result<Option<TaskTable>> {
     let idx = val_indices(val.len(), cfg.val_samples);
     let opts = greedy(cfg.max_new_tokens);
     let mut preds = Vec::with_capacity(idx.len());
-    for &i in &idx {
+    // The samples are answered `workers` at a time, one per worker (with
+    // several workers each runs its kernels single-threaded); an interrupt
+    // is seen between two such rounds.
+    for round in idx.chunks(workers.max(1)) {
         if stop() {
             return Ok(None);
         }
-        preds.push(predict_sample(model, tok, val, i, &opts)?.0);
+        let answers = crate::workers::map_ordered(
+            round.len(),
+            workers,
+            |k| Ok(predict_sample(model, tok, val, round[k], &opts)?.0),
+            |k| format!("validation sample {}", val.samples[round[k]].id),
+        )?;
+        preds.extend(answers);
     }
     let gt: Vec<_> = idx.iter().map(|&i| val.samples[i].clone()).collect();
     let path = run.join(VAL_PREDICTIONS_FILE);
@@ -1267,7 +1276,15 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             // the step's checkpoint follows at once, without its scores.
             let last_one = step == stop_at;
             let mut stop = || !last_one && obs.stop_requested();
-            match validate(&model, &tok, v, &tc, sim, run, &mut stop)? {
+            match validate(
+                &model,
+                &tok,
+                v,
+                &tc,
+                sim,
+                (run, spec.workers.max(1)),
+                &mut stop,
+            )? {
                 Some(table) => {
                     obs.validation(step, &table);
                     let record = ValRecord::from_table(

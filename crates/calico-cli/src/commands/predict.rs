@@ -51,9 +51,9 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     max_new_tokens: usize,
     /// Threads answering samples at once (default: the number of CPU cores for models with an
-    /// LLM narrower than 512 such as `tiny`, whose small tensors gain little from threaded
-    /// kernels; 1 otherwise, and 1 on a GPU). With more than one on the CPU, each runs its
-    /// tensor kernels single-threaded.
+    /// LLM narrower than 2048 such as `tiny` and `small`, whose tensors gain little from
+    /// threaded kernels; 1 for `paper`, and 1 on a GPU). With more than one on the CPU, each
+    /// runs its tensor kernels single-threaded.
     /// Any value gives the same predictions.
     #[arg(long, value_parser = super::at_least_one)]
     workers: Option<usize>,
@@ -183,8 +183,8 @@ pub fn run(a: PredictArgs) -> Result<()> {
 }
 
 /// One worker per core for a model that prefers them
-/// ([`super::prefers_workers`]) on the CPU, else 1 (`calico train` gives
-/// `small` workers too, for its backward pass). A GPU gets 1 (one stream does the work), and so does
+/// ([`super::prefers_workers`]) on the CPU, else 1, as `calico train
+/// --workers` chooses. A GPU gets 1 (one stream does the work), and so does
 /// a weights directory whose config cannot be read (loading it will say
 /// why).
 pub(crate) fn default_workers(source: &ModelSource, device: &candle_core::Device) -> usize {

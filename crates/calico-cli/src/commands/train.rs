@@ -81,16 +81,6 @@ pub struct TrainArgs {
     llm: super::LlmArgs,
 }
 
-/// Whether training `cfg`'s model is faster on single-threaded workers,
-/// one per core, than on candle's own threads. `tiny` is, and since the
-/// backward pass keeps no frozen weight's gradient `small` is too: 0.205
-/// against 0.132 steps/s on 2 cores, in 6,394 instead of 4,490 MiB
-/// (docs/performance.md). A paper-sized LLM (4,096 wide) keeps one worker:
-/// each worker holds a micro-batch's activations, many GB at that size.
-fn trains_faster_on_workers(cfg: &calico_model::config::CalicoConfig) -> bool {
-    cfg.llm.hidden_size < 2048
-}
-
 fn apply_ablation(a: &mut Ablation, name: &str) {
     match name {
         "no-cem" => a.use_cem = false,
@@ -432,7 +422,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let workers = match a.workers {
         Some(0) => return Err(bad_input("--workers must be at least 1")),
         Some(w) => w,
-        None if trains_faster_on_workers(&model) => super::cores().min(config.grad_accumulation),
+        None if super::prefers_workers(&model) => super::cores().min(config.grad_accumulation),
         None => 1,
     };
     super::single_threaded_kernels_for(workers);
