@@ -326,6 +326,37 @@ fn the_layer_hook_sees_every_layer_once_and_can_change_the_output() {
 
 /// Gives every adapter variable a random non-zero value (a fresh `lora_B`
 /// is zero, which would also zero `lora_A`'s gradient).
+/// A training pass over input embeddings `x` (LoRA dropout drawn from
+/// `seed`) and the gradients of `mean(logits²)`: the logits and the store.
+fn training_pass(
+    m: &Llama,
+    x: &Tensor,
+    mask: &Tensor,
+    seed: u64,
+) -> (Tensor, candle_core::backprop::GradStore) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let out = m
+        .forward_embeds(
+            x,
+            ForwardOptions {
+                attention_mask: Some(mask),
+                logits: true,
+                rng: Some(&mut rng),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let logits = out.logits.unwrap();
+    let grads = logits
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    (logits, grads)
+}
+
 fn randomise_vars(map: &VarMap, seed: u64) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let data = map.data().lock().unwrap();
@@ -374,33 +405,12 @@ fn with_only_lora_trainable_gradients_reach_every_adapter_and_no_base_weight() {
     let got = m.forward(&ids(&tokens), Some(&mask)).unwrap();
     assert!(rel(&got, &want) < 1e-5, "{}", rel(&got, &want));
 
-    let mut rng = ChaCha8Rng::seed_from_u64(14);
-    let out = m
-        .forward_embeds(
-            &x,
-            ForwardOptions {
-                attention_mask: Some(&mask),
-                logits: true,
-                rng: Some(&mut rng),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let loss = out.logits.unwrap().sqr().unwrap().mean_all().unwrap();
-    let grads = loss.backward().unwrap();
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let n = g
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert!(n > 0.0, "zero gradient for {name}");
-    }
+    let (_, grads) = training_pass(&m, &x, &mask, 14);
+    calico_nn::testing::assert_gradients_reach(
+        &grads,
+        varmap.data().lock().unwrap().iter(),
+        "LoRA",
+    );
     let mut base_tensors: Vec<&Tensor> = vec![m.embed_weight().unwrap()];
     for l in m.layers() {
         base_tensors.extend([
@@ -618,26 +628,7 @@ fn lora_trains_through_quantized_weights_as_through_their_dequantized_values() {
         let mask = Tensor::new(&[[0f32, 1., 1., 1., 1., 1.], [1.; 6]], &Device::Cpu).unwrap();
         let run = |m: &Llama, map: &VarMap| {
             let x = Var::from_tensor(&m.embed(&ids(&tokens)).unwrap()).unwrap();
-            let mut rng = ChaCha8Rng::seed_from_u64(54);
-            let out = m
-                .forward_embeds(
-                    x.as_tensor(),
-                    ForwardOptions {
-                        attention_mask: Some(&mask),
-                        logits: true,
-                        rng: Some(&mut rng),
-                        ..Default::default()
-                    },
-                )
-                .unwrap();
-            let logits = out.logits.unwrap();
-            let grads = logits
-                .sqr()
-                .unwrap()
-                .mean_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let (logits, grads) = training_pass(m, x.as_tensor(), &mask, 54);
             let data = map.data().lock().unwrap();
             let input = "inputs_embeds".to_string();
             calico_nn::testing::assert_gradients_reach(

@@ -886,7 +886,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     if let (Some(m), None) = (tc.keep_best, &val_ds) {
         return Err(TrainError::Config(format!(
             "keep_best \"{}\" keeps the weights of the best validation, and the run has no \
-             validation samples",
+             --val samples to validate on",
             m.name()
         )));
     }

@@ -370,13 +370,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .as_ref()
             .and_then(|v| v.samples.as_ref().map(|s| s.path.clone()))
     });
-    if let (Some(m), None) = (config.keep_best, &val) {
-        return Err(bad_input(format!(
-            "keep_best \"{}\" keeps the weights of the best validation, and the run has no \
-             --val samples to validate on",
-            m.name()
-        )));
-    }
     // Said before a similarity model is loaded for nothing (the trainer
     // checks the validation samples themselves).
     if let (Some(v), Some(given)) = (&validation, &a.similarity) {
