@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use calico_model::calico::weights::{load_dir_with_llm, MissingFrozen};
+use calico_model::calico::weights::{load_dir_for_answers, MissingFrozen};
 use calico_model::calico::Calico;
 use calico_model::config::CalicoConfig;
 use calico_model::llama::QuantizedMatmul;
@@ -115,7 +115,7 @@ fn load_weights(
             dir.display()
         )));
     }
-    let l = load_dir_with_llm(dir, MissingFrozen::Error, device, quantized_llm)
+    let l = load_dir_for_answers(dir, MissingFrozen::Error, device, quantized_llm)
         .map_err(|e| AppError::Input(format!("loading weights from {}: {e}", dir.display())))?;
     let mut description = format!("weights {}", dir.display());
     if let Some(m) = quantized_llm {

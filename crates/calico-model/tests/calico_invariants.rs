@@ -277,6 +277,40 @@ fn generate_runs_end_to_end() {
 }
 
 #[test]
+fn answers_keep_no_graph_of_a_model_holding_variables() {
+    // A model holding its trainable tensors as variables (as training
+    // does) makes tracked results: each keeps the inputs of every op that
+    // made it alive. What an answer hands back, and the features it keeps
+    // while decoding, are cut loose from that graph; the values stay.
+    let cfg = tiny();
+    let (m, _, _) = model(&cfg, 23);
+    let imgs = [image(1), image(2)];
+    let refs: Vec<&ImageInput> = imgs.iter().collect();
+    let enc = m.encode_images(&refs).unwrap();
+    // f_image is trainable; SAM's encoder is frozen here.
+    assert!(enc[0].visual_tokens.track_op());
+    let cut = enc[0].detach();
+    for (a, b) in [
+        (&enc[0].visual_tokens, &cut.visual_tokens),
+        (&enc[0].x_global_prime, &cut.x_global_prime),
+        (&enc[0].sam_embeddings, &cut.sam_embeddings),
+    ] {
+        assert!(!b.track_op());
+        assert_eq!(max_diff(a, b), 0.0);
+    }
+    let layout = m.prompt(&question(), 2, &ByteText).unwrap();
+    let mut ids = vec![ByteText::SPECIAL_IDS.p_open];
+    ids.extend(ByteText.encode_plain(" a cat "));
+    ids.extend([ByteText::SPECIAL_IDS.p_close, ByteText::SPECIAL_IDS.seg]);
+    ids.extend(ByteText.encode_plain(" (IMAGE1)"));
+    let ans = m
+        .answer_from_ids(&layout, &ids, &imgs, &enc, &ByteText)
+        .unwrap();
+    assert_eq!(ans.masks.len(), 1);
+    assert!(!ans.masks[0].logits.track_op());
+}
+
+#[test]
 fn prompts_longer_than_the_context_are_refused() {
     let cfg = tiny();
     let (m, _, _) = model(&cfg, 19);

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use calico_model::calico::weights::{
-    load_dir, safetensors_bytes, save_dir, sources_for_export, MissingFrozen, CONFIG_FILE,
-    FROZEN_FILE, SOURCES_FILE, TRAINABLE_FILE,
+    load_dir, load_dir_for_answers, safetensors_bytes, save_dir, sources_for_export, MissingFrozen,
+    CONFIG_FILE, FROZEN_FILE, SOURCES_FILE, TRAINABLE_FILE,
 };
-use calico_model::calico::{Calico, ImageInput, TrainBatch};
+use calico_model::calico::{Calico, ForwardOutput, ImageInput, TrainBatch};
 use calico_model::config::CalicoConfig;
 use calico_model::prompt::{build, TextEncoder};
 use calico_model::tokenizer::CalicoTokenizer;
@@ -64,8 +64,8 @@ fn image(seed: u64) -> ImageInput {
     }
 }
 
-/// Logits and mask logits of one teacher-forced pass, flattened.
-fn outputs(model: &Calico, tok: &dyn TextEncoder) -> Vec<f32> {
+/// One teacher-forced pass of [`ANSWER`] over two random images.
+fn pass(model: &Calico, tok: &dyn TextEncoder) -> ForwardOutput {
     let layout = build(
         &question(),
         Some(ANSWER),
@@ -80,7 +80,12 @@ fn outputs(model: &Calico, tok: &dyn TextEncoder) -> Vec<f32> {
         layouts: vec![layout],
         images: vec![vec![image(1), image(2)]],
     };
-    let out = model.forward(&batch, tok, None).unwrap();
+    model.forward(&batch, tok, None).unwrap()
+}
+
+/// Logits and mask logits of one teacher-forced pass, flattened.
+fn outputs(model: &Calico, tok: &dyn TextEncoder) -> Vec<f32> {
+    let out = pass(model, tok);
     let mut v: Vec<f32> = out.logits.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(out.mask_logits[0].len(), 2);
     for m in &out.mask_logits[0] {
@@ -132,6 +137,32 @@ fn a_saved_model_loads_back_to_the_same_function() {
         text.contains("model.layers") && text.contains("tokenizer"),
         "{text}"
     );
+}
+
+#[test]
+fn a_model_loaded_for_answers_keeps_no_graph_and_computes_the_same_function() {
+    let d = tmp("answers");
+    saved(&d);
+    let trained = load_dir(&d, MissingFrozen::Error, &Device::Cpu).unwrap();
+    assert!(pass(&trained.model, &trained.tokenizer).logits.track_op());
+    let l = load_dir_for_answers(&d, MissingFrozen::Error, &Device::Cpu, None).unwrap();
+    assert!(!pass(&l.model, &l.tokenizer).logits.track_op());
+    // The same function to float rounding: without a graph to keep, the
+    // norms, softmax and sigmoid take candle's fused kernels.
+    let worst = |got: &[f32]| {
+        got.iter()
+            .zip(reference())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    };
+    let scale = reference().iter().fold(1f32, |m, x| m.max(x.abs()));
+    assert!(worst(&outputs(&l.model, &l.tokenizer)) <= 1e-5 * scale);
+    // The variables share the model's storage: what an optimizer writes
+    // to them is what the model computes with.
+    for var in l.trainable.all_vars() {
+        var.set(&var.zeros_like().unwrap()).unwrap();
+    }
+    assert!(worst(&outputs(&l.model, &l.tokenizer)) > 1e-2 * scale);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use calico_masks::{Mask, Rle};
-use calico_model::calico::weights::{load_dir_with_llm, MissingFrozen};
+use calico_model::calico::weights::{load_dir_for_answers, MissingFrozen};
 use calico_model::calico::{Answer, Calico, ImageInput};
 use calico_model::config::CalicoConfig;
 use calico_model::llama::QuantizedMatmul;
@@ -99,7 +99,7 @@ impl Engine {
         device: &Device,
         quantized_llm: Option<QuantizedMatmul>,
     ) -> Result<Self, String> {
-        let l = load_dir_with_llm(dir, MissingFrozen::Error, device, quantized_llm)
+        let l = load_dir_for_answers(dir, MissingFrozen::Error, device, quantized_llm)
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         let note = quantized_llm.map_or(String::new(), |m| l.report.quantized_note(m));
         Ok(Self {
@@ -249,7 +249,7 @@ impl Engine {
         .map_err(err)?;
         let new_ids = &full.input_ids[prompt.answer_start..];
         let refs: Vec<&ImageInput> = inputs.iter().collect();
-        let encoded = m.encode_images(&refs)?;
+        let encoded: Vec<_> = m.encode_images(&refs)?.iter().map(|e| e.detach()).collect();
         m.answer_from_ids(&prompt, new_ids, inputs, &encoded, &self.tok)
     }
 }

@@ -184,14 +184,14 @@ fn init(a: InitArgs) -> Result<()> {
 }
 
 fn check(a: CheckArgs) -> Result<()> {
-    use calico_model::calico::weights::{load_dir_with_llm, MissingFrozen};
+    use calico_model::calico::weights::{load_dir_for_answers, MissingFrozen};
     let missing = match a.missing.as_str() {
         "error" => MissingFrozen::Error,
         "random" => MissingFrozen::Random { seed: a.seed },
         _ => MissingFrozen::Zeros,
     };
     let device = candle_core::Device::Cpu;
-    let loaded = load_dir_with_llm(&a.dir, missing, &device, a.llm.quantized_llm)
+    let loaded = load_dir_for_answers(&a.dir, missing, &device, a.llm.quantized_llm)
         .map_err(|e| bad_input(e.to_string()))?;
     println!("{}", loaded.report);
     if !loaded.report.is_complete() {

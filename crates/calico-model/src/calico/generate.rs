@@ -84,7 +84,11 @@ impl Calico {
     ) -> Result<Answer> {
         let layout = self.prompt(question, images.len(), tok)?;
         let refs: Vec<&ImageInput> = images.iter().collect();
-        let encoded = self.encode_images(&refs)?;
+        let encoded: Vec<EncodedImage> = self
+            .encode_images(&refs)?
+            .iter()
+            .map(EncodedImage::detach)
+            .collect();
         let enc: Vec<&EncodedImage> = encoded.iter().collect();
         let embeds = self
             .interleave(&layout.input_ids, &layout.image_spans, &enc)?
@@ -146,7 +150,9 @@ impl Calico {
                 model: self,
                 rows: vec![Self::cam_row(layout, &enc)],
             };
-            let hidden = self.run_llm(&embeds, None, &mut hook, None)?;
+            // Detached: the masks need the hidden states, not the
+            // LLM's activations that made them.
+            let hidden = self.run_llm(&embeds, None, &mut hook, None)?.detach();
             let low = self.decode_seg_masks(&hidden.get(0)?, &routes, &enc)?;
             for (r, m) in routes.iter().zip(low) {
                 let img = &images[r.image];
@@ -157,7 +163,8 @@ impl Calico {
                     img.original,
                 )?
                 .squeeze(0)?
-                .squeeze(0)?;
+                .squeeze(0)?
+                .detach();
                 masks.push(SegMask {
                     position: r.position,
                     image: r.image,

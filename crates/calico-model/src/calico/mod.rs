@@ -441,6 +441,11 @@ impl Calico {
         self.llm.resize_token_embeddings(new_vocab_size, trainable)
     }
 
+    /// See [`Llama::detach_added_rows`].
+    pub(crate) fn detach_added_rows(&mut self) {
+        self.llm.detach_added_rows()
+    }
+
     /// f_segmentation: `(n, D)` `[SEG]` hidden states → `(n, 256)` prompts.
     pub fn text_hidden_fcs(&self, h: &Tensor) -> Result<Tensor> {
         self.text_fc2.forward(&self.text_fc1.forward(h)?.relu()?)

@@ -63,6 +63,21 @@ pub struct EncodedImage {
     pub sam_embeddings: Tensor,
 }
 
+impl EncodedImage {
+    /// The same features without the computation that made them: a
+    /// result of variables (trained modules) keeps every intermediate
+    /// activation of the encoders alive while it lives. Answering is never
+    /// differentiated, so [`Calico::generate`] (and a server answering
+    /// with [`Calico::answer_from_ids`]) keeps the detached features.
+    pub fn detach(&self) -> Self {
+        Self {
+            visual_tokens: self.visual_tokens.detach(),
+            x_global_prime: self.x_global_prime.detach(),
+            sam_embeddings: self.sam_embeddings.detach(),
+        }
+    }
+}
+
 /// What [`Calico::global_features`] returns.
 #[derive(Debug, Clone)]
 pub struct GlobalFeatures {

@@ -685,9 +685,12 @@ impl SimpleBackend for FrozenBackend {
 }
 
 /// A builder's backend that keeps every tensor it hands out, by name.
+/// With `detach` it hands out each tensor detached: a variable's storage
+/// without its being a variable ([`load_dir_for_answers`]).
 struct Recording {
     inner: VarBuilder<'static>,
     seen: Arc<Mutex<HashMap<String, Tensor>>>,
+    detach: bool,
 }
 
 impl Recording {
@@ -696,7 +699,7 @@ impl Recording {
         if let Ok(mut seen) = self.seen.lock() {
             seen.insert(name.to_string(), t.clone());
         }
-        Ok(t)
+        Ok(if self.detach { t.detach() } else { t })
     }
 }
 
@@ -747,7 +750,7 @@ fn var_names(map: &VarMap) -> BTreeSet<String> {
 
 /// Builds a Calico from a weights directory (see the module docs).
 pub fn load_dir(dir: &Path, missing: MissingFrozen, device: &Device) -> Result<LoadedCalico> {
-    load_dir_inner(dir, None, missing, device, None)
+    load_dir_inner(dir, None, missing, device, None, Use::Training)
 }
 
 /// [`load_dir`] for inference in less memory: the LLM's projection weights
@@ -763,24 +766,47 @@ pub fn load_dir_quantized_llm(
     device: &Device,
     matmul: QuantizedMatmul,
 ) -> Result<LoadedCalico> {
-    load_dir_inner(dir, None, missing, device, Some(matmul))
+    load_dir_inner(dir, None, missing, device, Some(matmul), Use::Training)
 }
 
-/// [`load_dir`] with `None`, [`load_dir_quantized_llm`] with a matmul.
-pub fn load_dir_with_llm(
+/// A model to answer with, not to train: [`load_dir`] (with `None`) or
+/// [`load_dir_quantized_llm`] (with a matmul) whose modules hold the
+/// trainable tensors as plain tensors. `trainable` still holds them as
+/// variables, sharing their storage, but no gradient reaches the model.
+///
+/// What it saves: candle keeps the inputs of every op whose result
+/// depends on a variable, so that a backward pass can run. A model holding
+/// variables (LoRA, the trained modules) thus keeps every activation of a
+/// forward pass until its output is dropped: the 30 layers of a prefill,
+/// the encoders' layers while their features live. Answering `small`'s
+/// samples peaks at about half the memory above its weights this way
+/// (docs/performance.md, "Answering keeps no graph"). Without a graph to
+/// keep, the norms, softmax and sigmoid take candle's fused kernels and a
+/// quantized LLM's one-token products `calico_nn::qgemv`'s: the values
+/// agree with a training load's to float rounding.
+pub fn load_dir_for_answers(
     dir: &Path,
     missing: MissingFrozen,
     device: &Device,
     quantized_llm: Option<QuantizedMatmul>,
 ) -> Result<LoadedCalico> {
-    load_dir_inner(dir, None, missing, device, quantized_llm)
+    load_dir_inner(dir, None, missing, device, quantized_llm, Use::Answers)
+}
+
+/// What [`load_dir_inner`] builds a model for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// The model holds the trainable variables themselves.
+    Training,
+    /// The model holds them detached ([`load_dir_for_answers`]).
+    Answers,
 }
 
 /// [`load_dir`] with Table 2's module switches set to `ablation` instead
 /// of the directory config's own: the modules it switches off are never
 /// built (their tensors stay unread), and one it switches on that the
 /// directory lacks is made by `missing`, like any other absent tensor.
-/// `quantized_llm` as in [`load_dir_with_llm`].
+/// `quantized_llm` as in [`load_dir_for_answers`].
 pub fn load_dir_ablated(
     dir: &Path,
     ablation: Ablation,
@@ -788,7 +814,14 @@ pub fn load_dir_ablated(
     device: &Device,
     quantized_llm: Option<QuantizedMatmul>,
 ) -> Result<LoadedCalico> {
-    load_dir_inner(dir, Some(ablation), missing, device, quantized_llm)
+    load_dir_inner(
+        dir,
+        Some(ablation),
+        missing,
+        device,
+        quantized_llm,
+        Use::Training,
+    )
 }
 
 fn load_dir_inner(
@@ -797,6 +830,7 @@ fn load_dir_inner(
     missing: MissingFrozen,
     device: &Device,
     quantized_llm: Option<QuantizedMatmul>,
+    using: Use,
 ) -> Result<LoadedCalico> {
     let Opened {
         mut cfg,
@@ -854,6 +888,7 @@ fn load_dir_inner(
         Box::new(Recording {
             inner: frozen,
             seen: seen.clone(),
+            detach: false,
         }),
         dtype,
         device.clone(),
@@ -863,6 +898,7 @@ fn load_dir_inner(
         Box::new(Recording {
             inner: VarBuilder::from_varmap(&trainable, dtype, device),
             seen: read.clone(),
+            detach: using == Use::Answers,
         }),
         dtype,
         device.clone(),
@@ -883,6 +919,9 @@ fn load_dir_inner(
     }
     if after > cfg.llm.vocab_size {
         model.resize_token_embeddings(after, Some(&trainable))?;
+        if using == Use::Answers {
+            model.detach_added_rows();
+        }
     }
     let fresh: Vec<String> = var_names(&trainable)
         .into_iter()

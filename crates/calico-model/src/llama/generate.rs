@@ -120,6 +120,7 @@ pub fn generate(
             ..Default::default()
         },
     )?;
+    cache.detach();
     let last = out.last_hidden_state.narrow(1, t - 1, 1)?;
     let mut logits = last_logits(&model.logits(&last)?)?;
     let mut tokens = Vec::new();
@@ -148,6 +149,7 @@ pub fn generate(
                 ..Default::default()
             },
         )?;
+        cache.detach();
         let step = out
             .logits
             .ok_or_else(|| candle_core::Error::Msg("logits were not computed".into()))?;

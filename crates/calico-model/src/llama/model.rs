@@ -87,6 +87,20 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Cuts the cached keys and values loose from the computation that
+    /// made them. A tensor computed from a variable (LoRA, a trained
+    /// module) keeps every input of every op that led to it alive, so a
+    /// cache grown token by token would otherwise hold each step's
+    /// activations, and each earlier cache, until generation ends.
+    /// Generation is never differentiated; [`super::generate::generate`]
+    /// detaches after every pass.
+    pub fn detach(&mut self) {
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.detach();
+            *v = v.detach();
+        }
+    }
+
     pub fn reset(&mut self) {
         self.layers.iter_mut().for_each(|l| *l = None);
         self.keep = None;
@@ -500,6 +514,19 @@ impl Llama {
     /// map already holds them (a loaded training checkpoint) their values are
     /// kept. Without it the rows are appended as frozen tensors. Growing a
     /// second time is not supported while trainable rows exist.
+    /// Holds the rows [`Self::resize_token_embeddings`] added as an
+    /// optimiser's variables as plain tensors sharing their storage (a
+    /// model loaded for answers: its results then keep no computation
+    /// graph; see `calico::weights::load_dir_for_answers`).
+    pub fn detach_added_rows(&mut self) {
+        for rows in [&mut self.vocab.added_embed, &mut self.vocab.added_head]
+            .into_iter()
+            .flatten()
+        {
+            *rows = rows.detach();
+        }
+    }
+
     pub fn resize_token_embeddings(
         &mut self,
         new_vocab_size: usize,
@@ -683,5 +710,51 @@ impl Llama {
 
     pub fn dtype(&self) -> DType {
         self.vocab.embed.dtype()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detached_cache_keeps_its_values_and_no_graph() {
+        let cfg = LlamaConfig {
+            vocab_size: 17,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            num_key_value_heads: Some(1),
+            ..LlamaConfig::smollm2_135m()
+        };
+        let dev = Device::Cpu;
+        // Every weight a variable, as in a model being trained.
+        let map = VarMap::new();
+        let llm = Llama::new(&cfg, VarBuilder::from_varmap(&map, DType::F32, &dev)).unwrap();
+        let x = Tensor::arange(0f32, 48.0, &dev)
+            .unwrap()
+            .reshape((1, 3, 16))
+            .unwrap();
+        let mut cache = KvCache::new(&cfg);
+        let opts = ForwardOptions {
+            cache: Some(&mut cache),
+            ..Default::default()
+        };
+        llm.forward_embeds(&x, opts).unwrap();
+        let before: Vec<(Tensor, Tensor)> = cache.layers.iter().flatten().cloned().collect();
+        assert_eq!(before.len(), 2);
+        assert!(before.iter().all(|(k, v)| k.track_op() && v.track_op()));
+        cache.detach();
+        let after: Vec<&(Tensor, Tensor)> = cache.layers.iter().flatten().collect();
+        assert_eq!(after.len(), 2);
+        for ((k0, v0), (k, v)) in before.iter().zip(after) {
+            assert!(!k.track_op() && !v.track_op());
+            for (a, b) in [(k0, k), (v0, v)] {
+                let d = (a - b).unwrap().abs().unwrap().sum_all().unwrap();
+                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+            }
+        }
+        assert_eq!(cache.len(), 3);
     }
 }
