@@ -1121,6 +1121,8 @@ fn keep_best_keeps_the_weights_of_the_best_validation_and_early_stop_ends_after_
         out.contains(&format!("best validation: miou {score:.1} at step {step}")),
         "{out}"
     );
+    let curve = std::fs::read_to_string(a.join("curve.svg")).unwrap();
+    assert!(curve.contains(&format!(">best miou {score:.1} @ {step}<")));
     // The weights are that step's, and they load.
     let ck = a.join("checkpoints").join(format!("step-{step:08}"));
     assert_eq!(tensors(&a.join("best")), tensors(&ck));

@@ -12,6 +12,7 @@
 //! values switch to scientific notation (`1.2e12`, `2.5e-7`) for very large
 //! or small magnitudes, so any finite value fits the margins.
 
+use crate::best::Best;
 use crate::metrics::{write_atomic, Record, Result, TrainRecord, ValRecord};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -357,8 +358,10 @@ fn last_value(values: &[(f64, f64)]) -> String {
 
 /// Renders the training curve of `records` (any order; sorted by step here).
 /// Never panics and never writes NaN/inf, whatever the records hold; with no
-/// data the panels are drawn empty with a note.
-pub fn training_curve_svg(records: &[Record], title: &str) -> String {
+/// data the panels are drawn empty with a note. `best` (a run's `keep_best`
+/// choice) is marked on the validation panel: a dashed line at its step,
+/// labelled with its metric and score.
+pub fn training_curve_svg(records: &[Record], title: &str, best: Option<&Best>) -> String {
     let mut train: Vec<&TrainRecord> = records
         .iter()
         .filter_map(|r| match r {
@@ -557,20 +560,47 @@ pub fn training_curve_svg(records: &[Record], title: &str) -> String {
             entries.push((name, color, last_value(&d)));
         }
         legend(&mut s, vp.left + 25.0, vp.bottom + 30.0, &entries, false);
+        if let Some(b) = best.filter(|b| b.score.is_finite()) {
+            best_marker(&mut s, &vp, b);
+        }
     }
 
     s.push_str("</svg>\n");
     s
 }
 
+/// The `keep_best` choice on the validation panel: a dashed vertical line
+/// at its step, labelled inside the panel's top edge `best miou 21.4 @ 300`
+/// (on the line's left when it lies in the panel's right half).
+fn best_marker(s: &mut String, p: &Panel, b: &Best) {
+    let x = p.px(b.step as f64);
+    let _ = write!(
+        s,
+        r#"<line class="best" x1="{}" y1="{}" x2="{}" y2="{}" stroke="{AXIS}" stroke-dasharray="4 3"/>"#,
+        n(x),
+        n(p.top),
+        n(x),
+        n(p.bottom)
+    );
+    let label = format!("best {} {:.1} @ {}", b.metric.name(), b.score, b.step);
+    let (dx, anchor) = if x > (p.left + p.right) / 2.0 {
+        (-3.0, "end")
+    } else {
+        (3.0, "start")
+    };
+    let attrs = format!(r#" class="best" text-anchor="{anchor}" font-size="10" fill="{AXIS}""#);
+    text(s, x + dx, p.top + 12.0, &attrs, &label);
+}
+
 /// Writes `run_dir/curve.svg` atomically (temp + fsync + rename), titled
-/// with the run directory's name, and returns its path.
-pub fn write_curve(run_dir: &Path, records: &[Record]) -> Result<PathBuf> {
+/// with the run directory's name, and returns its path. `best` as for
+/// [`training_curve_svg`].
+pub fn write_curve(run_dir: &Path, records: &[Record], best: Option<&Best>) -> Result<PathBuf> {
     let name = run_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| run_dir.display().to_string());
-    let svg = training_curve_svg(records, &format!("Calico training — {name}"));
+    let svg = training_curve_svg(records, &format!("Calico training — {name}"), best);
     let path = run_dir.join(CURVE_FILE);
     write_atomic(&path, svg.as_bytes())?;
     Ok(path)
@@ -664,8 +694,44 @@ mod tests {
     }
 
     #[test]
+    fn the_kept_best_is_marked_at_its_step() {
+        let records = run(300);
+        let chosen = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Val(v) if v.step == 100 => Some(v.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let best = Best {
+            metric: crate::config::BestMetric::Miou,
+            score: chosen.average.miou,
+            step: 100,
+            validation: chosen,
+        };
+        let svg = training_curve_svg(&records, "run", Some(&best));
+        check_xml(&svg);
+        no_bad_numbers(&svg);
+        // The validation panel spans x 680..880 over steps 0..300.
+        let x = n(680.0 + 200.0 * 100.0 / 300.0);
+        assert!(
+            svg.contains(&format!(
+                r#"<line class="best" x1="{x}" y1="50" x2="{x}" y2="300""#
+            )),
+            "{svg}"
+        );
+        assert!(svg.contains(">best miou 26.0 @ 100<"), "{svg}");
+        assert!(!training_curve_svg(&records, "run", None).contains("class=\"best\""));
+        let nan = Best {
+            score: f64::NAN,
+            ..best
+        };
+        assert!(!training_curve_svg(&records, "run", Some(&nan)).contains("class=\"best\""));
+    }
+
+    #[test]
     fn curve_is_wellformed_with_one_polyline_per_series() {
-        let svg = training_curve_svg(&run(300), "tiny <run> & \"co\"");
+        let svg = training_curve_svg(&run(300), "tiny <run> & \"co\"", None);
         let names = check_xml(&svg);
         assert_eq!(names[0], "svg");
         no_bad_numbers(&svg);
@@ -685,14 +751,14 @@ mod tests {
     #[test]
     fn empty_and_single_records_render_frames() {
         for records in [vec![], vec![train(1, 0.5)], vec![val(10, 50.0)]] {
-            let svg = training_curve_svg(&records, "run");
+            let svg = training_curve_svg(&records, "run", None);
             check_xml(&svg);
             no_bad_numbers(&svg);
         }
-        let empty = training_curve_svg(&[], "run");
+        let empty = training_curve_svg(&[], "run", None);
         assert!(empty.contains("no data yet") && empty.contains("no validation yet"));
         assert_eq!(empty.matches("<polyline").count(), 0);
-        let one = training_curve_svg(&[train(1, 0.5)], "run");
+        let one = training_curve_svg(&[train(1, 0.5)], "run", None);
         assert_eq!(one.matches(r#"<polyline class="loss-"#).count(), 4);
         assert!(one.contains("<circle") && one.contains("no validation yet"));
     }
@@ -712,7 +778,7 @@ mod tests {
         if let Record::Val(v) = records.last_mut().unwrap() {
             v.average.miou = f64::NAN;
         }
-        let svg = training_curve_svg(&records, "run");
+        let svg = training_curve_svg(&records, "run", None);
         check_xml(&svg);
         no_bad_numbers(&svg);
         // The spike is clipped, not used for the axis.
@@ -722,7 +788,7 @@ mod tests {
 
     #[test]
     fn long_runs_are_thinned() {
-        let svg = training_curve_svg(&run(5000), "run");
+        let svg = training_curve_svg(&run(5000), "run", None);
         check_xml(&svg);
         let total = svg
             .split(r#"<polyline class="loss-total""#)
@@ -828,7 +894,7 @@ mod tests {
             let records: Vec<Record> = (1..=30)
                 .map(|s| train(s, base * (1.0 + 0.01 * s as f64)))
                 .collect();
-            let svg = training_curve_svg(&records, "run");
+            let svg = training_curve_svg(&records, "run", None);
             check_xml(&svg);
             no_bad_numbers(&svg);
             let labels = y_labels(&svg, 70.0, 50.0, 300.0);
@@ -858,7 +924,7 @@ mod tests {
             );
             assert!(total.len() <= 9, "{base}: legend {total:?}");
         }
-        let huge = training_curve_svg(&[train(1, 8.033589e11)], "run");
+        let huge = training_curve_svg(&[train(1, 8.033589e11)], "run", None);
         assert!(huge.contains(">8.034e11<"), "{huge}");
     }
 
@@ -867,7 +933,7 @@ mod tests {
         for steps in 1..=25u64 {
             let mut records: Vec<Record> = (1..=steps).map(|s| train(s, 1.0)).collect();
             records.push(val(steps, 50.0));
-            let svg = training_curve_svg(&records, "run");
+            let svg = training_curve_svg(&records, "run", None);
             check_xml(&svg);
             no_bad_numbers(&svg);
             for (left, right, bottom) in [
@@ -906,9 +972,9 @@ mod tests {
     fn write_curve_replaces_the_file() {
         let dir = std::env::temp_dir().join(format!("calico-train-curve-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = write_curve(&dir, &[]).unwrap();
+        let p = write_curve(&dir, &[], None).unwrap();
         assert_eq!(p, dir.join(CURVE_FILE));
-        let p = write_curve(&dir, &run(60)).unwrap();
+        let p = write_curve(&dir, &run(60), None).unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         check_xml(&svg);
         let leftovers: Vec<_> = std::fs::read_dir(&dir)

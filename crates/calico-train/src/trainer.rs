@@ -1360,7 +1360,8 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
                 &state,
                 tc.keep_last,
             )?;
-            plot::write_curve(run, log.records()).map_err(|e| TrainError::Data(e.to_string()))?;
+            plot::write_curve(run, log.records(), choice.best.as_ref())
+                .map_err(|e| TrainError::Data(e.to_string()))?;
             if interrupted {
                 return Err(TrainError::Interrupted(format!(
                     "stopped after step {step} of {total}; {} is saved and --resume continues \
