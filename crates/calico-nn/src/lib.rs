@@ -18,6 +18,7 @@ pub mod loss;
 pub mod mlp;
 pub mod norm;
 pub mod ops;
+mod qdot;
 pub mod qgemv;
 pub mod qrows;
 pub mod qtable;

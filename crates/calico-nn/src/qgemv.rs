@@ -15,12 +15,13 @@
 //! the thread count.
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
-    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1,
+    GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Result, Tensor};
 
+use crate::qdot;
 use crate::qrows::RowLayout;
 use rayon::prelude::*;
 
@@ -62,11 +63,24 @@ pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
             }
         };
     }
-    run!(
-        Q4_0 => BlockQ4_0, Q4_1 => BlockQ4_1, Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1,
-        Q8_0 => BlockQ8_0, Q8_1 => BlockQ8_1, Q2K => BlockQ2K, Q3K => BlockQ3K,
-        Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K, Q8K => BlockQ8K
-    );
+    let shape = (n, k);
+    match w.dtype() {
+        // The simple types are read block by block in registers (`qdot`):
+        // the same results, without writing each row out first.
+        GgmlDType::Q4_0 => {
+            qdot::rows_dot::<qdot::Q4_0>(&data, shape, &xs, m, &mut out_t, ROWS_PER_TASK)?
+        }
+        GgmlDType::Q4_1 => {
+            qdot::rows_dot::<qdot::Q4_1>(&data, shape, &xs, m, &mut out_t, ROWS_PER_TASK)?
+        }
+        GgmlDType::Q8_0 => {
+            qdot::rows_dot::<qdot::Q8_0>(&data, shape, &xs, m, &mut out_t, ROWS_PER_TASK)?
+        }
+        _ => run!(
+            Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1, Q8_1 => BlockQ8_1, Q2K => BlockQ2K,
+            Q3K => BlockQ3K, Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K, Q8K => BlockQ8K
+        ),
+    }
     // `out_t` is (n, m): one weight row's outputs side by side.
     let mut out = vec![0f32; m * n];
     for (r, row) in out_t.chunks_exact(m).enumerate() {
@@ -136,6 +150,12 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     for (x, y) in ar.iter().zip(br) {
         tail += x * y;
     }
+    finish_lanes(&acc, tail)
+}
+
+/// The sum of eight lane sums and a tail, in [`dot`]'s fixed order.
+#[inline(always)]
+pub(crate) fn finish_lanes(acc: &[f32; 8], tail: f32) -> f32 {
     let pairs = [
         acc[0] + acc[4],
         acc[1] + acc[5],
@@ -187,6 +207,52 @@ mod tests {
             let v = candle_core::Var::randn(0f32, 1.0, (1, k), &dev).unwrap();
             assert!(dequantized_product(&q, v.as_tensor()).unwrap().is_none());
         }
+    }
+
+    #[test]
+    fn fused_blocks_give_the_row_path_products_bit_for_bit() {
+        use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+        let dev = Device::Cpu;
+        let (n, k) = (130, 576);
+        let vals: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
+            .collect();
+        let w = Tensor::from_vec(vals, (n, k), &dev).unwrap();
+        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype).unwrap();
+            let layout = RowLayout::of(&q).unwrap();
+            let data = layout.data(&q).unwrap();
+            for m in [1usize, 2, 5, 8] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let (mut want, mut got) = (vec![0f32; n * m], vec![0f32; n * m]);
+                match dtype {
+                    GgmlDType::Q4_0 => {
+                        rows_dot::<BlockQ4_0>(&data, &layout, &xs, m, &mut want).unwrap();
+                        qdot::rows_dot::<qdot::Q4_0>(&data, (n, k), &xs, m, &mut got, 64)
+                    }
+                    GgmlDType::Q4_1 => {
+                        rows_dot::<BlockQ4_1>(&data, &layout, &xs, m, &mut want).unwrap();
+                        qdot::rows_dot::<qdot::Q4_1>(&data, (n, k), &xs, m, &mut got, 64)
+                    }
+                    _ => {
+                        rows_dot::<BlockQ8_0>(&data, &layout, &xs, m, &mut want).unwrap();
+                        qdot::rows_dot::<qdot::Q8_0>(&data, (n, k), &xs, m, &mut got, 64)
+                    }
+                }
+                .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{dtype:?}, {m} rows");
+            }
+        }
+        // Misfits are errors, not panics.
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let data = RowLayout::of(&q).unwrap().data(&q).unwrap();
+        let mut out = vec![0f32; n];
+        let short = qdot::rows_dot::<qdot::Q4_1>(&data, (n, k), &vec![0.0; k], 1, &mut out, 64);
+        assert!(short.unwrap_err().to_string().contains("not whole rows"));
+        let e = qdot::rows_dot::<qdot::Q8_0>(&data, (n, k), &vec![0.0; k], 9, &mut out, 64);
+        assert!(e.unwrap_err().to_string().contains("do not fit"));
     }
 
     #[test]
