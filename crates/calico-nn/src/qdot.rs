@@ -1,15 +1,19 @@
-//! Fused row products for the simple 32-value block types (Q4_0, Q4_1,
-//! Q8_0): each block's values are made in registers from its bytes and
-//! multiplied at once, instead of being written out as a float32 row first
-//! and read back ([`crate::qgemv`]'s general path).
+//! Fused row products for the common block types (Q4_0, Q4_1, Q8_0 and the
+//! k-quants Q4_K, Q5_K, Q6_K of llama.cpp's `Q4_K_M` / `Q5_K_M` files): each
+//! block's values are made on the stack from its bytes and multiplied at
+//! once, instead of being written out as a float32 row first and read back
+//! ([`crate::qgemv`]'s general path).
 //!
 //! The values are the ones candle's `to_float` computes (the same
-//! expressions, `q · d` or `q · d + m` in float32) and each product is
+//! float32 expressions, in the same order) and each product is
 //! summed in the general path's order (eight lanes over the row, then the
 //! same pairwise finish), so the results are bit for bit the same. On an
-//! x86-64 CPU with AVX2 the same code runs compiled for it (chosen at run
-//! time); the lanes are written out, so the compiler keeps their order and
-//! the results do not depend on the instruction set either.
+//! x86-64 CPU with AVX2 the same code runs compiled for it, and for the
+//! 32-value types with AVX-512 where the CPU has that (chosen at run time;
+//! the k-quants measured no faster with it, `cargo bench -p calico-nn
+//! --bench qgemv`). The lanes are written out and float arithmetic is never
+//! reordered by the compiler, so the results do not depend on the
+//! instruction set either.
 
 use candle_core::quantized::GgmlDType;
 use candle_core::Result;
@@ -17,16 +21,24 @@ use rayon::prelude::*;
 
 use crate::qgemv::{finish_lanes, GEMV_MAX_ROWS};
 
-/// Values per block of every type here.
+/// Values per block of the simple types.
 const BLOCK: usize = 32;
+
+/// Values per block of the k-quants (`QK_K`).
+const SUPER: usize = 256;
 
 /// A block type whose values a fused product reads straight from its bytes.
 pub(crate) trait Fused {
     const DTYPE: GgmlDType;
+    /// Values per block: 32, or 256 for the k-quants.
+    const VALUES: usize;
     /// Bytes of one block (candle's `repr(C)` struct).
     const BYTES: usize;
-    /// The block's 32 values, as candle's `to_float` computes them.
-    fn values(block: &[u8], out: &mut [f32; BLOCK]);
+    /// Whether the AVX-512 build is the faster one.
+    const AVX512: bool;
+    /// The block's values (`out` holds [`Self::VALUES`]), as candle's
+    /// `to_float` computes them.
+    fn values(block: &[u8], out: &mut [f32]);
 }
 
 /// The float16 at `at`, as stored (native byte order, like candle's blocks).
@@ -40,9 +52,11 @@ pub(crate) struct Q4_0;
 
 impl Fused for Q4_0 {
     const DTYPE: GgmlDType = GgmlDType::Q4_0;
+    const VALUES: usize = BLOCK;
+    const AVX512: bool = true;
     const BYTES: usize = 18;
     #[inline(always)]
-    fn values(block: &[u8], out: &mut [f32; BLOCK]) {
+    fn values(block: &[u8], out: &mut [f32]) {
         let d = f16_at(block, 0);
         for j in 0..BLOCK / 2 {
             let q = block[2 + j];
@@ -57,9 +71,11 @@ pub(crate) struct Q4_1;
 
 impl Fused for Q4_1 {
     const DTYPE: GgmlDType = GgmlDType::Q4_1;
+    const VALUES: usize = BLOCK;
+    const AVX512: bool = true;
     const BYTES: usize = 20;
     #[inline(always)]
-    fn values(block: &[u8], out: &mut [f32; BLOCK]) {
+    fn values(block: &[u8], out: &mut [f32]) {
         let (d, m) = (f16_at(block, 0), f16_at(block, 2));
         for j in 0..BLOCK / 2 {
             let q = block[4 + j];
@@ -74,12 +90,119 @@ pub(crate) struct Q8_0;
 
 impl Fused for Q8_0 {
     const DTYPE: GgmlDType = GgmlDType::Q8_0;
+    const VALUES: usize = BLOCK;
+    const AVX512: bool = true;
     const BYTES: usize = 34;
     #[inline(always)]
-    fn values(block: &[u8], out: &mut [f32; BLOCK]) {
+    fn values(block: &[u8], out: &mut [f32]) {
         let d = f16_at(block, 0);
         for (o, &q) in out.iter_mut().zip(&block[2..2 + BLOCK]) {
             *o = (q as i8 as f32) * d;
+        }
+    }
+}
+
+/// Scale and minimum `j` (0..8) of a Q4_K / Q5_K block's 12 packed 6-bit
+/// pairs (llama.cpp's `get_scale_min_k4`).
+#[inline(always)]
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}
+
+/// Q4_K's (absent) fifth bits.
+const NO_FIFTH_BITS: [u8; 32] = [0; 32];
+
+/// The values of a Q4_K or Q5_K block: `d` and `dmin` at its start, eight
+/// sub-blocks of 32, each `d · sc · q − dmin · m`; within 64 values the low
+/// nibbles of 32 bytes of `qs`, then their high nibbles, and a fifth bit of
+/// each from `qh` (bits 2g and 2g + 1 for 64-value group g; Q4_K's are
+/// [`NO_FIFTH_BITS`]).
+#[inline(always)]
+fn k_nibble_values(block: &[u8], scales: &[u8], qs: &[u8], qh: &[u8], out: &mut [f32]) {
+    let (d, min) = (f16_at(block, 0), f16_at(block, 2));
+    for (g, out) in out.chunks_exact_mut(64).enumerate() {
+        let q = &qs[g * 32..g * 32 + 32];
+        let (sc, m) = scale_min_k4(2 * g, scales);
+        let (d1, m1) = (d * sc as f32, min * m as f32);
+        let (sc, m) = scale_min_k4(2 * g + 1, scales);
+        let (d2, m2) = (d * sc as f32, min * m as f32);
+        let (u1, u2) = (1u8 << (2 * g), 2u8 << (2 * g));
+        for (j, (&b, &h)) in q.iter().zip(qh).enumerate() {
+            // candle adds 16.0 to the nibble's float for a fifth bit: the
+            // same value as the 5-bit integer's.
+            let lo = (b & 0xF) | if h & u1 != 0 { 16 } else { 0 };
+            let hi = (b >> 4) | if h & u2 != 0 { 16 } else { 0 };
+            out[j] = d1 * lo as f32 - m1;
+            out[j + 32] = d2 * hi as f32 - m2;
+        }
+    }
+}
+
+/// `{ d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128] }`
+/// ([`k_nibble_values`]).
+pub(crate) struct Q4K;
+
+impl Fused for Q4K {
+    const DTYPE: GgmlDType = GgmlDType::Q4K;
+    const VALUES: usize = SUPER;
+    const AVX512: bool = false;
+    const BYTES: usize = 144;
+    #[inline(always)]
+    fn values(block: &[u8], out: &mut [f32]) {
+        k_nibble_values(block, &block[4..16], &block[16..144], &NO_FIFTH_BITS, out)
+    }
+}
+
+/// `{ d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128] }`
+/// ([`k_nibble_values`]).
+pub(crate) struct Q5K;
+
+impl Fused for Q5K {
+    const DTYPE: GgmlDType = GgmlDType::Q5K;
+    const VALUES: usize = SUPER;
+    const AVX512: bool = false;
+    const BYTES: usize = 176;
+    #[inline(always)]
+    fn values(block: &[u8], out: &mut [f32]) {
+        k_nibble_values(block, &block[4..16], &block[48..176], &block[16..48], out)
+    }
+}
+
+/// `{ ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16 }`: 6-bit
+/// values (4 low bits from `ql`, 2 high from `qh`) minus 32, each times
+/// `d · scale` of its 16.
+pub(crate) struct Q6K;
+
+impl Fused for Q6K {
+    const DTYPE: GgmlDType = GgmlDType::Q6K;
+    const VALUES: usize = SUPER;
+    const AVX512: bool = false;
+    const BYTES: usize = 210;
+    #[inline(always)]
+    fn values(block: &[u8], out: &mut [f32]) {
+        let d = f16_at(block, 208);
+        for (half, out) in out.chunks_exact_mut(128).enumerate() {
+            let ql = &block[64 * half..64 * half + 64];
+            let qh = &block[128 + 32 * half..128 + 32 * half + 32];
+            let sc = &block[192 + 8 * half..192 + 8 * half + 8];
+            for l in 0..32 {
+                let is = l / 16;
+                let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+                let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+                let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+                let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+                out[l] = d * (sc[is] as i8) as f32 * q1 as f32;
+                out[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
+                out[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
+                out[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
+            }
         }
     }
 }
@@ -95,8 +218,8 @@ pub(crate) fn rows_dot<F: Fused>(
     out_t: &mut [f32],
     rows_per_task: usize,
 ) -> Result<()> {
-    let row_bytes = k / BLOCK * F::BYTES;
-    if !k.is_multiple_of(BLOCK) || bytes.len() != n * row_bytes {
+    let row_bytes = k / F::VALUES * F::BYTES;
+    if !k.is_multiple_of(F::VALUES) || bytes.len() != n * row_bytes {
         candle_core::bail!(
             "{:?} weight ({n}, {k}): {} bytes are not whole rows of {}-byte blocks",
             F::DTYPE,
@@ -110,7 +233,7 @@ pub(crate) fn rows_dot<F: Fused>(
             out_t.len()
         );
     }
-    let wide = has_avx2();
+    let isa = Isa::best_for::<F>();
     out_t
         .par_chunks_mut(rows_per_task * m)
         .enumerate()
@@ -119,26 +242,46 @@ pub(crate) fn rows_dot<F: Fused>(
             for (j, outs) in out.chunks_exact_mut(m).enumerate() {
                 let r = first + j;
                 let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                #[cfg(target_arch = "x86_64")]
-                if wide {
-                    // SAFETY: `has_avx2` saw the CPU run AVX2.
-                    unsafe { row_dot_avx2::<F>(row, xs, k, outs) };
-                    continue;
-                }
-                row_dot::<F>(row, xs, k, outs);
+                isa.row_dot::<F>(row, xs, k, outs);
             }
         });
     Ok(())
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
+/// The instruction set a row product is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Isa {
+    Plain,
+    Avx2,
+    Avx512,
+}
+
+impl Isa {
+    /// The fastest build for `F` that this CPU runs.
+    fn best_for<F: Fused>() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if F::AVX512 && has!("avx512f") && has!("avx512bw") && has!("avx2") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Plain
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    fn row_dot<F: Fused>(self, row: &[u8], xs: &[f32], k: usize, outs: &mut [f32]) {
+        match self {
+            // SAFETY: `best_for` (or a test) saw the CPU run these.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { row_dot_avx512::<F>(row, xs, k, outs) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { row_dot_avx2::<F>(row, xs, k, outs) },
+            _ => row_dot::<F>(row, xs, k, outs),
+        }
     }
 }
 
@@ -149,17 +292,25 @@ unsafe fn row_dot_avx2<F: Fused>(row: &[u8], xs: &[f32], k: usize, outs: &mut [f
     row_dot::<F>(row, xs, k, outs)
 }
 
+/// [`row_dot`] compiled for AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,avx512f,avx512bw")]
+unsafe fn row_dot_avx512<F: Fused>(row: &[u8], xs: &[f32], k: usize, outs: &mut [f32]) {
+    row_dot::<F>(row, xs, k, outs)
+}
+
 /// One weight row's products with each input row: eight lanes per input,
 /// lane `l` summing values `8c + l` in order of `c`, as `qgemv`'s `dot`.
 #[inline(always)]
 fn row_dot<F: Fused>(row: &[u8], xs: &[f32], k: usize, outs: &mut [f32]) {
     let mut acc = [[0f32; 8]; GEMV_MAX_ROWS];
-    let mut w = [0f32; BLOCK];
+    let mut w = [0f32; SUPER];
+    let w = &mut w[..F::VALUES];
     for (b, block) in row.chunks_exact(F::BYTES).enumerate() {
-        F::values(block, &mut w);
+        F::values(block, w);
         for (i, lanes) in acc.iter_mut().take(outs.len()).enumerate() {
-            let x = &xs[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
-            for c in 0..BLOCK / 8 {
+            let x = &xs[i * k + b * F::VALUES..i * k + (b + 1) * F::VALUES];
+            for c in 0..F::VALUES / 8 {
                 for l in 0..8 {
                     lanes[l] += w[c * 8 + l] * x[c * 8 + l];
                 }
@@ -174,50 +325,74 @@ fn row_dot<F: Fused>(row: &[u8], xs: &[f32], k: usize, outs: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
 
-    /// The scalar and AVX2 builds of a row product agree bit for bit.
-    fn both_builds<F: Fused>(row: &[u8], xs: &[f32], k: usize, m: usize) {
-        let mut plain = vec![0f32; m];
-        row_dot::<F>(row, xs, k, &mut plain);
-        assert!(plain.iter().all(|v| v.is_finite()));
+    /// `rows` rows of `k` values quantized to `F`'s type by candle.
+    fn blocks<F: Fused>(rows: usize, k: usize) -> Vec<u8> {
+        let vals: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.45) * 2.5)
+            .collect();
+        let w = Tensor::from_vec(vals, (rows, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, F::DTYPE).unwrap();
+        q.data().unwrap().into_owned()
+    }
+
+    /// Every build of one row's products that this CPU runs agrees with
+    /// the plain one bit for bit.
+    fn every_build<F: Fused>(k: usize) {
+        let row = blocks::<F>(1, k);
+        let xs: Vec<f32> = (0..GEMV_MAX_ROWS * k)
+            .map(|i| ((i * 131 % 97) as f32 - 48.0) / 7.0)
+            .collect();
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            let mut wide = vec![0f32; m];
-            // SAFETY: the CPU runs AVX2 (checked).
-            unsafe { row_dot_avx2::<F>(row, xs, k, &mut wide) };
+        let builds: Vec<Isa> = {
+            use std::arch::is_x86_feature_detected as has;
+            let mut b = Vec::new();
+            if has!("avx2") {
+                b.push(Isa::Avx2);
+                if has!("avx512f") && has!("avx512bw") {
+                    b.push(Isa::Avx512);
+                }
+            }
+            b
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let builds: Vec<Isa> = Vec::new();
+        for m in [1, 3, GEMV_MAX_ROWS] {
+            let xs = &xs[..m * k];
+            let mut plain = vec![0f32; m];
+            Isa::Plain.row_dot::<F>(&row, xs, k, &mut plain);
+            assert!(plain.iter().all(|v| v.is_finite() && *v != 0.0));
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&wide), bits(&plain));
+            for &isa in &builds {
+                let mut got = vec![0f32; m];
+                isa.row_dot::<F>(&row, xs, k, &mut got);
+                assert_eq!(
+                    bits(&got),
+                    bits(&plain),
+                    "{:?} {isa:?}, {m} inputs",
+                    F::DTYPE
+                );
+            }
         }
     }
 
     #[test]
-    fn scalar_and_avx2_builds_agree() {
-        let k = 256;
-        // Bytes cycling through every value, with float16 scales of 0.5
-        // (0x3800) and offsets of -1.25 (0xbd00) written over each block's
-        // header.
-        let block_row = |bytes: usize, header: &[u8]| -> Vec<u8> {
-            let mut v: Vec<u8> = (0..k / BLOCK * bytes)
-                .map(|i| (i * 37 % 256) as u8)
-                .collect();
-            for b in v.chunks_exact_mut(bytes) {
-                b[..header.len()].copy_from_slice(header);
-            }
-            v
-        };
+    fn every_instruction_set_gives_the_same_bits() {
+        every_build::<Q4_0>(512);
+        every_build::<Q4_1>(512);
+        every_build::<Q8_0>(512);
+        every_build::<Q4K>(512);
+        every_build::<Q5K>(512);
+        every_build::<Q6K>(512);
+    }
+
+    #[test]
+    fn block_values_follow_the_layouts() {
         let half = |v: f32| half::f16::from_f32(v).to_bits().to_ne_bytes();
-        let (d, mn) = (half(0.5), half(-1.25));
-        let xs: Vec<f32> = (0..GEMV_MAX_ROWS * k)
-            .map(|i| ((i * 131 % 97) as f32 - 48.0) / 7.0)
-            .collect();
-        for m in [1, 3, GEMV_MAX_ROWS] {
-            let xs = &xs[..m * k];
-            both_builds::<Q4_0>(&block_row(Q4_0::BYTES, &d), xs, k, m);
-            both_builds::<Q4_1>(&block_row(Q4_1::BYTES, &[d, mn].concat()), xs, k, m);
-            both_builds::<Q8_0>(&block_row(Q8_0::BYTES, &d), xs, k, m);
-        }
-        // A Q4_1 block of nibbles 0..15 with d 0.5, m -1.25: 0.5 q - 1.25.
-        let mut block = [d, mn].concat();
+        // Q4_1 nibbles 0..15 (low) and 15..0 (high), d 0.5, m -1.25.
+        let mut block = [half(0.5), half(-1.25)].concat();
         block.extend((0..16u8).map(|j| j | ((15 - j) << 4)));
         let mut w = [0f32; BLOCK];
         Q4_1::values(&block, &mut w);
@@ -225,5 +400,14 @@ mod tests {
             assert_eq!(w[j], 0.5 * j as f32 - 1.25);
             assert_eq!(w[j + 16], 0.5 * (15 - j) as f32 - 1.25);
         }
+        // Q6_K: d 0.25 at the end, every scale 2, every value's low bits 5
+        // and high bits 1: (16 + 5 − 32) · 0.25 · 2.
+        let mut block = vec![0x55u8; 128];
+        block.extend([0x55u8; 64]);
+        block.extend([2u8; 16]);
+        block.extend(half(0.25));
+        let mut w = [0f32; SUPER];
+        Q6K::values(&block, &mut w);
+        assert!(w.iter().all(|&v| v == -5.5), "{:?}", &w[..8]);
     }
 }

@@ -15,8 +15,8 @@
 //! the thread count.
 
 use candle_core::quantized::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K, BlockQ8_1,
-    GgmlType,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K,
+    BlockQ8K, BlockQ8_0, BlockQ8_1, GgmlType,
 };
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Result, Tensor};
@@ -38,6 +38,18 @@ const ROWS_PER_TASK: usize = 64;
 /// tracks: the result here is a new tensor with no backward), for the
 /// caller to expand the weight instead.
 pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    product(w, x, true)
+}
+
+/// [`dequantized_product`] with every block type taking the general path:
+/// each weight row written out as float32 by candle's `to_float`, then
+/// multiplied. The same results bit for bit; kept for the `qgemv` bench,
+/// which measures the fused path against it.
+pub fn row_buffer_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+    product(w, x, false)
+}
+
+fn product(w: &QTensor, x: &Tensor, fuse: bool) -> Result<Option<Tensor>> {
     let device = w.device();
     if !device.is_cpu() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
         return Ok(None);
@@ -63,22 +75,24 @@ pub fn dequantized_product(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
             }
         };
     }
-    let shape = (n, k);
+    macro_rules! fused {
+        ($block:ty) => {
+            qdot::rows_dot::<$block>(&data, (n, k), &xs, m, &mut out_t, ROWS_PER_TASK)?
+        };
+    }
     match w.dtype() {
-        // The simple types are read block by block in registers (`qdot`):
+        // The common types are read block by block on the stack (`qdot`):
         // the same results, without writing each row out first.
-        GgmlDType::Q4_0 => {
-            qdot::rows_dot::<qdot::Q4_0>(&data, shape, &xs, m, &mut out_t, ROWS_PER_TASK)?
-        }
-        GgmlDType::Q4_1 => {
-            qdot::rows_dot::<qdot::Q4_1>(&data, shape, &xs, m, &mut out_t, ROWS_PER_TASK)?
-        }
-        GgmlDType::Q8_0 => {
-            qdot::rows_dot::<qdot::Q8_0>(&data, shape, &xs, m, &mut out_t, ROWS_PER_TASK)?
-        }
+        GgmlDType::Q4_0 if fuse => fused!(qdot::Q4_0),
+        GgmlDType::Q4_1 if fuse => fused!(qdot::Q4_1),
+        GgmlDType::Q8_0 if fuse => fused!(qdot::Q8_0),
+        GgmlDType::Q4K if fuse => fused!(qdot::Q4K),
+        GgmlDType::Q5K if fuse => fused!(qdot::Q5K),
+        GgmlDType::Q6K if fuse => fused!(qdot::Q6K),
         _ => run!(
-            Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1, Q8_1 => BlockQ8_1, Q2K => BlockQ2K,
-            Q3K => BlockQ3K, Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K, Q8K => BlockQ8K
+            Q4_0 => BlockQ4_0, Q4_1 => BlockQ4_1, Q5_0 => BlockQ5_0, Q5_1 => BlockQ5_1,
+            Q8_0 => BlockQ8_0, Q8_1 => BlockQ8_1, Q2K => BlockQ2K, Q3K => BlockQ3K,
+            Q4K => BlockQ4K, Q5K => BlockQ5K, Q6K => BlockQ6K, Q8K => BlockQ8K
         ),
     }
     // `out_t` is (n, m): one weight row's outputs side by side.
@@ -209,43 +223,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn fused_blocks_give_the_row_path_products_bit_for_bit() {
-        use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+    /// Every output of `qdot`'s fused product of `F` blocks against this
+    /// module's row path over `B` (the same type as candle's block).
+    fn fused_as_rows<F: qdot::Fused, B: GgmlType>(n: usize, k: usize) {
         let dev = Device::Cpu;
-        let (n, k) = (130, 576);
         let vals: Vec<f32> = (0..n * k)
             .map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 3.0)
             .collect();
         let w = Tensor::from_vec(vals, (n, k), &dev).unwrap();
-        for dtype in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let q = QTensor::quantize(&w, dtype).unwrap();
-            let layout = RowLayout::of(&q).unwrap();
-            let data = layout.data(&q).unwrap();
-            for m in [1usize, 2, 5, 8] {
-                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
-                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-                let (mut want, mut got) = (vec![0f32; n * m], vec![0f32; n * m]);
-                match dtype {
-                    GgmlDType::Q4_0 => {
-                        rows_dot::<BlockQ4_0>(&data, &layout, &xs, m, &mut want).unwrap();
-                        qdot::rows_dot::<qdot::Q4_0>(&data, (n, k), &xs, m, &mut got, 64)
-                    }
-                    GgmlDType::Q4_1 => {
-                        rows_dot::<BlockQ4_1>(&data, &layout, &xs, m, &mut want).unwrap();
-                        qdot::rows_dot::<qdot::Q4_1>(&data, (n, k), &xs, m, &mut got, 64)
-                    }
-                    _ => {
-                        rows_dot::<BlockQ8_0>(&data, &layout, &xs, m, &mut want).unwrap();
-                        qdot::rows_dot::<qdot::Q8_0>(&data, (n, k), &xs, m, &mut got, 64)
-                    }
-                }
-                .unwrap();
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&got), bits(&want), "{dtype:?}, {m} rows");
-            }
+        let q = QTensor::quantize(&w, F::DTYPE).unwrap();
+        let layout = RowLayout::of(&q).unwrap();
+        let data = layout.data(&q).unwrap();
+        for m in [1usize, 2, 5, 8] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let (mut want, mut got) = (vec![0f32; n * m], vec![0f32; n * m]);
+            rows_dot::<B>(&data, &layout, &xs, m, &mut want).unwrap();
+            qdot::rows_dot::<F>(&data, (n, k), &xs, m, &mut got, 64).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{:?}, {m} rows", F::DTYPE);
         }
+    }
+
+    #[test]
+    fn fused_blocks_give_the_row_path_products_bit_for_bit() {
+        fused_as_rows::<qdot::Q4_0, BlockQ4_0>(130, 576);
+        fused_as_rows::<qdot::Q4_1, BlockQ4_1>(130, 576);
+        fused_as_rows::<qdot::Q8_0, BlockQ8_0>(130, 576);
+        fused_as_rows::<qdot::Q4K, BlockQ4K>(70, 768);
+        fused_as_rows::<qdot::Q5K, BlockQ5K>(70, 768);
+        fused_as_rows::<qdot::Q6K, BlockQ6K>(70, 768);
         // Misfits are errors, not panics.
+        let dev = Device::Cpu;
+        let (n, k) = (130, 576);
+        let w = Tensor::ones((n, k), DType::F32, &dev).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let data = RowLayout::of(&q).unwrap().data(&q).unwrap();
         let mut out = vec![0f32; n];
