@@ -778,12 +778,12 @@ pub fn load_dir_quantized_llm(
 /// depends on a variable, so that a backward pass can run. A model holding
 /// variables (LoRA, the trained modules) thus keeps every activation of a
 /// forward pass until its output is dropped: the 30 layers of a prefill,
-/// the encoders' layers while their features live. Answering `small`'s
-/// samples peaks at about half the memory above its weights this way
-/// (docs/performance.md, "Answering keeps no graph"). Without a graph to
-/// keep, the norms, softmax and sigmoid take candle's fused kernels and a
-/// quantized LLM's one-token products `calico_nn::qgemv`'s: the values
-/// agree with a training load's to float rounding.
+/// the encoders' layers while their features live. `calico predict` with
+/// `small` peaked at 2.5 GB answering on one worker and 4.1 GB on two;
+/// loaded this way, 1.0 GB either way (docs/performance.md, "Answering
+/// keeps no graph"). Without a graph to keep, the norms, softmax and
+/// sigmoid take candle's fused kernels: the values agree with a training
+/// load's to float rounding.
 pub fn load_dir_for_answers(
     dir: &Path,
     missing: MissingFrozen,
