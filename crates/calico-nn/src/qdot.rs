@@ -19,7 +19,7 @@ use candle_core::quantized::GgmlDType;
 use candle_core::Result;
 use rayon::prelude::*;
 
-use crate::qgemv::{finish_lanes, GEMV_MAX_ROWS};
+use crate::qgemv::{finish_lanes, GEMV_MAX_ROWS, ROWS_PER_TASK};
 
 /// Values per block of the simple types.
 const BLOCK: usize = 32;
@@ -209,14 +209,13 @@ impl Fused for Q6K {
 
 /// Fills `out_t` `(n, m)` with each weight row's products with the `m`
 /// rows of `xs` (`k` values each), `bytes` holding `n` rows of `F` blocks;
-/// each task of rayon's takes `rows_per_task` weight rows.
+/// rayon's tasks take [`ROWS_PER_TASK`] weight rows each, as the row path's.
 pub(crate) fn rows_dot<F: Fused>(
     bytes: &[u8],
     (n, k): (usize, usize),
     xs: &[f32],
     m: usize,
     out_t: &mut [f32],
-    rows_per_task: usize,
 ) -> Result<()> {
     let row_bytes = k / F::VALUES * F::BYTES;
     if !k.is_multiple_of(F::VALUES) || bytes.len() != n * row_bytes {
@@ -235,10 +234,10 @@ pub(crate) fn rows_dot<F: Fused>(
     }
     let isa = Isa::best_for::<F>();
     out_t
-        .par_chunks_mut(rows_per_task * m)
+        .par_chunks_mut(ROWS_PER_TASK * m)
         .enumerate()
         .for_each(|(task, out)| {
-            let first = task * rows_per_task;
+            let first = task * ROWS_PER_TASK;
             for (j, outs) in out.chunks_exact_mut(m).enumerate() {
                 let r = first + j;
                 let row = &bytes[r * row_bytes..(r + 1) * row_bytes];

@@ -30,7 +30,7 @@ use rayon::prelude::*;
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Weight rows per task handed to a thread.
-const ROWS_PER_TASK: usize = 64;
+pub(crate) const ROWS_PER_TASK: usize = 64;
 
 /// `x · wᵀ` for a CPU weight `w` `(n, k)` and a float32 `x` `(…, k)` of at
 /// most [`GEMV_MAX_ROWS`] rows; `None` when the product is not one this
@@ -77,7 +77,7 @@ fn product(w: &QTensor, x: &Tensor, fuse: bool) -> Result<Option<Tensor>> {
     }
     macro_rules! fused {
         ($block:ty) => {
-            qdot::rows_dot::<$block>(&data, (n, k), &xs, m, &mut out_t, ROWS_PER_TASK)?
+            qdot::rows_dot::<$block>(&data, (n, k), &xs, m, &mut out_t)?
         };
     }
     match w.dtype() {
@@ -239,7 +239,7 @@ mod tests {
             let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             let (mut want, mut got) = (vec![0f32; n * m], vec![0f32; n * m]);
             rows_dot::<B>(&data, &layout, &xs, m, &mut want).unwrap();
-            qdot::rows_dot::<F>(&data, (n, k), &xs, m, &mut got, 64).unwrap();
+            qdot::rows_dot::<F>(&data, (n, k), &xs, m, &mut got).unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "{:?}, {m} rows", F::DTYPE);
         }
@@ -260,9 +260,9 @@ mod tests {
         let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let data = RowLayout::of(&q).unwrap().data(&q).unwrap();
         let mut out = vec![0f32; n];
-        let short = qdot::rows_dot::<qdot::Q4_1>(&data, (n, k), &vec![0.0; k], 1, &mut out, 64);
+        let short = qdot::rows_dot::<qdot::Q4_1>(&data, (n, k), &vec![0.0; k], 1, &mut out);
         assert!(short.unwrap_err().to_string().contains("not whole rows"));
-        let e = qdot::rows_dot::<qdot::Q8_0>(&data, (n, k), &vec![0.0; k], 9, &mut out, 64);
+        let e = qdot::rows_dot::<qdot::Q8_0>(&data, (n, k), &vec![0.0; k], 9, &mut out);
         assert!(e.unwrap_err().to_string().contains("do not fit"));
     }
 
