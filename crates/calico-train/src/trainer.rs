@@ -438,20 +438,21 @@ fn validate(
     let idx = val_indices(val.len(), cfg.val_samples);
     let opts = greedy(cfg.max_new_tokens);
     let mut preds = Vec::with_capacity(idx.len());
-    // The samples are answered `workers` at a time, one per worker (with
-    // several workers each runs its kernels single-threaded); an interrupt
-    // is seen between two such rounds.
-    for round in idx.chunks(workers.max(1)) {
-        if stop() {
-            return Ok(None);
-        }
-        let answers = crate::workers::map_ordered(
-            round.len(),
-            workers,
-            |k| Ok(predict_sample(model, tok, val, round[k], &opts)?.0),
-            |k| format!("validation sample {}", val.samples[round[k]].id),
-        )?;
-        preds.extend(answers);
+    // The samples are answered on the workers (with several, each runs its
+    // kernels single-threaded); an interrupt is seen between two samples.
+    let done = crate::workers::stream_ordered(
+        0..idx.len(),
+        workers,
+        stop,
+        |k| Ok(predict_sample(model, tok, val, idx[k], &opts)?.0),
+        |_, p| {
+            preds.push(p);
+            Ok::<_, TrainError>(())
+        },
+        |k| format!("validation sample {}", val.samples[idx[k]].id),
+    )?;
+    if done < idx.len() {
+        return Ok(None);
     }
     let gt: Vec<_> = idx.iter().map(|&i| val.samples[i].clone()).collect();
     let path = run.join(VAL_PREDICTIONS_FILE);
@@ -1276,15 +1277,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             // the step's checkpoint follows at once, without its scores.
             let last_one = step == stop_at;
             let mut stop = || !last_one && obs.stop_requested();
-            match validate(
-                &model,
-                &tok,
-                v,
-                &tc,
-                sim,
-                (run, spec.workers.max(1)),
-                &mut stop,
-            )? {
+            match validate(&model, &tok, v, &tc, sim, (run, spec.workers), &mut stop)? {
                 Some(table) => {
                     obs.validation(step, &table);
                     let record = ValRecord::from_table(

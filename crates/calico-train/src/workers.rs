@@ -1,9 +1,18 @@
-//! Running independent pieces of one optimizer step on several threads.
+//! Running independent pieces of work on several threads, in order.
 //!
-//! Each piece (a micro-batch, a slice of stage 1's batch) builds its own
-//! autograd graph and returns its gradients; the caller adds them in piece
-//! order, so the sums — and the run — do not depend on how many threads
-//! computed them.
+//! * [`map_ordered`]: the pieces of one optimizer step (a micro-batch, a
+//!   slice of stage 1's batch). Each builds its own autograd graph and
+//!   returns its gradients; the caller adds them in piece order, so the sums
+//!   — and the run — do not depend on how many threads computed them.
+//! * [`stream_ordered`]: answering samples (`calico predict`, validation
+//!   inside training), each handed on in order as soon as the ones before it
+//!   are in, and stoppable between two samples.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use crate::TrainError;
 
@@ -57,6 +66,114 @@ where
         .collect()
 }
 
+/// `f(i)` for every `i` of `range`, computed on up to `workers` threads
+/// that each take the next index as they finish one (all on the calling
+/// thread when `workers <= 1`), and handed to `emit(i, value)` on the
+/// calling thread in index order, each as soon as every index before it has
+/// been handed on.
+///
+/// `stop` is asked on the calling thread, before each index with one
+/// thread and every [`STOP_POLL`] while threads work. Once it holds no
+/// further index is started; the ones started are finished and handed on,
+/// so what was emitted is always the first indices of `range`. The first
+/// error in index order (of `f` or of `emit`) ends the run and is returned
+/// once the threads have finished their current piece. A thread that
+/// panics is reported as an error naming the first index that did not
+/// arrive (`what(i)`).
+///
+/// Returns how many indices were handed on: `range.len()` unless `stop`
+/// cut the run short.
+pub fn stream_ordered<T, E, F, H, W>(
+    range: Range<usize>,
+    workers: usize,
+    stop: &mut dyn FnMut() -> bool,
+    f: F,
+    mut emit: H,
+    what: W,
+) -> Result<usize, E>
+where
+    T: Send,
+    E: Send + From<TrainError>,
+    F: Fn(usize) -> Result<T, E> + Sync,
+    H: FnMut(usize, T) -> Result<(), E>,
+    W: Fn(usize) -> String,
+{
+    let workers = workers.clamp(1, range.len().max(1));
+    if workers == 1 {
+        for i in range.clone() {
+            if stop() {
+                return Ok(i - range.start);
+            }
+            emit(i, f(i)?)?;
+        }
+        return Ok(range.len());
+    }
+    if stop() {
+        return Ok(0);
+    }
+    let next = AtomicUsize::new(range.start);
+    // Set once no further index should be started (a stop or an error).
+    let halt = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<T, E>)>();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                let tx = tx.clone();
+                let (next, halt, f, end) = (&next, &halt, &f, range.end);
+                scope.spawn(move || loop {
+                    if halt.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= end || tx.send((i, f(i))).is_err() {
+                        break;
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut waiting = BTreeMap::new();
+        let mut turn = range.start;
+        let mut result = Ok(());
+        loop {
+            if !halt.load(Ordering::SeqCst) && stop() {
+                halt.store(true, Ordering::SeqCst);
+            }
+            let (i, r) = match rx.recv_timeout(STOP_POLL) {
+                Ok(got) => got,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            waiting.insert(i, r);
+            while let Some(r) = waiting.remove(&turn) {
+                if let Err(e) = r.and_then(|v| emit(turn, v)) {
+                    result = Err(e);
+                    break;
+                }
+                turn += 1;
+            }
+            if result.is_err() {
+                // The threads finish their current piece and take no more.
+                halt.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+        drop(rx);
+        let panicked = handles.into_iter().any(|h| h.join().is_err());
+        result?;
+        if panicked {
+            return Err(E::from(TrainError::Data(format!(
+                "the thread computing {} stopped unexpectedly",
+                what(turn)
+            ))));
+        }
+        Ok(turn - range.start)
+    })
+}
+
+/// How often [`stream_ordered`] asks its `stop` while threads work.
+pub const STOP_POLL: Duration = Duration::from_millis(50);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +216,108 @@ mod tests {
             e.to_string().contains("piece 1") && e.to_string().contains("stopped unexpectedly"),
             "{e}"
         );
+    }
+
+    /// Runs `stream_ordered` over `3..3 + n`, recording what is emitted.
+    fn stream(
+        n: usize,
+        workers: usize,
+        stop: &mut dyn FnMut() -> bool,
+        f: impl Fn(usize) -> Result<usize, TrainError> + Sync,
+    ) -> (Result<usize, TrainError>, Vec<(usize, usize)>) {
+        let mut got = Vec::new();
+        let r = stream_ordered(
+            3..3 + n,
+            workers,
+            stop,
+            f,
+            |i, v| {
+                got.push((i, v));
+                Ok(())
+            },
+            |i| format!("sample {i}"),
+        );
+        (r, got)
+    }
+
+    #[test]
+    fn streamed_results_are_emitted_in_order_for_any_thread_count() {
+        for workers in [0, 1, 2, 3, 8] {
+            // Later indices finish first, so order must be restored.
+            let (r, got) = stream(7, workers, &mut || false, |i| {
+                std::thread::sleep(std::time::Duration::from_millis((12 - i as u64) * 2));
+                Ok(i * i)
+            });
+            assert_eq!(r.unwrap(), 7, "workers {workers}");
+            let want: Vec<_> = (3..10).map(|i| (i, i * i)).collect();
+            assert_eq!(got, want, "workers {workers}");
+        }
+    }
+
+    #[test]
+    fn a_stop_leaves_the_first_indices_emitted() {
+        for workers in [1, 2, 3] {
+            let started = AtomicUsize::new(0);
+            let mut stop = || started.load(Ordering::SeqCst) >= 4;
+            let (r, got) = stream(10, workers, &mut stop, |i| {
+                started.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that the stop is seen before all are taken.
+                std::thread::sleep(STOP_POLL * 2);
+                Ok(i)
+            });
+            let done = r.unwrap();
+            assert!((4..10).contains(&done), "workers {workers}: {done}");
+            let want: Vec<_> = (3..3 + done).map(|i| (i, i)).collect();
+            assert_eq!(got, want, "workers {workers}");
+        }
+        // A stop that holds from the start answers nothing.
+        let (r, got) = stream(5, 2, &mut || true, Ok);
+        assert_eq!((r.unwrap(), got), (0, vec![]));
+    }
+
+    #[test]
+    fn a_streamed_error_ends_the_run_after_the_indices_before_it() {
+        for workers in [1, 2, 4] {
+            let (r, got) = stream(12, workers, &mut || false, |i| match i {
+                6 => Err(TrainError::Data(format!("bad sample {i}"))),
+                _ => Ok(i),
+            });
+            assert_eq!(r.unwrap_err().to_string(), "bad sample 6");
+            assert_eq!(got, vec![(3, 3), (4, 4), (5, 5)], "workers {workers}");
+        }
+        // An error of `emit` ends it too, and nothing after is emitted.
+        let mut got = Vec::new();
+        let r = stream_ordered(
+            0..9,
+            2,
+            &mut || false,
+            Ok::<_, TrainError>,
+            |i, _| {
+                if i == 2 {
+                    return Err(TrainError::Data("disk full".into()));
+                }
+                got.push(i);
+                Ok(())
+            },
+            |i| format!("sample {i}"),
+        );
+        assert_eq!(r.unwrap_err().to_string(), "disk full");
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn a_panicking_thread_is_an_error_naming_the_missing_index() {
+        let (r, got) = stream(8, 2, &mut || false, |i| {
+            if i == 5 {
+                panic!("boom");
+            }
+            Ok(i)
+        });
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.contains("sample 5") && e.contains("stopped unexpectedly"),
+            "{e}"
+        );
+        assert_eq!(got, vec![(3, 3), (4, 4)]);
     }
 }

@@ -3,7 +3,6 @@
 //! `calico eval`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use calico_app::model::{load, random, AppModel, ModelSource};
@@ -267,56 +266,17 @@ fn predict_each(
         Ok((serde_json::to_string(&p)?, p.masks.len()))
     };
     progress(range.start, end, "");
-    let workers = workers.clamp(1, range.len().max(1));
-    if workers == 1 {
-        for i in range {
-            if stop() {
-                break;
-            }
-            let (line, masks) = answer(i)?;
+    calico_train::workers::stream_ordered(
+        range,
+        workers,
+        &mut || stop(),
+        answer,
+        |i, (line, masks)| {
             emit(&line, masks)?;
             progress(i + 1, end, &ds.samples[i].id);
-        }
-        return Ok(());
-    }
-    // Workers take the next sample as they finish one; answers are emitted
-    // in sample order, an error when its sample's turn comes.
-    let next = AtomicUsize::new(range.start);
-    let failed = AtomicBool::new(false);
-    let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<(String, usize)>)>();
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            let tx = tx.clone();
-            let (next, failed, answer) = (&next, &failed, &answer);
-            scope.spawn(move || loop {
-                if failed.load(Ordering::SeqCst) || stop() {
-                    break;
-                }
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                if i >= end {
-                    break;
-                }
-                if tx.send((i, answer(i))).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(tx);
-        let mut waiting = std::collections::BTreeMap::new();
-        let mut turn = range.start;
-        let result = (|| {
-            for (i, r) in rx.iter() {
-                waiting.insert(i, r);
-                while let Some(r) = waiting.remove(&turn) {
-                    let (line, masks) = r?;
-                    emit(&line, masks)?;
-                    progress(turn + 1, end, &ds.samples[turn].id);
-                    turn += 1;
-                }
-            }
             Ok(())
-        })();
-        failed.store(true, Ordering::SeqCst);
-        result
-    })
+        },
+        |i| format!("sample {}", ds.samples[i].id),
+    )?;
+    Ok(())
 }
