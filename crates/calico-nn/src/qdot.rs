@@ -17,9 +17,8 @@
 
 use candle_core::quantized::GgmlDType;
 use candle_core::Result;
-use rayon::prelude::*;
 
-use crate::qgemv::{finish_lanes, GEMV_MAX_ROWS, ROWS_PER_TASK};
+use crate::qgemv::{finish_lanes, for_each_row, GEMV_MAX_ROWS};
 
 /// Values per block of the simple types.
 const BLOCK: usize = 32;
@@ -209,7 +208,7 @@ impl Fused for Q6K {
 
 /// Fills `out_t` `(n, m)` with each weight row's products with the `m`
 /// rows of `xs` (`k` values each), `bytes` holding `n` rows of `F` blocks;
-/// rayon's tasks take [`ROWS_PER_TASK`] weight rows each, as the row path's.
+/// rayon's tasks take their rows as the row path's ([`for_each_row`]).
 pub(crate) fn rows_dot<F: Fused>(
     bytes: &[u8],
     (n, k): (usize, usize),
@@ -233,17 +232,12 @@ pub(crate) fn rows_dot<F: Fused>(
         );
     }
     let isa = Isa::best_for::<F>();
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let first = task * ROWS_PER_TASK;
-            for (j, outs) in out.chunks_exact_mut(m).enumerate() {
-                let r = first + j;
-                let row = &bytes[r * row_bytes..(r + 1) * row_bytes];
-                isa.row_dot::<F>(row, xs, k, outs);
-            }
-        });
+    for_each_row(
+        out_t,
+        m,
+        || (),
+        |_, r, outs| isa.row_dot::<F>(&bytes[r * row_bytes..(r + 1) * row_bytes], xs, k, outs),
+    );
     Ok(())
 }
 

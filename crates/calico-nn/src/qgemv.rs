@@ -30,7 +30,28 @@ use rayon::prelude::*;
 pub const GEMV_MAX_ROWS: usize = 8;
 
 /// Weight rows per task handed to a thread.
-pub(crate) const ROWS_PER_TASK: usize = 64;
+const ROWS_PER_TASK: usize = 64;
+
+/// Calls `row(scratch, r, outs)` for every weight row `r` of `out_t`
+/// `(n, m)`, `outs` being its `m` outputs. Rayon's tasks take
+/// [`ROWS_PER_TASK`] rows each and make their `scratch` once with `init`.
+pub(crate) fn for_each_row<S>(
+    out_t: &mut [f32],
+    m: usize,
+    init: impl Fn() -> S + Sync,
+    row: impl Fn(&mut S, usize, &mut [f32]) + Sync,
+) {
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * m)
+        .enumerate()
+        .for_each(|(task, out)| {
+            let mut scratch = init();
+            let first = task * ROWS_PER_TASK;
+            for (j, outs) in out.chunks_exact_mut(m).enumerate() {
+                row(&mut scratch, first + j, outs);
+            }
+        });
+}
 
 /// `x · wᵀ` for a CPU weight `w` `(n, k)` and a float32 `x` `(…, k)` of at
 /// most [`GEMV_MAX_ROWS`] rows; `None` when the product is not one this
@@ -132,20 +153,17 @@ fn rows_dot<T: GgmlType>(
     // checked above, and the slice borrows `bytes`.
     let blocks: &[T] =
         unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), n * per_row) };
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, out)| {
-            let mut row = vec![0f32; k];
-            let first = task * ROWS_PER_TASK;
-            for (j, outs) in out.chunks_exact_mut(m).enumerate() {
-                let r = first + j;
-                T::to_float(&blocks[r * per_row..(r + 1) * per_row], &mut row);
-                for (i, o) in outs.iter_mut().enumerate() {
-                    *o = dot(&row, &xs[i * k..(i + 1) * k]);
-                }
+    for_each_row(
+        out_t,
+        m,
+        || vec![0f32; k],
+        |buf, r, outs| {
+            T::to_float(&blocks[r * per_row..(r + 1) * per_row], buf);
+            for (i, o) in outs.iter_mut().enumerate() {
+                *o = dot(buf, &xs[i * k..(i + 1) * k]);
             }
-        });
+        },
+    );
     Ok(())
 }
 
