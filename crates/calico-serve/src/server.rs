@@ -133,11 +133,23 @@ impl Server {
         });
         let mut threads = Vec::new();
         let job_rx = Arc::new(Mutex::new(job_rx));
-        for _ in 0..cfg.workers {
+        let several = cfg.workers > 1;
+        for w in 0..cfg.workers {
             let rx = Arc::clone(&job_rx);
             let engine = engine.clone();
             let st = Arc::clone(&stats);
-            threads.push(std::thread::spawn(move || worker(rx, engine, st)));
+            threads.push(std::thread::spawn(move || {
+                // Several workers each keep their kernels' rayon work on a
+                // pool of their own, instead of queueing at the global one
+                // (calico_train::workers); one worker uses the global pool.
+                if several {
+                    calico_train::workers::on_own_pool(format!("calico-serve-{w}"), || {
+                        worker(rx, engine, st)
+                    })
+                } else {
+                    worker(rx, engine, st)
+                }
+            }));
         }
         let (conn_tx, conn_rx) = mpsc::sync_channel::<TcpStream>(cfg.io_threads);
         let conn_rx = Arc::new(Mutex::new(conn_rx));

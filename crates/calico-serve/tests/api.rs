@@ -83,6 +83,47 @@ fn valid_pair_gives_answer_masks_and_sizes() {
     server.shutdown();
 }
 
+/// Several workers (each with a rayon pool of its own) answer concurrent
+/// requests exactly as one worker answers them one at a time.
+#[test]
+fn several_workers_give_the_answers_of_one() {
+    let (a, b) = (png(64, 48, 4), png(48, 64, 16));
+    let tasks = [
+        "common-object",
+        "common-parts",
+        "unique-parts",
+        "common-parts",
+    ];
+    let ask = |addr, task: &str| {
+        let (status, mut v) = post_form(
+            addr,
+            &[
+                ("image", Some("a.png"), &a),
+                ("image", Some("b.png"), &b),
+                ("task", None, task.as_bytes()),
+            ],
+        );
+        assert_eq!(status, 200, "{task}: {v}");
+        v.as_object_mut().unwrap().remove("elapsed_s");
+        v
+    };
+    let one = start(ServeConfig {
+        workers: 1,
+        ..ServeConfig::default()
+    });
+    let want: Vec<_> = tasks.iter().map(|t| ask(one.addr(), t)).collect();
+    let several = start(ServeConfig {
+        workers: 3,
+        ..ServeConfig::default()
+    });
+    let addr = several.addr();
+    let got: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = tasks.iter().map(|t| s.spawn(|| ask(addr, t))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(got, want);
+}
+
 fn assert_error(status: u16, v: &serde_json::Value, want: u16, needle: &str) {
     assert_eq!(status, want, "{v}");
     let e = v["error"]

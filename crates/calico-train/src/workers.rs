@@ -7,6 +7,13 @@
 //! * [`stream_ordered`]: answering samples (`calico predict`, validation
 //!   inside training), each handed on in order as soon as the ones before it
 //!   are in, and stoppable between two samples.
+//!
+//! The threads are those of a rayon pool made for the call ([`on_pool`]),
+//! so a kernel that splits its work with rayon (candle's softmax, norms and
+//! convolutions, `calico_nn::qgemv`'s products) runs on the worker that
+//! called it. With plain threads every worker's rayon work went to the one
+//! global pool, a single thread once `RAYON_NUM_THREADS=1` makes each
+//! worker's kernels single-threaded, and the workers queued there.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -31,27 +38,17 @@ where
         return (0..n).map(&f).collect();
     }
     let mut slots: Vec<Option<Result<T, TrainError>>> = (0..n).map(|_| None).collect();
-    std::thread::scope(|scope| {
-        let f = &f;
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                scope.spawn(move || {
-                    (w..n)
-                        .step_by(workers)
-                        .map(|i| (i, f(i)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            // A panicking thread leaves its slots empty; reported below.
-            if let Ok(done) = h.join() {
-                for (i, r) in done {
-                    slots[i] = Some(r);
-                }
-            }
-        }
-    });
+    let job = |w: usize| {
+        (w..n)
+            .step_by(workers)
+            .map(|i| (i, f(i)))
+            .collect::<Vec<_>>()
+    };
+    let ((), done) = on_pool(workers, job, || ())?;
+    // A panicking thread leaves its slots empty; reported below.
+    for (i, r) in done.into_iter().flatten().flatten() {
+        slots[i] = Some(r);
+    }
     slots
         .into_iter()
         .enumerate()
@@ -115,23 +112,27 @@ where
     // Set once no further index should be started (a stop or an error).
     let halt = AtomicBool::new(false);
     let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<T, E>)>();
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                let tx = tx.clone();
-                let (next, halt, f, end) = (&next, &halt, &f, range.end);
-                scope.spawn(move || loop {
-                    if halt.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let i = next.fetch_add(1, Ordering::SeqCst);
-                    if i >= end || tx.send((i, f(i))).is_err() {
-                        break;
-                    }
-                })
-            })
-            .collect();
-        drop(tx);
+    // Each worker owns a sender, so the receiver ends once every worker
+    // has returned or panicked.
+    let senders: Vec<_> = (0..workers)
+        .map(|_| std::sync::Mutex::new(Some(tx.clone())))
+        .collect();
+    drop(tx);
+    let job = |w: usize| {
+        let Some(tx) = senders[w].lock().ok().and_then(|mut s| s.take()) else {
+            return;
+        };
+        loop {
+            if halt.load(Ordering::SeqCst) {
+                break;
+            }
+            let i = next.fetch_add(1, Ordering::SeqCst);
+            if i >= range.end || tx.send((i, f(i))).is_err() {
+                break;
+            }
+        }
+    };
+    let receive = || {
         let mut waiting = BTreeMap::new();
         let mut turn = range.start;
         let mut result = Ok(());
@@ -158,17 +159,71 @@ where
                 break;
             }
         }
-        drop(rx);
-        let panicked = handles.into_iter().any(|h| h.join().is_err());
-        result?;
-        if panicked {
-            return Err(E::from(TrainError::Data(format!(
-                "the thread computing {} stopped unexpectedly",
-                what(turn)
-            ))));
+        (result, turn)
+    };
+    let ((result, turn), done) = on_pool(workers, job, receive).map_err(E::from)?;
+    result?;
+    if done.iter().any(Option::is_none) {
+        return Err(E::from(TrainError::Data(format!(
+            "the thread computing {} stopped unexpectedly",
+            what(turn)
+        ))));
+    }
+    Ok(turn - range.start)
+}
+
+/// Runs `job(0), …, job(workers − 1)`, each on its own thread of a rayon
+/// pool of `workers` threads made for the call, while `main` runs on the
+/// calling thread; returns `main`'s result and each job's, `None` for a job
+/// that panicked.
+pub fn on_pool<R, M>(
+    workers: usize,
+    job: impl Fn(usize) -> R + Sync,
+    main: impl FnOnce() -> M,
+) -> Result<(M, Vec<Option<R>>), TrainError>
+where
+    R: Send,
+{
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("calico-worker-{i}"))
+        .build()
+        .map_err(|e| TrainError::Data(format!("starting {workers} worker threads: {e}")))?;
+    let slots: Vec<std::sync::Mutex<Option<R>>> =
+        (0..workers).map(|_| std::sync::Mutex::new(None)).collect();
+    let got = pool.in_place_scope(|scope| {
+        for (w, slot) in slots.iter().enumerate() {
+            let job = &job;
+            scope.spawn(move |_| {
+                // A panic is reported as a missing result, not re-raised.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(w)));
+                if let (Ok(r), Ok(mut slot)) = (r, slot.lock()) {
+                    *slot = Some(r);
+                }
+            });
         }
-        Ok(turn - range.start)
-    })
+        main()
+    });
+    let done = slots
+        .into_iter()
+        .map(|s| s.into_inner().ok().flatten())
+        .collect();
+    Ok((got, done))
+}
+
+/// Runs `f` on a rayon pool of one thread made for it and waits for it,
+/// so that the rayon work of `f`'s kernels stays on that thread: for a
+/// long-lived worker of several (`calico serve`'s), which [`on_pool`]
+/// cannot hold. Runs `f` on the calling thread if the pool cannot start.
+pub fn on_own_pool<R: Send>(name: String, f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(move |_| name.clone())
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
 }
 
 /// How often [`stream_ordered`] asks its `stop` while threads work.
@@ -319,5 +374,43 @@ mod tests {
             "{e}"
         );
         assert_eq!(got, vec![(3, 3), (4, 4)]);
+    }
+
+    #[test]
+    fn workers_run_on_a_pool_of_their_own() {
+        // Several workers: each piece runs on a thread of a pool of that
+        // many threads, so its kernels' rayon work stays there.
+        let seen = map_ordered(
+            6,
+            3,
+            |_| Ok((rayon::current_thread_index(), rayon::current_num_threads())),
+            |i| format!("piece {i}"),
+        )
+        .unwrap();
+        assert!(seen.iter().all(|&(t, n)| t.is_some() && n == 3), "{seen:?}");
+        let mut threads = Vec::new();
+        let done = stream_ordered(
+            0..5,
+            2,
+            &mut || false,
+            |_| Ok::<_, TrainError>((rayon::current_thread_index(), rayon::current_num_threads())),
+            |_, got| {
+                threads.push(got);
+                Ok(())
+            },
+            |i| format!("sample {i}"),
+        )
+        .unwrap();
+        assert_eq!(done, 5);
+        assert!(
+            threads.iter().all(|&(t, n)| t.is_some() && n == 2),
+            "{threads:?}"
+        );
+        // A long-lived worker gets a pool of one thread.
+        let name = on_own_pool("calico-test-worker".into(), || {
+            assert_eq!(rayon::current_num_threads(), 1);
+            std::thread::current().name().map(String::from)
+        });
+        assert_eq!(name.as_deref(), Some("calico-test-worker"));
     }
 }
