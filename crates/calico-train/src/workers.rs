@@ -191,10 +191,15 @@ where
         .map_err(|e| TrainError::Data(format!("starting {workers} worker threads: {e}")))?;
     let slots: Vec<std::sync::Mutex<Option<R>>> =
         (0..workers).map(|_| std::sync::Mutex::new(None)).collect();
+    // Every job waits until all have started, each on its own thread: a
+    // thread blocked in a kernel's rayon join may run queued work, and a
+    // job still queued then would run inside another's kernel, stalling it.
+    let started = std::sync::Barrier::new(workers);
     let got = pool.in_place_scope(|scope| {
         for (w, slot) in slots.iter().enumerate() {
-            let job = &job;
+            let (job, started) = (&job, &started);
             scope.spawn(move |_| {
+                started.wait();
                 // A panic is reported as a missing result, not re-raised.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(w)));
                 if let (Ok(r), Ok(mut slot)) = (r, slot.lock()) {
@@ -406,6 +411,11 @@ mod tests {
             threads.iter().all(|&(t, n)| t.is_some() && n == 2),
             "{threads:?}"
         );
+        // Each job has a thread of its own, even jobs that end at once.
+        let ((), threads) = on_pool(4, |_| rayon::current_thread_index(), || ()).unwrap();
+        let mut threads: Vec<_> = threads.into_iter().map(|t| t.flatten()).collect();
+        threads.sort();
+        assert_eq!(threads, vec![Some(0), Some(1), Some(2), Some(3)]);
         // A long-lived worker gets a pool of one thread.
         let name = on_own_pool("calico-test-worker".into(), || {
             assert_eq!(rayon::current_num_threads(), 1);
