@@ -10,6 +10,11 @@ Generates a small SynthParts set and its MixedParts samples, then runs:
                      candle's own threads (--workers 1)
   tiny, 2 workers    the same samples per step as 4 x 2 micro-batches on two threads,
                      each single-threaded (the default on a 2-core machine)
+  tiny-staged, stage 1
+                     stage 1 of tools/train/tiny-staged.json (EVA's conv stem, DINOv2 and
+                     the Q-Former learn the object classes; 32 images a step, half of them
+                     mirrored), 2 workers, timed between its progress lines at steps 50 and
+                     --stage1-steps, so the first pass over the images' views is left out
   tiny-staged        stage 2 of tools/train/tiny-staged.json (EVA 112 px, encoders held
                      still), 2 workers
   small (cold cache) the paper's trainable set over SmolLM2-135M (GGUF) with seeded
@@ -52,6 +57,16 @@ def timed(cmd):
     return rss / 1024.0, secs
 
 
+def stage1_rate(stderr):
+    """Stage-1 steps/s between its first and last progress lines
+    (`stage 1 step N/M: ... (T s)`)."""
+    marks = [(int(n), float(t)) for n, t in
+             re.findall(r"stage 1 step (\d+)/\d+: .*\((\d+(?:\.\d+)?) s\)", stderr)]
+    if len(marks) < 2 or marks[-1][1] <= marks[0][1]:
+        return float("nan")
+    return (marks[-1][0] - marks[0][0]) / (marks[-1][1] - marks[0][1])
+
+
 def rates(run_dir, per_step):
     recs = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl"))]
     recs = [r for r in recs if r["kind"] == "train"]
@@ -68,6 +83,7 @@ def main():
     ap.add_argument("--calico", default=os.path.join(ROOT, "target", "release", "calico"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--small-steps", type=int, default=4)
+    ap.add_argument("--stage1-steps", type=int, default=250)
     ap.add_argument("--gguf", default=os.path.join(
         ROOT, "models", "SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct.Q4_1.gguf"))
     a = ap.parse_args()
@@ -103,6 +119,22 @@ def main():
                                                             "--out", out] + flags)
             sps, smp = rates(out, 8)
             rows.append((label, sps, smp, rss, wall))
+
+        staged = json.load(open(os.path.join(ROOT, "tools", "train", "tiny-staged.json")))
+        cfg = os.path.join(work, "stage1.json")
+        json.dump({"vision_pretrain": dict(staged["vision_pretrain"], steps=a.stage1_steps),
+                   "mask_pretrain": None, "val_samples": 0}, open(cfg, "w"))
+        out = os.path.join(work, "stage1")
+        p = run(["/usr/bin/time", "-v", a.calico, "train", "--preset", "tiny-staged",
+                 "--data", data, "--config", cfg, "--out", out, "--stop-after", "1",
+                 "--workers", "2"])
+        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
+        wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr).group(1)
+        wall = sum(float(v) * 60 ** i for i, v in enumerate(reversed(wall.split(":"))))
+        sps = stage1_rate(p.stderr)
+        batch = staged["vision_pretrain"]["batch_size"]
+        rows.append((f"tiny-staged, stage 1 ({batch} images a step on 2 workers; images/s in "
+                     "the samples column)", sps, sps * batch, rss / 1024.0, wall))
 
         if os.path.exists(a.gguf):
             w = os.path.join(work, "w-small")

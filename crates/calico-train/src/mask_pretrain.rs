@@ -371,27 +371,29 @@ pub fn pretrain_masks(
         &mut opt,
     )?;
     for step in stage.steps() {
-        let mut items = Vec::with_capacity(cfg.images);
-        for k in step * cfg.images as u64..(step + 1) * cfg.images as u64 {
-            let (i, coin) = order.at(k);
-            items.push(item(train, &p, i, cfg.flip && coin)?);
-        }
-        let step_masks: usize = items.iter().map(|i| i.labels.len()).sum();
-        let ranges: Vec<std::ops::Range<usize>> = (0..items.len())
+        // (image, mirrored) of the step; each worker reads its slice's
+        // images and masks itself, so neither core waits for the other to
+        // decode them.
+        let picks: Vec<(usize, bool)> = (step * cfg.images as u64..(step + 1) * cfg.images as u64)
+            .map(|k| {
+                let (i, coin) = order.at(k);
+                (i, cfg.flip && coin)
+            })
+            .collect();
+        let step_masks: usize = picks.iter().map(|&(i, _)| p.targets[i].len()).sum();
+        let ranges: Vec<std::ops::Range<usize>> = (0..picks.len())
             .step_by(SLICE)
-            .map(|a| a..(a + SLICE).min(items.len()))
+            .map(|a| a..(a + SLICE).min(picks.len()))
             .collect();
         let outcomes = crate::workers::map_ordered(
             ranges.len(),
             workers,
             |c| {
-                slice_gradients(
-                    model,
-                    table.as_tensor(),
-                    &items[ranges[c].clone()],
-                    loss_cfg,
-                    step_masks,
-                )
+                let items = picks[ranges[c].clone()]
+                    .iter()
+                    .map(|&(i, flip)| item(train, &p, i, flip))
+                    .collect::<Result<Vec<_>>>()?;
+                slice_gradients(model, table.as_tensor(), &items, loss_cfg, step_masks)
             },
             |c| format!("slice {c} of stage-1b step {}", step + 1),
         )?;

@@ -1164,22 +1164,26 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
     while step < stop_at && !stopped_early {
         let mut acc = GradAccumulator::new();
         let (mut text, mut focal, mut dice, mut loss) = (0.0, 0.0, 0.0, 0.0);
-        let mut micro_batches: Vec<Vec<Example>> = Vec::with_capacity(tc.grad_accumulation);
-        for micro in 0..tc.grad_accumulation {
-            let first = (step * tc.grad_accumulation as u64 + micro as u64) * tc.batch_size as u64;
-            let mut examples: Vec<Example> = Vec::with_capacity(tc.batch_size);
-            for k in first..first + tc.batch_size as u64 {
-                let (i, swap) = order.at(k);
-                examples.push(train_ds.example(
-                    i,
-                    tc.image_swap && swap,
-                    &tok,
-                    &special,
-                    &format,
-                )?);
-            }
-            micro_batches.push(examples);
-        }
+        // (sample, images swapped) of each micro-batch; the worker that
+        // computes a micro-batch reads its examples, so the other cores do
+        // not wait for one to read them all.
+        let picks: Vec<Vec<(usize, bool)>> = (0..tc.grad_accumulation as u64)
+            .map(|micro| {
+                let first = (step * tc.grad_accumulation as u64 + micro) * tc.batch_size as u64;
+                (first..first + tc.batch_size as u64)
+                    .map(|k| {
+                        let (i, swap) = order.at(k);
+                        (i, tc.image_swap && swap)
+                    })
+                    .collect()
+            })
+            .collect();
+        let examples_of = |micro: usize| -> Result<Vec<Example>> {
+            picks[micro]
+                .iter()
+                .map(|&(i, swap)| train_ds.example(i, swap, &tok, &special, &format))
+                .collect()
+        };
         // While `freeze` holds every variable of the global encoders, or of
         // SAM's image encoder (as the paper's recipe holds it), their
         // outputs are detached: no backward pass through them.
@@ -1203,7 +1207,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         let outcomes = micro_batch_gradients(
             &model,
             &named,
-            &micro_batches,
+            &examples_of,
             &tok,
             &tc,
             step,
@@ -1420,25 +1424,26 @@ fn micro_outcome(
     })
 }
 
-/// Losses and gradients of a step's micro-batches, in micro-batch order.
+/// Losses and gradients of a step's `grad_accumulation` micro-batches
+/// (micro-batch `m`'s examples from `examples_of(m)`), in micro-batch order.
 /// With `workers > 1` the micro-batches run on that many threads at once
-/// (micro-batch `m` on worker `m mod workers`); each one's computation and
-/// random stream depend only on `(seed, step, m)`, and the caller adds the
-/// gradients in micro-batch order, so the result does not depend on
-/// `workers`.
+/// (micro-batch `m` on worker `m mod workers`, which also reads its
+/// examples); each one's examples, computation and random stream depend
+/// only on `(seed, step, m)`, and the caller adds the gradients in
+/// micro-batch order, so the result does not depend on `workers`.
 fn micro_batch_gradients(
     model: &Calico,
     named: &[(String, Var)],
-    batches: &[Vec<Example>],
+    examples_of: &(dyn Fn(usize) -> Result<Vec<Example>> + Sync),
     tok: &CalicoTokenizer,
     tc: &TrainConfig,
     step: u64,
     workers: usize,
 ) -> Result<Vec<MicroOutcome>> {
     crate::workers::map_ordered(
-        batches.len(),
+        tc.grad_accumulation,
         workers,
-        |m| micro_outcome(model, named, &batches[m], tok, tc, step, m),
+        |m| micro_outcome(model, named, &examples_of(m)?, tok, tc, step, m),
         |m| format!("micro-batch {m} of step {}", step + 1),
     )
 }
