@@ -49,12 +49,13 @@ def run(cmd, **kw):
 
 
 def timed(cmd):
+    """Runs `cmd` under GNU time: its peak RSS in MiB, wall seconds and the process."""
     p = run(["/usr/bin/time", "-v"] + cmd)
     rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
     wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr).group(1)
     parts = [float(x) for x in wall.split(":")]
     secs = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
-    return rss / 1024.0, secs
+    return rss / 1024.0, secs, p
 
 
 def stage1_rate(stderr):
@@ -115,8 +116,8 @@ def main():
                             "checkpoint_every": a.steps}, **extra), open(cfg, "w"))
             out = os.path.join(work, f"tiny{k}")
             args = model if model else ["--preset", "tiny"]
-            rss, wall = timed([a.calico, "train"] + args + ["--data", data, "--config", cfg,
-                                                            "--out", out] + flags)
+            rss, wall, _ = timed([a.calico, "train"] + args + ["--data", data, "--config", cfg,
+                                                               "--out", out] + flags)
             sps, smp = rates(out, 8)
             rows.append((label, sps, smp, rss, wall))
 
@@ -125,16 +126,13 @@ def main():
         json.dump({"vision_pretrain": dict(staged["vision_pretrain"], steps=a.stage1_steps),
                    "mask_pretrain": None, "val_samples": 0}, open(cfg, "w"))
         out = os.path.join(work, "stage1")
-        p = run(["/usr/bin/time", "-v", a.calico, "train", "--preset", "tiny-staged",
-                 "--data", data, "--config", cfg, "--out", out, "--stop-after", "1",
-                 "--workers", "2"])
-        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr).group(1))
-        wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", p.stderr).group(1)
-        wall = sum(float(v) * 60 ** i for i, v in enumerate(reversed(wall.split(":"))))
+        rss, wall, p = timed([a.calico, "train", "--preset", "tiny-staged", "--data", data,
+                              "--config", cfg, "--out", out, "--stop-after", "1",
+                              "--workers", "2"])
         sps = stage1_rate(p.stderr)
         batch = staged["vision_pretrain"]["batch_size"]
         rows.append((f"tiny-staged, stage 1 ({batch} images a step on 2 workers; images/s in "
-                     "the samples column)", sps, sps * batch, rss / 1024.0, wall))
+                     "the samples column)", sps, sps * batch, rss, wall))
 
         if os.path.exists(a.gguf):
             w = os.path.join(work, "w-small")
@@ -148,9 +146,9 @@ def main():
                           ("warm", 2, ["--quantized-llm"])]
             for k, (label, workers, flags) in enumerate(small_rows):
                 out = os.path.join(work, f"small-{k}")
-                rss, wall = timed([a.calico, "train", "--preset", "small", "--weights", w,
-                                   "--data", data, "--config", cfg, "--out", out,
-                                   "--feature-cache", cache, "--workers", str(workers)] + flags)
+                rss, wall, _ = timed([a.calico, "train", "--preset", "small", "--weights", w,
+                                      "--data", data, "--config", cfg, "--out", out,
+                                      "--feature-cache", cache, "--workers", str(workers)] + flags)
                 sps, smp = rates(out, 4)
                 llm = ", LLM kept quantized (QLoRA)" if flags else ""
                 rows.append((f"small, paper set ({label} feature cache, {workers} worker"

@@ -265,10 +265,11 @@ pub struct DenseAccuracy {
     pub patches: usize,
 }
 
-struct Batch {
+struct Batch<'a> {
     /// (training image, mirrored) per row; each slice's worker reads its
-    /// rows' views itself.
+    /// rows' views itself, with `read`.
     picks: Vec<(usize, bool)>,
+    read: &'a ReadView<'a>,
     targets: Tensor,
     labels: Vec<Vec<usize>>,
     /// Dense targets `(n, tokens, k)`, in [`dense_logits`]' order.
@@ -447,13 +448,13 @@ fn chunk_gradients(
     model: &Calico,
     heads: &Heads,
     kind: PretrainLoss,
-    (batch, read): (&Batch, &ReadView),
+    batch: &Batch,
     range: std::ops::Range<usize>,
     batch_size: usize,
 ) -> Result<(f64, candle_core::backprop::GradStore, usize)> {
     let owned = batch.picks[range.clone()]
         .iter()
-        .map(|&(i, flip)| read(i, flip))
+        .map(|&(i, flip)| (batch.read)(i, flip))
         .collect::<Result<Vec<_>>>()?;
     let inputs: Vec<&ImageInput> = owned.iter().map(|a| &**a).collect();
     let targets = batch.targets.narrow(0, range.start, range.len())?;
@@ -767,6 +768,7 @@ pub fn pretrain_vision(
         };
         let batch = Batch {
             picks,
+            read: &read,
             targets: Tensor::from_vec(t, (cfg.batch_size, n_classes), &dev)?,
             labels: rows,
             dense: dense_targets,
@@ -785,7 +787,7 @@ pub fn pretrain_vision(
                     model,
                     &heads,
                     cfg.loss,
-                    (&batch, &read),
+                    &batch,
                     ranges[c].clone(),
                     cfg.batch_size,
                 )
