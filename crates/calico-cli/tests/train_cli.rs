@@ -146,6 +146,44 @@ fn a_killed_run_resumes_to_the_same_losses() {
     let o = calico(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(losses(&b), got);
+    assert!(
+        !stderr(&o).contains("this run started on"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The run records the caches its matrix products block their sums by;
+    // resumed where they block otherwise, it says the run will not continue
+    // bit for bit, and how to match the machine it started on.
+    let machine = b.join("machine.json");
+    let mut m = read_json(&machine);
+    assert!(m["matmul"]["l1d"]["bytes"].as_u64().unwrap() > 0, "{m}");
+    match m["matmul"]["k_block"].as_u64() {
+        Some(k) => m["matmul"]["k_block"] = (k * 2).into(),
+        None => {
+            let ways = m["matmul"]["l1d"]["ways"].as_u64().unwrap();
+            m["matmul"]["l1d"]["ways"] = (ways * 2).into();
+        }
+    }
+    m["cpu"] = "another CPU".into();
+    std::fs::write(&machine, m.to_string()).unwrap();
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("note: this run started on another CPU")
+            && e.contains("tools/train/with_cache_geometry.sh"),
+        "{e}"
+    );
+    // The record only informs: a damaged one is named and the run goes on.
+    std::fs::write(&machine, "{\"cpu\": 3}").unwrap();
+    let o = calico(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("machine.json") && stderr(&o).contains("is unreadable"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// Runs `calico args` and kills it with SIGKILL once `ckdir/latest` names

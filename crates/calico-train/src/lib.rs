@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod dense;
 mod guard;
+pub mod machine;
 pub mod mask_pretrain;
 pub mod metrics;
 pub mod model;

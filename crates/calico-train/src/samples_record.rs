@@ -104,20 +104,30 @@ pub struct ValidationRecord {
 /// The validation record's file name in the run directory.
 pub const VALIDATION_FILE: &str = "validation.json";
 
+/// The JSON record `file` of run directory `run`; `None` where the run has
+/// none (runs from before it). A record that does not parse is an error
+/// naming it.
+pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+    run: &Path,
+    file: &str,
+) -> Result<Option<T>> {
+    let path = run.join(file);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io {
+        path: path.clone(),
+        error: e,
+    })?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
 impl ValidationRecord {
     /// The record of run directory `run`; `None` for runs from before it.
     pub fn read(run: &Path) -> Result<Option<Self>> {
-        let path = run.join(VALIDATION_FILE);
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io {
-            path: path.clone(),
-            error: e,
-        })?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+        read_record(run, VALIDATION_FILE)
     }
 
     /// Refuses to resume a run recorded as `recorded` with this validation.

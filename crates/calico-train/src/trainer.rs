@@ -19,6 +19,7 @@
 //! RUN/train_config.json  RUN/calico.json  RUN/tokenizer.json   the run's settings (read back by --resume)
 //! RUN/data.json                            the training samples file's SHA-256 (--resume checks it)
 //! RUN/validation.json                      the validation samples' SHA-256 and the similarity
+//! RUN/machine.json                         the CPU and the caches its products block by (--resume notes a change)
 //! RUN/train.lock                           locked by the process writing the run
 //! RUN/frozen.safetensors                   frozen tensors made at random (presets without weights)
 //! RUN/start.json                           the `--weights` directory it started from, if any
@@ -64,6 +65,7 @@ use crate::checkpoint::{
 use crate::config::TrainConfig;
 use crate::data::{self, Dataset, Example};
 use crate::guard::{finite_or_stop, updated_weights_finite, with_kept};
+use crate::machine::{MachineRecord, MACHINE_FILE};
 use crate::metrics::{MetricsLog, Record, TrainRecord, ValRecord, METRICS_FILE};
 use crate::model::{build_over, build_random, into_vars, TrainableSet};
 use crate::objective::batch_loss;
@@ -759,7 +761,7 @@ fn check_fresh_out(run: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(run) else {
         return Ok(());
     };
-    const RUN_ENTRIES: [&str; 17] = [
+    const RUN_ENTRIES: [&str; 18] = [
         TRAIN_CONFIG_FILE,
         MODEL_CONFIG_FILE,
         TOKENIZER_FILE,
@@ -768,6 +770,7 @@ fn check_fresh_out(run: &Path) -> Result<()> {
         START_FILE,
         DATA_FILE,
         VALIDATION_FILE,
+        MACHINE_FILE,
         LOCK_FILE,
         "feature_cache",
         CHECKPOINTS_DIR,
@@ -903,6 +906,22 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
             validation.check_resume(&recorded, spec.val.as_deref())?;
         }
     }
+    let machine = MachineRecord::here();
+    if spec.resume {
+        // Only informative: an unreadable record does not stop the run.
+        match MachineRecord::read(run) {
+            Ok(Some(started)) => {
+                if let Some(note) = machine.resume_note(&started) {
+                    obs.message(&note);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => obs.message(&format!(
+                "note: {e}; the record of the machine this run started on is unreadable, so \
+                 whether this one rounds like it is not known"
+            )),
+        }
+    }
     let weights = start_weights(spec)?;
     let quantized_llm = start_llm(spec, weights.as_deref(), tc.trainable)?;
     let spec_eff = RunSpec {
@@ -1035,6 +1054,7 @@ fn train_run(spec: &RunSpec, sim: &dyn Similarity, obs: &mut dyn Observer) -> Re
         }
         write_json(&recorded_samples, &samples)?;
         write_json(&run.join(VALIDATION_FILE), &validation)?;
+        write_json(&run.join(MACHINE_FILE), &machine)?;
         if !frozen.is_empty() {
             let p = run.join(FROZEN_FILE);
             let bytes = calico_model::calico::weights::safetensors_bytes(&frozen)
