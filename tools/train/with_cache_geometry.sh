@@ -6,8 +6,8 @@
 #     tools/train/with_cache_geometry.sh 48K/12 2048K/16 491520K/16 -- \
 #         calico train --preset tiny-staged --data mixedparts/train.jsonl --out runs/tiny
 #
-# Each level is SIZE/WAYS (SIZE with a K, M or G suffix, as Linux writes it
-# under /sys/devices/system/cpu/cpu*/cache). The `gemm` crate under candle
+# Each level is SIZE/WAYS (SIZE in bytes or with a K, M or G suffix, as
+# Linux writes it under /sys/devices/system/cpu/cpu*/cache). The `gemm` crate under candle
 # reads those files once per process and sizes the K blocks of every float
 # product from the L1 data cache (docs/training.md, "Reproducing a run on
 # another CPU"); a run's `machine.json` records what its process read
@@ -61,21 +61,21 @@ ALL="0-$((${#CPUS[@]} - 1))"
 
 FAKE=$(mktemp -d "${TMPDIR:-/tmp}/cache-geometry.XXXXXX")
 trap 'rm -rf "$FAKE"' EXIT
+write_index() { # CPU INDEX LEVEL TYPE SIZE WAYS SHARED
+    local d="$FAKE/$1/index$2"
+    mkdir -p "$d"
+    echo "$3" >"$d/level"
+    echo "$4" >"$d/type"
+    echo "$5" >"$d/size"
+    echo "$6" >"$d/ways_of_associativity"
+    echo 64 >"$d/coherency_line_size"
+    echo "$7" >"$d/shared_cpu_list"
+}
 for cpu in "${CPUS[@]}"; do
     n=${cpu#cpu}
-    write_index() { # INDEX LEVEL TYPE SIZE WAYS SHARED
-        local d="$FAKE/$cpu/index$1"
-        mkdir -p "$d"
-        echo "$2" >"$d/level"
-        echo "$3" >"$d/type"
-        echo "$4" >"$d/size"
-        echo "$5" >"$d/ways_of_associativity"
-        echo 64 >"$d/coherency_line_size"
-        echo "$6" >"$d/shared_cpu_list"
-    }
-    write_index 0 1 Data "$L1D_SIZE" "$L1D_WAYS" "$n"
-    write_index 1 2 Unified "$L2_SIZE" "$L2_WAYS" "$n"
-    write_index 2 3 Unified "$L3_SIZE" "$L3_WAYS" "$ALL"
+    write_index "$cpu" 0 1 Data "$L1D_SIZE" "$L1D_WAYS" "$n"
+    write_index "$cpu" 1 2 Unified "$L2_SIZE" "$L2_WAYS" "$n"
+    write_index "$cpu" 2 3 Unified "$L3_SIZE" "$L3_WAYS" "$ALL"
 done
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -134,7 +134,7 @@ impl MachineRecord {
              under tools/train/with_cache_geometry.sh {} {} {} -- calico train … (the caches \
              the run started with; docs/training.md, \"Reproducing a run on another CPU\")",
             started.cpu,
-            started.matmul.describe(),
+            s.describe(),
             self.matmul.describe(),
             s.l1d.script_arg(),
             s.l2.script_arg(),

@@ -104,6 +104,15 @@ pub struct ValidationRecord {
 /// The validation record's file name in the run directory.
 pub const VALIDATION_FILE: &str = "validation.json";
 
+/// A JSON file of the run, parsed; errors name the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
+        path: path.to_path_buf(),
+        error: e,
+    })?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+}
+
 /// The JSON record `file` of run directory `run`; `None` where the run has
 /// none (runs from before it). A record that does not parse is an error
 /// naming it.
@@ -115,13 +124,7 @@ pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Io {
-        path: path.clone(),
-        error: e,
-    })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
+    read_json(&path).map(Some)
 }
 
 impl ValidationRecord {

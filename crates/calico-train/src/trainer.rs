@@ -72,7 +72,9 @@ use crate::objective::batch_loss;
 use crate::optim::{clip_grad_norm, var_grads, AdamW, GradAccumulator};
 use crate::plot::CURVE_FILE;
 use crate::predict::{greedy, predict_sample};
-use crate::samples_record::{SamplesRecord, ValidationRecord, DATA_FILE, VALIDATION_FILE};
+use crate::samples_record::{
+    read_json, read_record, SamplesRecord, ValidationRecord, DATA_FILE, VALIDATION_FILE,
+};
 use crate::schedule::LrSchedule;
 use crate::stage_checkpoint::{self, restore_vars, var_tensors, Stage, StageCheckpoints, StageRun};
 use crate::stem::{InferenceOnDrop, Tower};
@@ -225,11 +227,6 @@ fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
     write_atomic(path, text.as_bytes()).map_err(|e| io(path, e))
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))
 }
 
 pub(crate) fn mix(parts: &[u64]) -> u64 {
@@ -590,9 +587,8 @@ struct Start {
 /// A resumed run's `RUN/start.json` (`None` for a new run, or one that
 /// started from random weights).
 fn recorded_start(spec: &RunSpec) -> Result<Option<Start>> {
-    let path = spec.run_dir.join(START_FILE);
-    if spec.resume && path.is_file() {
-        Ok(Some(read_json(&path)?))
+    if spec.resume {
+        read_record(&spec.run_dir, START_FILE)
     } else {
         Ok(None)
     }
