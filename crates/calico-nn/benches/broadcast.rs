@@ -11,8 +11,8 @@
 mod common;
 
 use calico_nn::broadcast;
-use candle_core::{DType, Device, Result, Tensor, Var};
-use common::best;
+use candle_core::{DType, Result, Tensor, Var};
+use common::{best, uniform};
 
 type Op = fn(&Tensor, &Tensor) -> Result<Tensor>;
 
@@ -86,15 +86,6 @@ const CASES: &[Case] = &[
     },
 ];
 
-fn uniform(dims: &[usize], seed: u64) -> Result<Tensor> {
-    let n: usize = dims.iter().product();
-    // A cheap deterministic fill; the values only need to differ.
-    let v: Vec<f32> = (0..n)
-        .map(|i| (((i as u64 * 2_654_435_761 + seed * 97) % 1000) as f32) / 500.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, dims, &Device::Cpu)
-}
-
 /// Forward + backward of `sum(op(x, p) · r)`; the output and both gradients.
 fn run(op: Op, x: &Var, p: &Var, r: &Tensor) -> Result<Vec<Vec<f32>>> {
     let y = op(x.as_tensor(), p.as_tensor())?;
@@ -109,10 +100,7 @@ fn run(op: Op, x: &Var, p: &Var, r: &Tensor) -> Result<Vec<Vec<f32>>> {
 
 fn main() -> Result<()> {
     let repeats = common::repeats();
-    println!("forward + backward, best of {repeats}, milliseconds");
-    println!();
-    println!("| case | candle | calico_nn::broadcast | speed-up | bit-identical |");
-    println!("|---|---:|---:|---:|:---:|");
+    common::print_header(repeats, "candle", "calico_nn::broadcast");
     for c in CASES {
         let x = Var::from_tensor(&uniform(c.x, 1)?)?;
         let p = Var::from_tensor(&(uniform(c.p, 2)? + 2.0)?)?;
@@ -120,12 +108,7 @@ fn main() -> Result<()> {
         let same = run(c.ours, &x, &p, &r)? == run(c.candle, &x, &p, &r)?;
         let t_candle = best(repeats, || run(c.candle, &x, &p, &r).map(|_| ()))?;
         let t_ours = best(repeats, || run(c.ours, &x, &p, &r).map(|_| ()))?;
-        println!(
-            "| {} | {t_candle:.2} | {t_ours:.2} | {:.1}× | {} |",
-            c.what,
-            t_candle / t_ours,
-            if same { "yes" } else { "**no**" }
-        );
+        common::print_row(c.what, t_candle, t_ours, same);
     }
     Ok(())
 }

@@ -7,11 +7,18 @@
 //! formulation built from differentiable primitives. The two paths compute the
 //! same function (tested to 1e-5), so a module behaves identically whether it
 //! is frozen or trained.
+//!
+//! Where candle's own differentiation of such a formulation is slow, a
+//! custom op repeats it bit for bit in fewer passes: [`broadcast`]'s sums,
+//! [`gelu`]'s derivative formed in the forward pass, [`softmax`] in one pass
+//! each way. Their values and gradients equal the composed ops' exactly, so
+//! a run trains the same weights with or without them.
 
 pub mod attention;
 pub mod batch_norm;
 pub mod broadcast;
 pub mod conv;
+pub mod gelu;
 pub mod input_grad;
 pub mod linear;
 pub mod loss;
@@ -22,6 +29,7 @@ mod qdot;
 pub mod qgemv;
 pub mod qrows;
 pub mod qtable;
+pub mod softmax;
 pub mod testing;
 
 pub use attention::scaled_dot_product_attention;

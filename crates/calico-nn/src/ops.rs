@@ -56,9 +56,7 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() {
         return candle_nn::ops::softmax_last_dim(&x.contiguous()?);
     }
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&max)?.exp()?;
-    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    crate::softmax::softmax_last_dim(x)
 }
 
 /// Rotary position embedding in the "rotate half" layout used by HF LLaMA:
@@ -106,7 +104,7 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Activation::Gelu => x.gelu_erf(),
+            Activation::Gelu => crate::gelu::gelu_erf(x),
             Activation::GeluTanh => x.gelu(),
             Activation::QuickGelu => x.broadcast_mul(&sigmoid(&(x * 1.702)?)?),
             Activation::Relu => x.relu(),
