@@ -20,6 +20,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use crate::storage::f32_slice;
+
 /// `a + b` with broadcasting, as [`Tensor::broadcast_add`].
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(a, b, |x, y| x + y, Tensor::broadcast_add)
@@ -111,17 +113,6 @@ struct Expand {
 
 fn strides(dims: &[usize]) -> Vec<usize> {
     Layout::contiguous(dims).stride().to_vec()
-}
-
-fn f32_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = match storage {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("{op}: expected f32"),
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
-    }
 }
 
 /// Writes `src` (dims `from`, strides `fs`) broadcast to `to` into `out`

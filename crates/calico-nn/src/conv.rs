@@ -18,6 +18,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use crate::ops::needs_grad;
+use crate::storage::contiguous_slice;
 
 /// `x.conv2d(weight, padding, stride, 1, 1)` with a fast backward:
 /// `x` `(B, C, H, W)`, `weight` `(C_out, C, k_h, k_w)` → `(B, C_out, H_o, W_o)`.
@@ -196,13 +197,6 @@ impl Im2Col {
             other => candle_core::bail!("{op}: unsupported dtype {:?}", other.dtype()),
         };
         Ok((out, to))
-    }
-}
-
-fn contiguous_slice<'a, T>(data: &'a [T], layout: &Layout, op: &str) -> Result<&'a [T]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{op}: the input must be contiguous"),
     }
 }
 

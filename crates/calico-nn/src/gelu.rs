@@ -19,6 +19,8 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 
+use crate::storage::f32_slice;
+
 /// `0.5 x (1 + erf(x / √2))`, as [`Tensor::gelu_erf`].
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if !x.track_op() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.elem_count() == 0 {
@@ -68,20 +70,13 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("gelu_erf: expected f32");
-        };
-        let n = layout.shape().elem_count();
-        let (mut ys, mut ds) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        let mut push = |x: f32| {
+        let xs = f32_slice(storage, layout, "gelu_erf")?;
+        let (mut ys, mut ds) = (Vec::with_capacity(xs.len()), Vec::with_capacity(xs.len()));
+        for &x in xs {
             let e = erf_scaled(x);
             ys.push(value(x, e));
             ds.push(slope(x, e));
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("gelu_erf: the input must be contiguous");
-        };
-        data[start..end].iter().for_each(|&x| push(x));
+        }
         let slope = Tensor::from_vec(ds, layout.shape(), &Device::Cpu)?;
         *self.slope.lock().unwrap_or_else(|p| p.into_inner()) = Some(slope);
         Ok((CpuStorage::F32(ys), layout.shape().clone()))
@@ -102,17 +97,8 @@ impl CustomOp1 for GeluErf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::seeded_uniform;
+    use crate::testing::{seeded_uniform, value_and_gradient_bits};
     use candle_core::Var;
-
-    fn values_and_gradient(x: &Var, op: fn(&Tensor) -> Result<Tensor>) -> (Vec<f32>, Vec<f32>) {
-        let y = op(x.as_tensor()).unwrap();
-        // A weighted sum, so every element's gradient differs.
-        let w = seeded_uniform(y.dims(), 7).to_dtype(DType::F32).unwrap();
-        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        (vec(&y), vec(g.get(x.as_tensor()).unwrap()))
-    }
 
     #[test]
     fn the_two_scalings_of_candle_are_one_f32() {
@@ -136,10 +122,9 @@ mod tests {
         .unwrap();
         for input in [x.clone(), special, x.t().unwrap()] {
             let v = Var::from_tensor(&input).unwrap();
-            let ours = values_and_gradient(&v, gelu_erf);
-            let candle = values_and_gradient(&v, Tensor::gelu_erf);
-            let bits = |s: &[f32]| s.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&ours.0), bits(&candle.0), "values, {:?}", input.dims());
+            let ours = value_and_gradient_bits(&v, gelu_erf);
+            let candle = value_and_gradient_bits(&v, Tensor::gelu_erf);
+            assert_eq!(ours.0, candle.0, "values, {:?}", input.dims());
             assert_eq!(ours.1, candle.1, "gradients, {:?}", input.dims());
         }
     }

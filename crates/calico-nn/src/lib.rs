@@ -30,6 +30,7 @@ pub mod qgemv;
 pub mod qrows;
 pub mod qtable;
 pub mod softmax;
+mod storage;
 pub mod testing;
 
 pub use attention::scaled_dot_product_attention;

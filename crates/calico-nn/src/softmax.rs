@@ -22,6 +22,8 @@ use std::sync::Mutex;
 use candle_core::cpu::kernels::VecOps;
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 
+use crate::storage::f32_slice;
+
 /// Softmax over the last dimension of a tracked `f32` CPU tensor, equal
 /// bit for bit (values and gradients) to [`composed`].
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -66,13 +68,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("softmax_last_dim: expected f32");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("softmax_last_dim: the input must be contiguous");
-        };
-        let xs = &data[start..end];
+        let xs = f32_slice(storage, layout, "softmax_last_dim")?;
         let n = row_len(layout.shape());
         let mut e = Vec::with_capacity(xs.len());
         let mut sums = Vec::with_capacity(xs.len() / n.max(1));
@@ -124,28 +120,8 @@ impl CustomOp1 for Softmax {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::seeded_uniform;
+    use crate::testing::{seeded_uniform, value_and_gradient_bits};
     use candle_core::Var;
-
-    type Op = fn(&Tensor) -> Result<Tensor>;
-
-    /// Values and gradient (through a weighted sum, so every element's
-    /// gradient differs) of `op` at `x`, as bits.
-    fn run(x: &Var, op: Op) -> (Vec<u32>, Vec<u32>) {
-        let y = op(x.as_tensor()).unwrap();
-        let w = seeded_uniform(y.dims(), 7).to_dtype(DType::F32).unwrap();
-        let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
-        let bits = |t: &Tensor| {
-            t.flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect()
-        };
-        (bits(&y), bits(g.get(x.as_tensor()).unwrap()))
-    }
 
     #[test]
     fn matches_the_composed_ops_bit_for_bit() {
@@ -162,7 +138,11 @@ mod tests {
                 .to_dtype(DType::F32)
                 .unwrap();
             let v = Var::from_tensor(&x).unwrap();
-            assert_eq!(run(&v, softmax_last_dim), run(&v, composed), "{dims:?}");
+            assert_eq!(
+                value_and_gradient_bits(&v, softmax_last_dim),
+                value_and_gradient_bits(&v, composed),
+                "{dims:?}"
+            );
         }
     }
 
@@ -172,7 +152,10 @@ mod tests {
             Var::from_tensor(&seeded_uniform(&[5, 9], 2).to_dtype(DType::F32).unwrap()).unwrap();
         let t = |x: &Tensor| softmax_last_dim(&x.t()?);
         let c = |x: &Tensor| composed(&x.t()?);
-        assert_eq!(run(&x, t), run(&x, c));
+        assert_eq!(
+            value_and_gradient_bits(&x, t),
+            value_and_gradient_bits(&x, c)
+        );
     }
 
     #[test]

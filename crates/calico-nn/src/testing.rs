@@ -74,3 +74,34 @@ pub fn max_gradient_diff(a: &Tensor, b: &Tensor, r: &Tensor, vars: &[&Var]) -> f
         )
         .fold(0.0, f32::max)
 }
+
+/// The bits of `op(x)` and of the gradient that `sum(op(x) · w)` gives `x`,
+/// `w` seeded so that every element's gradient differs: two computations
+/// of an op give equal pairs only where they agree to the bit, the signs of
+/// zeros included.
+pub fn value_and_gradient_bits(
+    x: &Var,
+    op: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+) -> (Vec<u32>, Vec<u32>) {
+    let y = op(x.as_tensor()).unwrap_or_else(|e| panic!("op at {:?}: {e}", x.dims()));
+    let w = seeded_uniform(y.dims(), 7)
+        .to_dtype(y.dtype())
+        .unwrap_or_else(|e| panic!("weights: {e}"));
+    let g = (&y * &w)
+        .and_then(|p| p.sum_all())
+        .and_then(|s| s.backward())
+        .unwrap_or_else(|e| panic!("backward of sum(op(x) · w): {e}"));
+    let bits = |t: &Tensor| -> Vec<u32> {
+        t.flatten_all()
+            .and_then(|t| t.to_dtype(candle_core::DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap_or_else(|e| panic!("reading back: {e}"))
+            .iter()
+            .map(|v| v.to_bits())
+            .collect()
+    };
+    let grad = g
+        .get(x.as_tensor())
+        .unwrap_or_else(|| panic!("x {:?} got no gradient", x.dims()));
+    (bits(&y), bits(grad))
+}
